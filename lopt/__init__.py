@@ -1,0 +1,40 @@
+"""lopt: learned optimizers behind one optax interface.
+
+Every optimizer, hand-designed or learned, is an
+``optax.GradientTransformationExtraArgs`` whose ``update`` accepts ``loss=``::
+
+  import lopt
+  opt = lopt.get("adam", learning_rate=3e-3)
+  state = opt.init(params)
+  updates, state = opt.update(grads, state, params, loss=loss)
+"""
+
+from lopt._base import LearnedOptimizer as LearnedOptimizer
+from lopt._base import check_trees as check_trees
+from lopt._base import with_checks as with_checks
+from lopt._registry import available as available
+from lopt._registry import available_learned as available_learned
+from lopt._registry import get as get
+from lopt._registry import has_pretrained as has_pretrained
+from lopt._registry import learned as learned
+from lopt._registry import load_meta_params as load_meta_params
+from lopt._registry import pretrained_path as pretrained_path
+from lopt._registry import register as register
+from lopt._registry import register_learned as register_learned
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LearnedOptimizer",
+    "available",
+    "available_learned",
+    "check_trees",
+    "get",
+    "has_pretrained",
+    "learned",
+    "load_meta_params",
+    "pretrained_path",
+    "register",
+    "register_learned",
+    "with_checks",
+]

@@ -1,0 +1,114 @@
+"""The one optimizer interface: every optimizer is an optax.GradientTransformationExtraArgs."""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+import jax
+import optax
+
+__all__ = ["LearnedOptimizer", "check_trees", "with_checks"]
+
+Params = Any
+MetaParams = Any
+
+
+def _describe_mismatch(a: Any, b: Any, name_a: str, name_b: str) -> str | None:
+  """Returns a human-readable description of how two pytrees differ, or None."""
+  ta, tb = jax.tree.structure(a), jax.tree.structure(b)
+  if ta != tb:
+    pa = {jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(a)}
+    pb = {jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(b)}
+    only_a, only_b = sorted(pa - pb)[:5], sorted(pb - pa)[:5]
+    return (f"{name_a} and {name_b} have different tree structures; "
+            f"only in {name_a}: {only_a or '-'}; only in {name_b}: {only_b or '-'} "
+            f"({ta.num_leaves} vs {tb.num_leaves} leaves)")
+  for (path, la), lb in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
+    sa, sb = getattr(la, "shape", ()), getattr(lb, "shape", ())
+    if sa != sb:
+      return (f"{name_a} and {name_b} differ at {jax.tree_util.keystr(path)}: "
+              f"shape {sa} vs {sb}")
+  return None
+
+
+def check_trees(a: Any, b: Any, name_a: str = "updates", name_b: str = "params") -> None:
+  """Raises ValueError naming the first difference if two pytrees do not match.
+
+  Args:
+    a: a pytree of arrays.
+    b: another pytree of arrays, expected to have the same structure and shapes.
+    name_a: how to call ``a`` in the error message.
+    name_b: how to call ``b`` in the error message.
+  """
+  msg = _describe_mismatch(a, b, name_a, name_b)
+  if msg is not None:
+    raise ValueError(msg)
+
+
+def with_checks(tx: optax.GradientTransformation, name: str
+                ) -> optax.GradientTransformationExtraArgs:
+  """Wraps ``tx`` so it accepts ``loss=`` and reports mismatched trees clearly.
+
+  The returned transformation has ``update(updates, state, params=None, *,
+  loss=None, **extra)``. Gradient and parameter trees are compared before the
+  update, and a tree that does not match the one ``init`` saw raises a
+  ``ValueError`` naming the optimizer instead of an opaque tree-map error.
+
+  Args:
+    tx: any optax transformation (plain or with extra args).
+    name: the optimizer's name, used in error messages.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``.
+  """
+  inner = optax.with_extra_args_support(tx)
+
+  def update_fn(updates, state, params=None, *, loss=None, **extra):
+    if params is not None:
+      check_trees(updates, params, "gradients", "params")
+    if loss is not None:
+      extra["loss"] = loss
+    try:
+      return inner.update(updates, state, params, **extra)
+    except (ValueError, TypeError) as e:
+      if "tree" in str(e).lower() or "mismatch" in str(e).lower():
+        raise ValueError(
+            f"optimizer {name!r}: the gradient tree does not match the tree the "
+            f"optimizer state was initialized with ({e})") from e
+      raise
+
+  return optax.GradientTransformationExtraArgs(inner.init, update_fn)
+
+
+class LearnedOptimizer(abc.ABC):
+  """A learned optimizer: learnable weights plus a rule that turns them into optax.
+
+  Subclasses implement two pure functions::
+
+    meta_params = lo.init(key)                   # a pytree of weights
+    opt = lo.transform(meta_params, num_steps)   # optax.GradientTransformationExtraArgs
+
+  ``transform`` must be differentiable with respect to ``meta_params`` and
+  vmap-able over it, so meta-training can unroll the optimizer. ``name`` and
+  ``config()`` identify the architecture in saved-weight manifests.
+  """
+
+  name: str = "learned_optimizer"
+
+  @abc.abstractmethod
+  def init(self, key: jax.Array) -> MetaParams:
+    """Returns freshly initialized meta-parameters."""
+
+  @abc.abstractmethod
+  def transform(self, meta_params: MetaParams, num_steps: int | None = None
+                ) -> optax.GradientTransformationExtraArgs:
+    """Returns the optimizer defined by ``meta_params`` for a ``num_steps`` horizon."""
+
+  def config(self) -> dict[str, Any]:
+    """The JSON-serializable constructor arguments that define the architecture."""
+    return {}
+
+  def __repr__(self) -> str:
+    args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
+    return f"{type(self).__name__}({args})"

@@ -1,0 +1,43 @@
+"""The task zoo: training problems as pure, jit- and vmap-able functions.
+
+::
+
+  import tasks
+  task = tasks.get("digits_mlp", hidden=(64, 32))
+  params = task.init(key)
+  loss = task.loss(params, key, task.batch(key, "train"))
+"""
+
+from tasks._base import MAX_NORMALIZED_LOSS as MAX_NORMALIZED_LOSS
+from tasks._base import ChoiceFamily as ChoiceFamily
+from tasks._base import Task as Task
+from tasks._base import TaskFamily as TaskFamily
+from tasks._datasets import ArrayDataset as ArrayDataset
+from tasks._datasets import DatasetNotAvailableError as DatasetNotAvailableError
+from tasks._datasets import digits as digits
+from tasks._datasets import tfds_images as tfds_images
+from tasks._image import ImageCNN as ImageCNN
+from tasks._image import ImageMLP as ImageMLP
+from tasks._lm import CharLM as CharLM
+from tasks._lm import embedded_text as embedded_text
+from tasks._quadratic import Quadratic as Quadratic
+from tasks._registry import TFDS_TASKS as TFDS_TASKS
+from tasks._registry import available as available
+from tasks._registry import available_families as available_families
+from tasks._registry import get as get
+from tasks._registry import get_family as get_family
+from tasks._registry import register as register
+from tasks._rl import GymnaxPolicy as GymnaxPolicy
+from tasks._train import NonFiniteLossError as NonFiniteLossError
+from tasks._train import TrainResult as TrainResult
+from tasks._train import evaluate as evaluate
+from tasks._train import train as train
+from tasks._train import train_step as train_step
+
+__all__ = [
+    "ArrayDataset", "ChoiceFamily", "CharLM", "DatasetNotAvailableError", "GymnaxPolicy",
+    "ImageCNN", "ImageMLP", "MAX_NORMALIZED_LOSS", "NonFiniteLossError", "Quadratic",
+    "TFDS_TASKS", "Task", "TaskFamily", "TrainResult", "available", "available_families",
+    "digits", "embedded_text", "evaluate", "get", "get_family", "register", "tfds_images",
+    "train", "train_step",
+]
