@@ -56,7 +56,7 @@ class _Transformer(nn.Module):
   @nn.compact
   def __call__(self, tokens):
     x = nn.Embed(VOCAB_SIZE, self.dim)(tokens)
-    x = x + self.param("pos", nn.initializers.normal(0.02), (self.seq_len, self.dim))
+    x = x + self.param("pos", nn.initializers.normal(0.02), (self.seq_len, self.dim))[None]
     for _ in range(self.layers):
       x = _Block(self.dim, self.heads)(x)
     return nn.Dense(VOCAB_SIZE)(nn.LayerNorm()(x))
