@@ -12,6 +12,7 @@ Every optimizer, hand-designed or learned, is an
 from lopt._base import LearnedOptimizer as LearnedOptimizer
 from lopt._base import check_trees as check_trees
 from lopt._base import with_checks as with_checks
+from lopt._mlp_lopt import MLPLOpt as MLPLOpt
 from lopt._registry import available as available
 from lopt._registry import available_learned as available_learned
 from lopt._registry import get as get
@@ -21,20 +22,27 @@ from lopt._registry import load_meta_params as load_meta_params
 from lopt._registry import pretrained_path as pretrained_path
 from lopt._registry import register as register
 from lopt._registry import register_learned as register_learned
+from lopt._weights import load_weights as load_weights
+from lopt._weights import save_weights as save_weights
 
 __version__ = "0.1.0"
 
+register_learned(MLPLOpt.name, MLPLOpt)
+
 __all__ = [
     "LearnedOptimizer",
+    "MLPLOpt",
     "available",
     "available_learned",
     "check_trees",
     "get",
     "has_pretrained",
     "learned",
+    "load_weights",
     "load_meta_params",
     "pretrained_path",
     "register",
     "register_learned",
+    "save_weights",
     "with_checks",
 ]

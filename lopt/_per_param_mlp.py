@@ -48,7 +48,7 @@ import numpy as np
 from jax import lax
 
 __all__ = ["FlatLayout", "mlp_apply", "mlp_apply_reference", "mlp_flops", "mlp_forward",
-           "mlp_init", "stack_leaf_features"]
+           "mlp_init", "stack_leaf_features", "time_features", "TIME_FEATURE_NAMES"]
 
 DEFAULT_BLOCK = 128
 DEFAULT_CHUNK = 16384
@@ -311,3 +311,33 @@ def mlp_apply_reference(weights: MLPWeights, x: jax.Array) -> jax.Array:
 def mlp_flops(sizes: Sequence[int], num_rows: int) -> int:
   """Multiply-add FLOPs (2 per MAC) of one MLP pass over ``num_rows`` rows."""
   return 2 * num_rows * sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+
+
+# ----------------------------------------------------------------------------------
+# Row-constant features: the training-step embedding shared by per-parameter LOs.
+
+FRACTION_SCALES = (1.0, 3.0, 10.0, 30.0, 100.0)
+STEP_TIMESCALES = (10.0, 100.0, 1000.0, 10000.0)
+TIME_FEATURE_NAMES = tuple([f"tanh(frac*{s:g}-1)" for s in FRACTION_SCALES]
+                           + [f"tanh(step/{t:g}-1)" for t in STEP_TIMESCALES])
+
+
+def time_features(count: jax.Array, num_steps: int | None) -> jax.Array:
+  """The training-step embedding: ``tanh(frac * s - 1)`` and ``tanh(step / T - 1)``.
+
+  ``frac = step / num_steps`` (zero features when ``num_steps`` is None) for scales
+  ``s`` in :data:`FRACTION_SCALES`, and absolute-step features for timescales ``T`` in
+  :data:`STEP_TIMESCALES` (as in learned_optimization's MLPLOpt). Being the same for
+  every parameter, these are folded into the first layer's bias
+  (``first_bias=time_features(...) @ w_time``) rather than stacked per row.
+
+  Returns:
+    ``(len(TIME_FEATURE_NAMES),)`` float32.
+  """
+  step = count.astype(jnp.float32)
+  if num_steps is None:
+    frac = jnp.zeros((len(FRACTION_SCALES),), jnp.float32)
+  else:
+    frac = jnp.tanh(step / float(num_steps) * jnp.asarray(FRACTION_SCALES) - 1.0)
+  absolute = jnp.tanh(step / jnp.asarray(STEP_TIMESCALES) - 1.0)
+  return jnp.concatenate([frac, absolute])

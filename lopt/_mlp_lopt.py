@@ -1,0 +1,192 @@
+"""``mlp_lopt``: a per-parameter MLP learned optimizer.
+
+For every scalar parameter the optimizer forms features from the gradient ``g``,
+the parameter value ``p``, momenta ``m_k = b_k m_k + (1 - b_k) g`` at several
+decays, second moments ``v_j = c_j v_j + (1 - c_j) g^2`` and the normalized
+momenta ``m_k / (sqrt(v) + eps)`` (bias-corrected, as in Adam); each feature column
+is divided by its root-mean-square over the parameter's tensor. A training-step
+embedding (``tanh`` of ``step / num_steps`` and of ``step`` at several scales) is
+shared by every parameter. One MLP (``hidden_layers`` x ``hidden_size``, ReLU) maps
+the features to a direction ``d`` and a log-magnitude ``m``::
+
+  step = d * exp(m * exp_mult) * step_mult        # updates = -step
+
+The MLP runs through the chunked kernel of :mod:`lopt._per_param_mlp`: optimizer
+state is kept in its flat row layout, features are computed inside the chunk loop
+and the time embedding is folded into the first layer's bias, so one update is a
+few fused elementwise passes plus one loop of matmuls.
+
+Example::
+
+  lo = lopt.learned("mlp_lopt")
+  meta_params = lo.init(jax.random.key(0))
+  opt = lo.transform(meta_params, num_steps=1000)     # or lopt.get("mlp_lopt", ...)
+  state = opt.init(params)
+  updates, state = opt.update(grads, state, params)
+
+Reference: Metz et al., "Practical tradeoffs between memory, compute, and
+performance in learned optimizers", CoLLAs 2022 (arXiv 2203.11860); design after
+learned_optimization's ``MLPLOpt``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from lopt._base import LearnedOptimizer, with_checks
+from lopt._per_param_mlp import (
+    DEFAULT_CHUNK,
+    TIME_FEATURE_NAMES,
+    FlatLayout,
+    mlp_forward,
+    mlp_init,
+    time_features,
+)
+
+__all__ = ["MLPLOpt", "MLPLOptState"]
+
+NORM_EPS = 1e-12
+ADAM_EPS = 1e-8
+
+
+class MLPLOptState(NamedTuple):
+  """State of ``mlp_lopt``, stored in the flat row layout of the parameters.
+
+  Attributes:
+    momenta: ``(num_rows, len(momentum_decays))`` float32.
+    rms: ``(num_rows, len(rms_decays))`` float32 second-moment accumulators.
+    count: int32 scalar, the number of updates done.
+  """
+  momenta: jax.Array
+  rms: jax.Array
+  count: jax.Array
+
+
+def _param_features(g, p, m, v, m_corr, v_corr) -> jax.Array:
+  """Per-row features ``(rows, F)`` from flat gradients, params, momenta and rms."""
+  g1, p1 = g[:, None], p[:, None]
+  denom = jnp.sqrt(v[:, -1:] * v_corr) + ADAM_EPS
+  return jnp.concatenate(
+      [g1, p1, m, jnp.sqrt(v), m * m_corr[None, :] / denom, g1 / denom], axis=-1)
+
+
+class MLPLOpt(LearnedOptimizer):
+  """Per-parameter MLP learned optimizer (see the module docstring).
+
+  Args:
+    hidden_size: width of each hidden layer.
+    hidden_layers: number of hidden layers.
+    momentum_decays: decays of the momentum accumulators.
+    rms_decays: decays of the second-moment accumulators; the last one
+      normalizes the momenta.
+    normalize_features: divide each feature by its rms over the parameter's
+      tensor. Off gives a linear-in-features optimizer (used to reproduce SGD).
+    step_mult: ``c1`` in ``step = d * exp(m * c2) * c1``.
+    exp_mult: ``c2``.
+    chunk: rows per iteration of the MLP loop (speed only; not part of the config).
+  """
+
+  name = "mlp_lopt"
+
+  def __init__(self, hidden_size: int = 32, hidden_layers: int = 2,
+               momentum_decays: Sequence[float] = (0.5, 0.9, 0.99, 0.999),
+               rms_decays: Sequence[float] = (0.99, 0.999),
+               normalize_features: bool = True, step_mult: float = 1e-3,
+               exp_mult: float = 1e-3, chunk: int = DEFAULT_CHUNK):
+    self.hidden_size = int(hidden_size)
+    self.hidden_layers = int(hidden_layers)
+    self.momentum_decays = tuple(float(d) for d in momentum_decays)
+    self.rms_decays = tuple(float(d) for d in rms_decays)
+    self.normalize_features = bool(normalize_features)
+    self.step_mult = float(step_mult)
+    self.exp_mult = float(exp_mult)
+    self.chunk = int(chunk)
+
+  def config(self) -> dict[str, Any]:
+    return {"hidden_size": self.hidden_size, "hidden_layers": self.hidden_layers,
+            "momentum_decays": list(self.momentum_decays), "rms_decays": list(self.rms_decays),
+            "normalize_features": self.normalize_features, "step_mult": self.step_mult,
+            "exp_mult": self.exp_mult}
+
+  @property
+  def param_feature_names(self) -> tuple[str, ...]:
+    """Names of the per-parameter feature columns, in order."""
+    return (("g", "p") + tuple(f"m{d:g}" for d in self.momentum_decays)
+            + tuple(f"rms{d:g}" for d in self.rms_decays)
+            + tuple(f"m{d:g}/rms" for d in self.momentum_decays) + ("g/rms",))
+
+  @property
+  def feature_names(self) -> tuple[str, ...]:
+    """All input features of the MLP: per-parameter columns, then the time embedding."""
+    return self.param_feature_names + TIME_FEATURE_NAMES
+
+  @property
+  def mlp_sizes(self) -> tuple[int, ...]:
+    return ((len(self.feature_names),) + (self.hidden_size,) * self.hidden_layers + (2,))
+
+  def init(self, key: jax.Array) -> dict[str, Any]:
+    """Returns ``{"mlp": [{"w", "b"}, ...]}`` with LeCun-normal weights."""
+    return {"mlp": mlp_init(key, self.mlp_sizes)}
+
+  def transform(self, meta_params: Any, num_steps: int | None = None
+                ) -> optax.GradientTransformationExtraArgs:
+    """Returns the optimizer that ``meta_params`` define for a ``num_steps`` horizon."""
+    mom_decays = jnp.asarray(self.momentum_decays, jnp.float32)
+    rms_decays = jnp.asarray(self.rms_decays, jnp.float32)
+    num_param_features = len(self.param_feature_names)
+    chunk, normalize = self.chunk, self.normalize_features
+    c1, c2 = self.step_mult, self.exp_mult
+
+    def layout_of(tree):
+      return FlatLayout.from_tree(tree, max_chunk=chunk)
+
+    def init_fn(params):
+      layout = layout_of(params)
+      return MLPLOptState(
+          momenta=jnp.zeros((layout.num_rows, len(self.momentum_decays)), jnp.float32),
+          rms=jnp.zeros((layout.num_rows, len(self.rms_decays)), jnp.float32),
+          count=jnp.zeros((), jnp.int32))
+
+    def update_fn(updates, state, params=None, **extra):
+      del extra  # loss= is accepted and ignored
+      layout = layout_of(updates)
+      g = layout.flatten(updates)
+      p = layout.flatten(params) if params is not None else jnp.zeros_like(g)
+      momenta = mom_decays[None, :] * state.momenta + (1 - mom_decays[None, :]) * g[:, None]
+      rms = rms_decays[None, :] * state.rms + (1 - rms_decays[None, :]) * (g * g)[:, None]
+      count = state.count + 1
+      t = count.astype(jnp.float32)
+      m_corr = 1.0 / (1.0 - mom_decays ** t)
+      v_corr = 1.0 / (1.0 - rms_decays[-1] ** t)
+
+      layers = meta_params["mlp"]
+      w_first = layers[0]["w"]
+      first_bias = time_features(count, num_steps) @ w_first[num_param_features:]
+      body = [{"w": w_first[:num_param_features], "b": layers[0]["b"]}] + list(layers[1:])
+
+      if normalize:
+        feats = _param_features(g, p, momenta, rms, m_corr, v_corr)
+        scale = jax.lax.rsqrt(layout.tensor_mean(feats * feats) + NORM_EPS)
+        scale_blocks = layout.chunked_blocks(layout.per_block(scale))
+      else:
+        scale_blocks = jnp.zeros((layout.num_chunks, 0), jnp.float32)
+
+      def chunk_step(g_c, p_c, m_c, v_c, s_c):
+        x = _param_features(g_c, p_c, m_c, v_c, m_corr, v_corr)
+        if normalize:
+          nb = s_c.shape[0]
+          x = (x.reshape(nb, -1, x.shape[-1]) * s_c[:, None, :]).reshape(x.shape)
+        out = mlp_forward(body, x, first_bias=first_bias[None, :])
+        return out[:, 0] * jnp.exp(out[:, 1] * c2) * c1
+
+      step = layout.unchunk(layout.map_chunks(
+          chunk_step, layout.chunked(g), layout.chunked(p), layout.chunked(momenta),
+          layout.chunked(rms), scale_blocks))
+      new_updates = layout.unflatten(-step)
+      return new_updates, MLPLOptState(momenta=momenta, rms=rms, count=count)
+
+    return with_checks(optax.GradientTransformationExtraArgs(init_fn, update_fn), self.name)
