@@ -8,7 +8,9 @@ from typing import NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["ArrayDataset", "DatasetNotAvailableError", "digits", "tfds_images", "TFDS_IMAGE_DATASETS"]
+__all__ = [
+    "ArrayDataset", "DatasetNotAvailableError", "TFDS_IMAGE_DATASETS", "digits", "tfds_images",
+]
 
 #: TFDS image datasets the image tasks accept, with their TFDS names.
 TFDS_IMAGE_DATASETS = {"mnist": "mnist", "fashion_mnist": "fashion_mnist", "cifar10": "cifar10"}
@@ -55,9 +57,16 @@ def digits() -> ArrayDataset:
 def _load_split(name: str, split: str, data_dir: str | None, max_examples: int | None):
   import tensorflow_datasets as tfds
 
-  source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+  try:
+    source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+  except Exception as e:  # noqa: BLE001 - TFDS raises several types for "not prepared"
+    raise DatasetNotAvailableError(
+        f"TFDS dataset {name!r} (split {split!r}) is not prepared locally, and lopt never "
+        f"downloads at run time ({type(e).__name__}: {e}). Prepare it with `tfds build {name}` "
+        f"on a machine with network access (or set data_dir), or use the embedded "
+        f"alternative: the 'digits' dataset (tasks 'digits_mlp' / 'digits_cnn').") from e
   n = len(source) if max_examples is None else min(len(source), max_examples)
-  records = source.__getitems__(list(range(n)))
+  records = [source[i] for i in range(n)]
   x = np.stack([np.asarray(r["image"]) for r in records]).astype(np.float32) / 255.0
   y = np.asarray([int(r["label"]) for r in records], np.int32)
   return x, y
@@ -79,24 +88,11 @@ def tfds_images(name: str, *, data_dir: str | None = None,
   """
   if name not in TFDS_IMAGE_DATASETS:
     raise KeyError(f"unknown TFDS image dataset {name!r}; valid: {sorted(TFDS_IMAGE_DATASETS)}")
-  tfds_name = TFDS_IMAGE_DATASETS[name]
-  try:
-    import tensorflow_datasets as tfds
+  import tensorflow_datasets as tfds
 
-    builder = tfds.builder(tfds_name, data_dir=data_dir)
-    prepared = builder.is_prepared()
-  except Exception as e:  # noqa: BLE001 - any failure here means "not available"
-    prepared, err = False, e
-  else:
-    err = None
-  if not prepared:
-    raise DatasetNotAvailableError(
-        f"TFDS dataset {tfds_name!r} is not prepared locally (lopt never downloads at run "
-        f"time{'; ' + repr(err) if err else ''}). Prepare it with `tfds build {tfds_name}` "
-        f"on a machine with network access, or use the embedded alternative: the 'digits' "
-        f"dataset (tasks 'digits_mlp' / 'digits_cnn').")
+  tfds_name = TFDS_IMAGE_DATASETS[name]
   train_x, train_y = _load_split(tfds_name, "train", data_dir, max_examples)
   test_x, test_y = _load_split(tfds_name, "test", data_dir, max_examples)
-  num_classes = int(builder.info.features["label"].num_classes)
+  num_classes = int(tfds.builder(tfds_name, data_dir=data_dir).info.features["label"].num_classes)
   return ArrayDataset(jnp.asarray(train_x), jnp.asarray(train_y), jnp.asarray(test_x),
                       jnp.asarray(test_y), num_classes)

@@ -1,0 +1,136 @@
+"""Contract tests over every task and family, and bad-input errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import tensorflow_datasets as tfds
+
+import lopt
+import tasks
+
+EMBEDDED = [n for n in tasks.available() if n not in tasks.TFDS_TASKS]
+# Small configurations keep the contract tests fast; defaults are used elsewhere.
+SMALL = {"char_lm": dict(dim=16, layers=1, seq_len=16, batch_size=4),
+         "digits_cnn": dict(channels=(4, 8), batch_size=16),
+         "cartpole": dict(horizon=20, batch_size=2), "quadratic": dict(dim=5)}
+
+
+def _finite(tree):
+  return all(np.all(np.isfinite(np.asarray(x, np.float32))) for x in jax.tree.leaves(tree))
+
+
+def _check_task(task):
+  key = jax.random.key(0)
+  params = task.init(key)
+  batch = task.batch(jax.random.key(1), "train")
+  loss, grads = jax.jit(jax.value_and_grad(task.loss))(params, key, batch)
+  assert loss.shape == () and np.isfinite(float(loss))
+  assert _finite(grads) and jax.tree.structure(grads) == jax.tree.structure(params)
+  assert np.isfinite(float(task.normalize(loss)))
+  metrics = jax.jit(task.metrics)(params, key, task.batch(key, "test"))
+  assert "loss" in metrics and all(np.isfinite(float(v)) for v in metrics.values())
+  # vmap over keys: init, batch and loss of 3 instances at once.
+  keys = jax.random.split(key, 3)
+  vparams = jax.vmap(task.init)(keys)
+  vbatch = jax.vmap(lambda k: task.batch(k, "train"))(keys)
+  vloss = jax.jit(jax.vmap(task.loss))(vparams, keys, vbatch)
+  assert vloss.shape == (3,) and np.all(np.isfinite(vloss))
+  return float(loss)
+
+
+@pytest.mark.parametrize("name", EMBEDDED)
+def test_task_contract(name):
+  _check_task(tasks.get(name, **SMALL.get(name, {})))
+
+
+@pytest.mark.parametrize("name", sorted(tasks.TFDS_TASKS))
+def test_tfds_task_contract_with_mock_data(name):
+  tasks.tfds_images.cache_clear()
+  try:
+    with tfds.testing.mock_data(num_examples=16):
+      cfg = {"channels": (4,)} if name.endswith("cnn") else {"hidden": (8,)}
+      task = tasks.get(name, batch_size=8, **cfg)
+    assert task.data.train_x.shape[0] == 16 and task.data.num_classes == 10
+    _check_task(task)
+  finally:
+    tasks.tfds_images.cache_clear()
+
+
+def test_missing_tfds_data_names_embedded_alternative(tmp_path):
+  with pytest.raises(tasks.DatasetNotAvailableError, match="digits_mlp"):
+    tasks.tfds_images("mnist", data_dir=str(tmp_path))
+
+
+@pytest.mark.parametrize("name", tasks.available_families())
+def test_family_samples_valid_configs(name):
+  family = tasks.get_family(name)
+  cfgs = [family.sample(k) for k in jax.random.split(jax.random.key(0), 4)]
+  assert cfgs[0] == family.sample(jax.random.split(jax.random.key(0), 4)[0])  # deterministic
+  assert len({str(c) for c in cfgs}) > 1, "family samples only one config"
+  task = family.task(cfgs[0])
+  assert isinstance(task, tasks.Task) and task.config()
+  _check_task(task)
+
+
+def test_unknown_names_list_choices():
+  with pytest.raises(KeyError, match="valid names: .*digits_mlp"):
+    tasks.get("digit_mlp")
+  with pytest.raises(KeyError, match="valid names: .*quadratic"):
+    tasks.get_family("nope")
+  with pytest.raises(KeyError, match="valid: .*relu"):
+    tasks.get("digits_mlp", activation="relux")
+  with pytest.raises(ValueError, match="valid splits"):
+    tasks.get("digits_mlp").batch(jax.random.key(0), "valid")
+
+
+def test_normalize_clips_nonfinite():
+  task = tasks.get("digits_mlp")
+  assert float(task.normalize(jnp.nan)) == tasks.MAX_NORMALIZED_LOSS
+  assert float(task.normalize(jnp.inf)) == tasks.MAX_NORMALIZED_LOSS
+  np.testing.assert_allclose(float(task.normalize(jnp.log(10.0))), 1.0, rtol=1e-6)
+
+
+def test_train_scan_matches_python_loop():
+  """tasks.train (one lax.scan) gives the same losses as a Python loop of train_step."""
+  task, tx, key = tasks.get("digits_mlp", hidden=(16,)), lopt.get("adam"), jax.random.key(3)
+  result = tasks.train(task, tx, 10, key)
+  k_init, k_train = jax.random.split(key)
+  params = task.init(k_init)
+  state = tx.init(params)
+  step = jax.jit(lambda p, s, k: tasks.train_step(task, tx, p, s, k))
+  losses = []
+  for k in jax.random.split(k_train, 10):
+    params, state, loss = step(params, state, k)
+    losses.append(float(loss))
+  np.testing.assert_allclose(result.losses, losses, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               result.params, params)
+
+
+@pytest.mark.parametrize("name", ["digits_mlp", "quadratic", "cartpole"])
+def test_training_reduces_loss(name):
+  task = tasks.get(name, **SMALL.get(name, {}))
+  lr = {"cartpole": 3e-2}.get(name, 3e-2)
+  losses = tasks.train(task, lopt.get("adam", learning_rate=lr), 150, jax.random.key(0)).losses
+  assert float(losses[-20:].mean()) < float(losses[:5].mean()) - 0.1 * abs(float(losses[:5].mean()))
+
+
+def test_train_raises_on_nonfinite_loss():
+  task = tasks.get("quadratic", dim=5, condition=100.0)
+  with pytest.raises(tasks.NonFiniteLossError, match="non-finite loss .* first at step"):
+    tasks.train(task, optax.sgd(10.0), 200, jax.random.key(0))
+  losses = tasks.train(task, optax.sgd(10.0), 200, jax.random.key(0), check_finite=False).losses
+  assert not np.all(np.isfinite(losses))
+
+
+def test_evaluate_reports_error_on_full_test_split():
+  task = tasks.get("digits_mlp", hidden=(16,))
+  metrics = tasks.evaluate(task, task.init(jax.random.key(0)), jax.random.key(0))
+  assert set(metrics) == {"loss", "error"} and 0.0 <= metrics["error"] <= 1.0
+
+
+def test_char_lm_text_is_embedded_ascii():
+  text = tasks.embedded_text()
+  assert text.size > 30_000 and int(text.max()) < 128
