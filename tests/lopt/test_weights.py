@@ -1,0 +1,78 @@
+"""Tests of weight saving and loading (orbax arrays + JSON manifest)."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+import lopt
+from lopt._mlp_lopt import MLPLOpt
+from lopt._weights import read_manifest
+
+
+class _OtherLOpt(MLPLOpt):
+  name = "other_lopt"
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+  lo = lopt.learned("mlp_lopt", hidden_size=8)
+  mp = lo.init(jax.random.key(5))
+  path = tmp_path_factory.mktemp("w") / "mlp"
+  lopt.save_weights(path, lo, mp, extra={"meta_steps": 7})
+  return lo, mp, path
+
+
+def test_round_trip_is_exact(saved):
+  lo, mp, path = saved
+  loaded = lopt.load_weights(path, lo)
+  assert jax.tree.structure(loaded) == jax.tree.structure(mp)
+  for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(mp)):
+    assert a.dtype == b.dtype
+    np.testing.assert_array_equal(a, b)
+
+
+def test_manifest_contents(saved):
+  lo, mp, path = saved
+  m = read_manifest(path)
+  assert m["name"] == "mlp_lopt" and m["config"] == json.loads(json.dumps(lo.config()))
+  assert m["features"] == list(lo.feature_names)
+  assert m["lopt_version"] == lopt.__version__ and m["extra"] == {"meta_steps": 7}
+  assert [e["shape"] for e in m["tree"]] == [list(x.shape) for x in jax.tree.leaves(mp)]
+  assert not list(path.rglob("*.pkl")) and not list(path.rglob("*.pickle"))
+
+
+def test_get_with_weights_path(saved):
+  lo, mp, path = saved
+  opt = lopt.get("mlp_lopt", weights=str(path), num_steps=10, hidden_size=8)
+  params = {"w": np.ones((3, 2), np.float32)}
+  updates, _ = opt.update(params, opt.init(params), params)
+  assert updates["w"].shape == (3, 2)
+
+
+def test_wrong_config_names_the_field(saved):
+  _, _, path = saved
+  with pytest.raises(ValueError, match=r"hidden_size.*saved 8, requested 32"):
+    lopt.load_weights(path, lopt.learned("mlp_lopt"))
+  with pytest.raises(ValueError, match=r"momentum_decays"):
+    lopt.load_weights(path, MLPLOpt(hidden_size=8, momentum_decays=(0.9,)))
+
+
+def test_wrong_architecture_is_an_error(saved):
+  _, _, path = saved
+  with pytest.raises(ValueError, match=r"architecture mismatch: saved 'mlp_lopt', "
+                                       r"requested 'other_lopt'"):
+    lopt.load_weights(path, _OtherLOpt(hidden_size=8))
+
+
+def test_missing_manifest(tmp_path):
+  with pytest.raises(FileNotFoundError, match="not a lopt weights directory"):
+    lopt.load_weights(tmp_path, lopt.learned("mlp_lopt"))
+
+
+def test_saving_a_wrong_tree_is_an_error(tmp_path):
+  lo = lopt.learned("mlp_lopt", hidden_size=8)
+  bad = lopt.learned("mlp_lopt", hidden_size=4).init(jax.random.key(0))
+  with pytest.raises(ValueError, match="shape"):
+    lopt.save_weights(tmp_path / "bad", lo, bad)
