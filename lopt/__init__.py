@@ -12,6 +12,9 @@ Every optimizer, hand-designed or learned, is an
 from lopt._base import LearnedOptimizer as LearnedOptimizer
 from lopt._base import check_trees as check_trees
 from lopt._base import with_checks as with_checks
+from lopt._celo2_lopt import Celo2LOpt as Celo2LOpt
+from lopt._hierarchical_lopt import HierarchicalLOpt as HierarchicalLOpt
+from lopt._layerwise_combo_lopt import LayerwiseComboLOpt as LayerwiseComboLOpt
 from lopt._mlp_lopt import MLPLOpt as MLPLOpt
 from lopt._registry import available as available
 from lopt._registry import available_learned as available_learned
@@ -28,8 +31,14 @@ from lopt._weights import save_weights as save_weights
 __version__ = "0.1.0"
 
 register_learned(MLPLOpt.name, MLPLOpt)
+register_learned(HierarchicalLOpt.name, HierarchicalLOpt)
+register_learned(LayerwiseComboLOpt.name, LayerwiseComboLOpt)
+register_learned(Celo2LOpt.name, Celo2LOpt)
 
 __all__ = [
+    "Celo2LOpt",
+    "HierarchicalLOpt",
+    "LayerwiseComboLOpt",
     "LearnedOptimizer",
     "MLPLOpt",
     "available",

@@ -1,0 +1,235 @@
+"""``celo2_lopt``: a tiny normalized per-parameter MLP with Newton-Schulz orthogonalization.
+
+After Celo (Moudgil et al., "Learning Versatile Optimizers on a Compute Diet",
+arXiv 2501.12670) and Celo2 (Moudgil, Knyazev, Belilovsky, "Celo2: Towards
+Learned Optimization Free Lunch", arXiv 2602.19142), written from the papers'
+description in this project's style.
+
+Per step, for every scalar parameter:
+
+1. Accumulators: momenta ``m_k`` at decays ``(0.9, 0.99, 0.999)`` and a
+   squared-gradient average ``v`` (decay 0.95).
+2. Features: ``g``, ``clip(g, +-0.1)``, ``p``, ``m_k``, ``v``, ``m_k / sqrt(v)``,
+   ``g / sqrt(v)``, each divided by its root-mean-square over the tensor.
+3. A tiny MLP (``11 -> 8 -> 8 -> 1``, ReLU) gives a direction ``d``, which is
+   divided by its root-mean-square over the tensor (Celo2's per-step output
+   normalization).
+4. Matrices (``ndim >= 2``): ``u = sqrt(max(r, c)) * NS(D)`` where ``D`` is ``d``
+   reshaped to ``(r, c) = (prod(shape[:-1]), shape[-1])`` -- Flax's
+   ``(fan_in, fan_out)`` for dense and convolution kernels alike -- and ``NS`` is
+   five steps of Muon's quintic Newton-Schulz iteration (:func:`newton_schulz`).
+   The factor makes an orthogonal ``D`` have unit root-mean-square, like the
+   elementwise path. Vectors, scalars (biases, norms) and everything when
+   ``orthogonalize=False`` take the elementwise path ``u = exp(log_mult_1d) * d``.
+5. Decoupled weight decay on matrices and a learned step-size schedule::
+
+     update = -lr(t) * (u + weight_decay * p)           (decay on matrices only)
+     lr(t)  = exp(log_lr) * min(1, f / w) * (a + (1 - a) (1 + cos(pi f)) / 2)
+              * exp(c . time_features(step)),    f = step / num_steps,
+     w = 0.1 sigmoid(warmup), a = sigmoid(final)
+
+What follows the papers: the tiny MLP over momentum and rms-normalized features
+with per-tensor input normalization, per-step RMS normalization of the output,
+Newton-Schulz orthogonalization of matrix updates with Muon's coefficients, and
+decoupled weight decay. What is simplified or changed: no Adafactor-style
+factored features; Celo's learned schedule was an LSTM over loss features, here
+it is a learned warmup + cosine-to-floor + correction function of the training
+fraction only; Celo2 sends 1-D parameters and embeddings to AdamW while here
+they take the learned elementwise path with a learned multiplier (no name-based
+routing); convolution kernels are orthogonalized as ``(kh*kw*in, out)`` matrices.
+
+Example::
+
+  lo = lopt.learned("celo2_lopt", weight_decay=1e-4)
+  opt = lo.transform(lo.init(jax.random.key(0)), num_steps=1000)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from lopt import _per_tensor as pt
+from lopt._base import LearnedOptimizer, with_checks
+from lopt._per_param_mlp import TIME_FEATURE_NAMES, FlatLayout, mlp_forward, mlp_init, time_features
+
+__all__ = ["Celo2LOpt", "Celo2LOptState", "newton_schulz"]
+
+MUON_COEFFS = (3.4445, -4.7750, 2.0315)
+
+
+def newton_schulz(x: jax.Array, *, iters: int = 5,
+                  coeffs: tuple[float, float, float] = MUON_COEFFS) -> jax.Array:
+  """Approximately orthogonalizes the last two axes of ``x`` (``U S V^T -> U V^T``).
+
+  Normalizes by the Frobenius norm, then iterates ``X <- a X + (b A + c A^2) X``
+  with ``A = X X^T`` on the wide orientation of the matrix. With Muon's
+  coefficients (Jordan et al. 2024) five iterations give singular values in
+  roughly ``[0.7, 1.2]`` rather than exactly one, which works as well in practice;
+  ``coeffs=(1.5, -0.5, 0.0)`` with more iterations converges to exactly one.
+
+  Args:
+    x: ``(..., r, c)`` float array; leading axes are batched.
+    iters: number of iterations.
+    coeffs: ``(a, b, c)`` of the odd polynomial ``a s + b s^3 + c s^5``.
+
+  Returns:
+    An array of the shape of ``x``.
+  """
+  a, b, c = coeffs
+  tall = x.shape[-2] > x.shape[-1]
+  if tall:
+    x = jnp.swapaxes(x, -1, -2)
+  norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=(-2, -1), keepdims=True) + 1e-30)
+  x = x / (norm + 1e-7)
+  for _ in range(iters):
+    gram = x @ jnp.swapaxes(x, -1, -2)
+    x = a * x + (b * gram + c * (gram @ gram)) @ x
+  return jnp.swapaxes(x, -1, -2) if tall else x
+
+
+class Celo2LOptState(NamedTuple):
+  """State of ``celo2_lopt``; row arrays use the params' :class:`FlatLayout`.
+
+  Attributes:
+    step: number of updates taken (int32).
+    mom: ``(num_rows, 3)`` momenta, one column per decay.
+    rms: ``(num_rows,)`` moving average of squared gradients.
+  """
+
+  step: jax.Array
+  mom: jax.Array
+  rms: jax.Array
+
+
+class Celo2LOpt(LearnedOptimizer):
+  """Celo2-style learned optimizer: tiny normalized MLP + Newton-Schulz + learned schedule.
+
+  Args:
+    hidden: MLP width (Celo2: 8).
+    hidden_layers: MLP hidden layers (Celo2: 2).
+    momentum_decays: decays of the momentum accumulators.
+    rms_decay: decay of the squared-gradient accumulator.
+    orthogonalize: apply Newton-Schulz to matrix (``ndim >= 2``) updates.
+    ns_iters: Newton-Schulz iterations.
+    weight_decay: decoupled weight decay on matrices, scaled by the schedule.
+  """
+
+  name = "celo2_lopt"
+
+  def __init__(self, *, hidden: int = 8, hidden_layers: int = 2,
+               momentum_decays: tuple[float, ...] = (0.9, 0.99, 0.999),
+               rms_decay: float = 0.95, orthogonalize: bool = True, ns_iters: int = 5,
+               weight_decay: float = 0.0):
+    self.hidden = int(hidden)
+    self.hidden_layers = int(hidden_layers)
+    self.momentum_decays = tuple(float(d) for d in momentum_decays)
+    self.rms_decay = float(rms_decay)
+    self.orthogonalize = bool(orthogonalize)
+    self.ns_iters = int(ns_iters)
+    self.weight_decay = float(weight_decay)
+
+  @property
+  def feature_names(self) -> tuple[str, ...]:
+    """Per-parameter MLP inputs, in column order."""
+    m = tuple(f"m{d:g}" for d in self.momentum_decays)
+    return ("g", "clip(g)", "p") + m + ("rms",) + tuple(f"{n}/rms" for n in m) + ("g/rms",)
+
+  @property
+  def num_features(self) -> int:
+    return len(self.feature_names)
+
+  def config(self) -> dict[str, Any]:
+    return {"hidden": self.hidden, "hidden_layers": self.hidden_layers,
+            "momentum_decays": list(self.momentum_decays), "rms_decay": self.rms_decay,
+            "orthogonalize": self.orthogonalize, "ns_iters": self.ns_iters,
+            "weight_decay": self.weight_decay}
+
+  def init(self, key: jax.Array) -> dict[str, Any]:
+    """Returns ``{"mlp": [...], "log_mult_1d": (), "schedule": {...}}``.
+
+    The schedule starts at ``lr = 1e-3`` with a 2 % warmup and a cosine decay to
+    10 % of the peak.
+    """
+    sizes = (self.num_features,) + (self.hidden,) * self.hidden_layers + (1,)
+    schedule = {"log_lr": jnp.asarray(np.log(1e-3), jnp.float32),
+                "warmup": jnp.asarray(np.log(0.2 / 0.8), jnp.float32),  # w = 0.02
+                "final": jnp.asarray(np.log(0.1 / 0.9), jnp.float32),  # a = 0.1
+                "corr": jnp.zeros((len(TIME_FEATURE_NAMES),), jnp.float32)}
+    return {"mlp": mlp_init(key, sizes), "log_mult_1d": jnp.zeros((), jnp.float32),
+            "schedule": schedule}
+
+  @staticmethod
+  def learning_rate(schedule: dict[str, jax.Array], step: jax.Array,
+                    num_steps: int | None) -> jax.Array:
+    """The learned step size at ``step`` (1-based) of a ``num_steps`` horizon."""
+    f = step.astype(jnp.float32) / float(pt.horizon(num_steps))
+    warm = 0.1 * jax.nn.sigmoid(schedule["warmup"])
+    final = jax.nn.sigmoid(schedule["final"])
+    cosine = 0.5 * (1.0 + jnp.cos(jnp.pi * jnp.minimum(f, 1.0)))
+    corr = jnp.clip(jnp.dot(schedule["corr"], time_features(step, num_steps)), -5.0, 5.0)
+    return (jnp.exp(schedule["log_lr"]) * jnp.minimum(1.0, f / warm)
+            * (final + (1.0 - final) * cosine) * jnp.exp(corr))
+
+  def transform(self, meta_params: Any, num_steps: int | None = None
+                ) -> optax.GradientTransformationExtraArgs:
+    """Returns the optimizer for a ``num_steps`` horizon (None: the schedule assumes 10,000)."""
+    decays = jnp.asarray(self.momentum_decays, jnp.float32)[None, :]
+    b2 = self.rms_decay
+
+    def init_fn(params):
+      layout = FlatLayout.from_tree(params)
+      n = layout.num_rows
+      return Celo2LOptState(jnp.zeros((), jnp.int32),
+                            jnp.zeros((n, decays.shape[1]), jnp.float32),
+                            jnp.zeros((n,), jnp.float32))
+
+    def update_fn(updates, state, params=None, *, loss=None, **extra):
+      del loss, extra
+      layout = FlatLayout.from_tree(params if params is not None else updates)
+      g = layout.flatten(updates)
+      p = layout.flatten(params) if params is not None else jnp.zeros_like(g)
+      step = optax.safe_increment(state.step)
+      mom = state.mom * decays + (1.0 - decays) * g[:, None]
+      rms = b2 * state.rms + (1.0 - b2) * jnp.square(g)
+      rsqrt = jax.lax.rsqrt(rms + 1e-12)
+      x = jnp.concatenate([g[:, None], jnp.clip(g, -0.1, 0.1)[:, None], p[:, None], mom,
+                           rms[:, None], mom * rsqrt[:, None], (g * rsqrt)[:, None]], axis=1)
+      inv = jax.lax.rsqrt(layout.tensor_mean(jnp.square(x)) + 1e-16)
+      nb, blk, f = layout.chunk // layout.block, layout.block, x.shape[1]
+
+      def chunk_fn(xc, inv_c):
+        xc = (xc.reshape(nb, blk, f) * inv_c[:, None, :]).reshape(nb * blk, f)
+        return mlp_forward(meta_params["mlp"], xc)[:, 0]
+
+      d = layout.unchunk(layout.map_chunks(
+          chunk_fn, layout.chunked(x), layout.chunked_blocks(layout.per_block(inv))))
+      d = d * pt.row_mask(layout)
+      d = d / pt.tensor_rows(layout, pt.tensor_rms(layout, d, 1e-12))
+
+      lr = self.learning_rate(meta_params["schedule"], step, num_steps)
+      mult_1d = jnp.exp(meta_params["log_mult_1d"])
+      leaves_d = jax.tree.leaves(layout.unflatten(d, dtype=jnp.float32))
+      leaves_p = (jax.tree.leaves(layout.unflatten(p, dtype=jnp.float32))
+                  if params is not None else [None] * len(leaves_d))
+      out = [u * mult_1d for u in leaves_d]
+      groups: dict[tuple[int, int], list[int]] = {}
+      for i, shape in enumerate(layout.shapes):
+        if self.orthogonalize and len(shape) >= 2:
+          groups.setdefault((math.prod(shape[:-1]), shape[-1]), []).append(i)
+      for (r, c), idx in groups.items():  # one batched Newton-Schulz per matrix shape
+        mats = jnp.stack([leaves_d[i].reshape(r, c) for i in idx])
+        mats = newton_schulz(mats, iters=self.ns_iters) * math.sqrt(max(r, c))
+        for j, i in enumerate(idx):
+          out[i] = mats[j].reshape(layout.shapes[i])
+      if self.weight_decay and params is not None:
+        out = [u + self.weight_decay * q if u.ndim >= 2 else u for u, q in zip(out, leaves_p)]
+      out = [(-lr * u).astype(dt) for u, dt in zip(out, layout.dtypes)]
+      return layout.treedef.unflatten(out), Celo2LOptState(step, mom, rms)
+
+    return with_checks(optax.GradientTransformationExtraArgs(init_fn, update_fn), self.name)

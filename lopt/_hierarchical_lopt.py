@@ -1,0 +1,242 @@
+"""``hierarchical_lopt``: a per-tensor LSTM that modulates a per-parameter MLP.
+
+Two levels, in the style of learned_optimization's RNN-MLP optimizer and VeLO
+(Metz et al., "VeLO: Training Versatile Learned Optimizers by Scaling Up",
+arXiv 2211.09760), written from their description:
+
+* **Per tensor** (one row per parameter tensor, all tensors in one batched LSTM
+  call): statistics of the tensor's gradient, momenta, parameters and previous
+  update (log root-mean-squares, gradient-momentum cosines, log size), the
+  training-fraction embedding and scale-free loss features go through a
+  ``Dense`` embedding plus a cross-tensor context (the mean over tensors of a ReLU
+  projection, VeLO's "mix" layer) into a ``flax.linen.OptimizedLSTMCell``. Its
+  output is a per-tensor log step-size scale ``s_t`` and ``C`` control values.
+* **Per parameter**: a small MLP over per-parameter features (gradient, parameter,
+  momenta at several decays, rms, momenta and gradient divided by the rms, each
+  normalized by its per-tensor root-mean-square) plus the tensor's controls, which
+  enter the first layer as a per-tensor bias ``controls_t @ W_c`` (no per-row
+  cost). It outputs a direction ``d`` and log-magnitude ``m``::
+
+    update = -step_mult * exp(s_t) * d * exp(exp_mult * m)
+
+The LSTM's output layer starts at zero, so a fresh optimizer begins as a plain
+per-parameter MLP optimizer with unit per-tensor scales.
+
+Example::
+
+  lo = lopt.learned("hierarchical_lopt")
+  opt = lo.transform(lo.init(jax.random.key(0)), num_steps=1000)
+  state = opt.init(params)
+  updates, state = opt.update(grads, state, params, loss=loss)
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from lopt import _per_tensor as pt
+from lopt._base import LearnedOptimizer, with_checks
+from lopt._per_param_mlp import TIME_FEATURE_NAMES, FlatLayout, mlp_forward, mlp_init, time_features
+
+__all__ = ["HierarchicalLOpt", "HierarchicalLOptState"]
+
+_EPS = 1e-12
+
+
+class HierarchicalLOptState(NamedTuple):
+  """State of ``hierarchical_lopt``; row arrays use the params' :class:`FlatLayout`.
+
+  Attributes:
+    step: number of updates taken (int32).
+    mom: ``(num_rows, K)`` momenta, one column per decay.
+    rms: ``(num_rows,)`` moving average of squared gradients.
+    lstm_c: ``(num_tensors, hidden)`` LSTM cell state, one row per tensor.
+    lstm_h: ``(num_tensors, hidden)`` LSTM hidden state, one row per tensor.
+    update_rms: ``(num_tensors,)`` root-mean-square of each tensor's last update.
+    loss_stats: running loss statistics (:class:`lopt._per_tensor.LossStats`).
+  """
+
+  step: jax.Array
+  mom: jax.Array
+  rms: jax.Array
+  lstm_c: jax.Array
+  lstm_h: jax.Array
+  update_rms: jax.Array
+  loss_stats: pt.LossStats
+
+
+class _TensorLSTM(nn.Module):
+  """The per-tensor network: embedding + cross-tensor context -> LSTM -> controls."""
+
+  hidden: int
+  num_outputs: int
+
+  @nn.compact
+  def __call__(self, carry, x):
+    local = nn.Dense(self.hidden, name="embed")(x)
+    context = jnp.mean(nn.relu(nn.Dense(self.hidden, name="mix")(x)), axis=0, keepdims=True)
+    carry, out = nn.OptimizedLSTMCell(self.hidden, name="lstm")(carry, jnp.tanh(local + context))
+    controls = nn.Dense(self.num_outputs, kernel_init=nn.initializers.zeros, name="out")(out)
+    return carry, controls
+
+
+class HierarchicalLOpt(LearnedOptimizer):
+  """Per-tensor LSTM modulating a per-parameter MLP (VeLO-lite).
+
+  Args:
+    lstm_hidden: LSTM width (per tensor).
+    mlp_hidden: per-parameter MLP width.
+    mlp_layers: number of hidden layers of the per-parameter MLP.
+    num_controls: control values the LSTM feeds each tensor's per-parameter MLP.
+    momentum_decays: decays of the momentum accumulators.
+    rms_decay: decay of the squared-gradient accumulator.
+    step_mult: base step size ``c1``.
+    exp_mult: magnitude scale ``c2`` in ``exp(c2 * m)``.
+  """
+
+  name = "hierarchical_lopt"
+
+  def __init__(self, *, lstm_hidden: int = 16, mlp_hidden: int = 16, mlp_layers: int = 2,
+               num_controls: int = 4, momentum_decays: tuple[float, ...] = (0.9, 0.99, 0.999),
+               rms_decay: float = 0.999, step_mult: float = 1e-3, exp_mult: float = 1e-3):
+    self.lstm_hidden = int(lstm_hidden)
+    self.mlp_hidden = int(mlp_hidden)
+    self.mlp_layers = int(mlp_layers)
+    self.num_controls = int(num_controls)
+    self.momentum_decays = tuple(float(d) for d in momentum_decays)
+    self.rms_decay = float(rms_decay)
+    self.step_mult = float(step_mult)
+    self.exp_mult = float(exp_mult)
+    self._rnn = _TensorLSTM(self.lstm_hidden, 1 + self.num_controls)
+
+  @property
+  def param_feature_names(self) -> tuple[str, ...]:
+    """Per-parameter MLP inputs, in column order (before the per-tensor controls)."""
+    m = tuple(f"m{d:g}" for d in self.momentum_decays)
+    return ("g", "p") + m + ("sqrt(rms)",) + tuple(f"{n}/rms" for n in m) + ("g/rms",)
+
+  @property
+  def tensor_feature_names(self) -> tuple[str, ...]:
+    """Per-tensor LSTM inputs, in column order (see :meth:`_tensor_features`)."""
+    m = tuple(f"m{d:g}" for d in self.momentum_decays)
+    return (("log_rms(g)",) + tuple(f"log_rms({n})" for n in m)
+            + ("log_rms(p)", "log_rms(last_update)", "log(rms(g)/rms(p))",
+               "log_rms(g)-mean_over_tensors") + tuple(f"cos(g,{n})" for n in m)
+            + ("log(size)", "is_matrix") + TIME_FEATURE_NAMES + pt.LOSS_FEATURE_NAMES)
+
+  @property
+  def feature_names(self) -> tuple[str, ...]:
+    """Every input feature (per-parameter, then ``tensor/``-prefixed per-tensor)."""
+    return self.param_feature_names + tuple(f"tensor/{n}" for n in self.tensor_feature_names)
+
+  @property
+  def num_param_features(self) -> int:
+    return len(self.param_feature_names)
+
+  @property
+  def num_tensor_features(self) -> int:
+    return len(self.tensor_feature_names)
+
+  def config(self) -> dict[str, Any]:
+    return {"lstm_hidden": self.lstm_hidden, "mlp_hidden": self.mlp_hidden,
+            "mlp_layers": self.mlp_layers, "num_controls": self.num_controls,
+            "momentum_decays": list(self.momentum_decays), "rms_decay": self.rms_decay,
+            "step_mult": self.step_mult, "exp_mult": self.exp_mult}
+
+  def init(self, key: jax.Array) -> dict[str, Any]:
+    """Returns ``{"lstm": flax params, "mlp": [{"w", "b"}, ...], "ctrl": (C, hidden)}``."""
+    k_rnn, k_mlp, k_ctrl = jax.random.split(key, 3)
+    t, h = 2, self.lstm_hidden
+    carry = (jnp.zeros((t, h)), jnp.zeros((t, h)))
+    rnn = self._rnn.init(k_rnn, carry, jnp.zeros((t, self.num_tensor_features)))["params"]
+    sizes = (self.num_param_features,) + (self.mlp_hidden,) * self.mlp_layers + (2,)
+    ctrl = jax.random.normal(k_ctrl, (self.num_controls, self.mlp_hidden)) / np.sqrt(
+        max(self.num_controls, 1))
+    return {"lstm": rnn, "mlp": mlp_init(k_mlp, sizes, final_scale=0.1), "ctrl": ctrl}
+
+  def _tensor_features(self, layout, g, p, mom, update_rms, step, num_steps, loss_stats, loss):
+    """``(num_tensors, num_tensor_features)`` statistics of every tensor."""
+    log = lambda x: 0.1 * jnp.log(x + 1e-12)
+    g_rms = pt.tensor_rms(layout, g, _EPS)
+    m_rms = pt.tensor_rms(layout, mom, _EPS)  # (T, K)
+    p_rms = pt.tensor_rms(layout, p, _EPS)
+    cos = layout.tensor_mean(g[:, None] * mom) / (g_rms[:, None] * m_rms + 1e-12)
+    sizes = np.asarray(layout.sizes, np.float32)
+    ndims = np.asarray([len(s) for s in layout.shapes], np.float32)
+    t = layout.num_leaves
+    shared = jnp.concatenate([time_features(step, num_steps),
+                              pt.loss_features(loss_stats, loss)])
+    cols = [log(g_rms)[:, None], log(m_rms), log(p_rms)[:, None],
+            log(update_rms)[:, None],
+            jnp.clip(log(g_rms) - log(p_rms), -2.0, 2.0)[:, None],
+            (log(g_rms) - jnp.mean(log(g_rms)))[:, None], cos,
+            jnp.asarray(np.log(sizes + 1.0)[:, None] / 10.0),
+            jnp.asarray((ndims[:, None] >= 2).astype(np.float32)),
+            jnp.broadcast_to(shared[None, :], (t, shared.shape[0]))]
+    return jnp.concatenate(cols, axis=1)
+
+  def transform(self, meta_params: Any, num_steps: int | None = None
+                ) -> optax.GradientTransformationExtraArgs:
+    """Returns the optimizer for a ``num_steps`` horizon (None: no training-fraction features)."""
+    decays = jnp.asarray(self.momentum_decays, jnp.float32)[None, :]
+    b2 = self.rms_decay
+    hidden = self.lstm_hidden
+
+    def init_fn(params):
+      layout = FlatLayout.from_tree(params)
+      n, t = layout.num_rows, layout.num_leaves
+      zeros_th = jnp.zeros((t, hidden), jnp.float32)
+      return HierarchicalLOptState(
+          step=jnp.zeros((), jnp.int32), mom=jnp.zeros((n, decays.shape[1]), jnp.float32),
+          rms=jnp.zeros((n,), jnp.float32), lstm_c=zeros_th, lstm_h=zeros_th,
+          update_rms=jnp.zeros((t,), jnp.float32), loss_stats=pt.init_loss_stats())
+
+    def update_fn(updates, state, params=None, *, loss=None, **extra):
+      del extra
+      layout = FlatLayout.from_tree(params if params is not None else updates)
+      g = layout.flatten(updates)
+      p = layout.flatten(params) if params is not None else jnp.zeros_like(g)
+      step = state.step + 1
+      mom = state.mom * decays + (1.0 - decays) * g[:, None]
+      rms = b2 * state.rms + (1.0 - b2) * jnp.square(g)
+      loss_stats = pt.update_loss_stats(state.loss_stats, loss)
+
+      # Per-tensor LSTM, all tensors in one call.
+      tfeat = self._tensor_features(layout, g, p, mom, state.update_rms, step, num_steps,
+                                    loss_stats, loss)
+      (lstm_c, lstm_h), ctrl = self._rnn.apply(
+          {"params": meta_params["lstm"]}, (state.lstm_c, state.lstm_h), tfeat)
+      log_scale = jnp.clip(ctrl[:, 0], -10.0, 5.0)
+      first_bias = ctrl[:, 1:] @ meta_params["ctrl"]  # (T, mlp_hidden)
+
+      # Per-parameter MLP in chunks; per-tensor normalizers and biases per block.
+      rsqrt = jax.lax.rsqrt(rms + 1e-12)
+      x = jnp.concatenate([g[:, None], p[:, None], mom, jnp.sqrt(rms + 1e-30)[:, None],
+                           mom * rsqrt[:, None], (g * rsqrt)[:, None]], axis=1)
+      inv = jax.lax.rsqrt(layout.tensor_mean(jnp.square(x)) + 1e-16)
+      scale = self.step_mult * jnp.exp(log_scale)
+      block_args = [layout.chunked_blocks(layout.per_block(a))
+                    for a in (inv, first_bias, scale[:, None])]
+      nb, blk, f = layout.chunk // layout.block, layout.block, x.shape[1]
+
+      def chunk_fn(xc, inv_c, bias_c, scale_c):
+        xc = (xc.reshape(nb, blk, f) * inv_c[:, None, :]).reshape(nb * blk, f)
+        hb = jnp.broadcast_to(bias_c[:, None, :], (nb, blk, bias_c.shape[-1]))
+        out = mlp_forward(meta_params["mlp"], xc, first_bias=hb.reshape(nb * blk, -1))
+        mag = jnp.exp(self.exp_mult * out[:, 1]).reshape(nb, blk) * scale_c
+        return -(out[:, 0].reshape(nb, blk) * mag).reshape(nb * blk)
+
+      step_rows = layout.unchunk(layout.map_chunks(chunk_fn, layout.chunked(x), *block_args))
+      step_rows = step_rows * pt.row_mask(layout)
+      new_state = HierarchicalLOptState(
+          step=step, mom=mom, rms=rms, lstm_c=lstm_c, lstm_h=lstm_h,
+          update_rms=pt.tensor_rms(layout, step_rows, _EPS), loss_stats=loss_stats)
+      return layout.unflatten(step_rows), new_state
+
+    return with_checks(optax.GradientTransformationExtraArgs(init_fn, update_fn), self.name)

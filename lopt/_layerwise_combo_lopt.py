@@ -1,0 +1,196 @@
+"""``layerwise_combo_lopt``: per-layer learned mixtures of base optimizer directions.
+
+A cheap learned optimizer in the spirit of "Narrowing the Focus: Learned
+Optimizers for Pretrained Models" (Gupta et al., arXiv 2408.09310): the update of
+tensor ``t`` is a learned linear combination of ``K = 4`` base update directions
+computed with the usual accumulators,
+
+  ====== ================================ ============================
+  name   direction ``u_k``                reproduces (one-hot weights)
+  ====== ================================ ============================
+  sgd    ``-g``                           ``optax.sgd(lr)``
+  momentum ``-tr``, ``tr <- beta tr + g`` ``optax.sgd(lr, momentum=beta)``
+  adam   ``-m_hat / (sqrt(v_hat) + eps)`` ``optax.adam(lr, b1, b2, eps)``
+  sign   ``-sign(m)``                     ``trace(b1)``, ``scale_by_sign()``, ``scale(-lr)``
+  ====== ================================ ============================
+
+::
+
+  update_t = lr * sum_k c_{t,k} u_k,      lr = exp(log_lr)
+  c_t      = bias + layer_bias_t + net(features_t)
+
+``net`` is a small MLP applied to all tensors in one call, over per-tensor
+features (log root-mean-squares of gradient, momentum, Adam direction and
+parameters; the gradient-momentum cosine; training-fraction and loss features).
+Its output layer starts at zero and ``bias`` starts one-hot on ``adam`` with
+``log_lr = log(1e-3)``, so a fresh optimizer *is* Adam(1e-3); setting ``bias`` to
+another one-hot vector and ``log_lr`` to ``log(lr)`` selects exactly one base
+optimizer (:meth:`LayerwiseComboLOpt.one_hot`). ``layer_bias`` (one row per
+tensor) exists only when the constructor is given ``num_layers``, since it ties
+the meta-parameters to one parameter tree. Unlike the paper, which combines
+base optimizers' full updates with per-layer scalars learned on one target
+task, the weights here also depend on the features, so they can change during
+training and transfer across tasks.
+
+Example::
+
+  lo = lopt.learned("layerwise_combo_lopt")
+  opt = lo.transform(lo.one_hot("momentum", 0.05), num_steps=1000)
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from lopt import _per_tensor as pt
+from lopt._base import LearnedOptimizer, with_checks
+from lopt._per_param_mlp import TIME_FEATURE_NAMES, FlatLayout, mlp_forward, mlp_init, time_features
+
+__all__ = ["BASE_DIRECTIONS", "LayerwiseComboLOpt", "LayerwiseComboLOptState"]
+
+BASE_DIRECTIONS = ("sgd", "momentum", "adam", "sign")
+
+
+class LayerwiseComboLOptState(NamedTuple):
+  """State of ``layerwise_combo_lopt``; row arrays use the params' :class:`FlatLayout`.
+
+  Attributes:
+    step: number of updates taken (int32).
+    trace: ``(num_rows,)`` heavy-ball trace ``beta * trace + g`` (optax's convention).
+    mu: ``(num_rows,)`` Adam first moment.
+    nu: ``(num_rows,)`` Adam second moment.
+    loss_stats: running loss statistics.
+  """
+
+  step: jax.Array
+  trace: jax.Array
+  mu: jax.Array
+  nu: jax.Array
+  loss_stats: pt.LossStats
+
+
+class LayerwiseComboLOpt(LearnedOptimizer):
+  """Per-tensor learned weights over sgd / momentum / adam / sign directions.
+
+  Args:
+    hidden: width of the per-tensor weight network.
+    momentum: heavy-ball decay ``beta`` of the momentum direction.
+    b1: Adam first-moment decay (also the sign direction's momentum).
+    b2: Adam second-moment decay.
+    eps: Adam epsilon (added outside the square root, as optax does).
+    num_layers: if given, a learned per-tensor bias with this many rows is added
+      (the optimizer then only accepts parameter trees with that many tensors).
+  """
+
+  name = "layerwise_combo_lopt"
+
+  def __init__(self, *, hidden: int = 16, momentum: float = 0.9, b1: float = 0.9,
+               b2: float = 0.999, eps: float = 1e-8, num_layers: int | None = None):
+    self.hidden = int(hidden)
+    self.momentum = float(momentum)
+    self.b1 = float(b1)
+    self.b2 = float(b2)
+    self.eps = float(eps)
+    self.num_layers = None if num_layers is None else int(num_layers)
+
+  feature_names = (("log_rms(g)", "log_rms(m)", "log_rms(trace)", "log_rms(adam)",
+                    "log_rms(p)", "log(rms(g)/rms(p))", "cos(g,m)")
+                   + TIME_FEATURE_NAMES + pt.LOSS_FEATURE_NAMES)
+  """Per-tensor inputs of the weight network, in column order."""
+
+  @property
+  def num_features(self) -> int:
+    return len(self.feature_names)
+
+  def config(self) -> dict[str, Any]:
+    return {"hidden": self.hidden, "momentum": self.momentum, "b1": self.b1, "b2": self.b2,
+            "eps": self.eps, "num_layers": self.num_layers}
+
+  def init(self, key: jax.Array) -> dict[str, Any]:
+    """Meta-params that make the optimizer exactly ``optax.adam(1e-3)``.
+
+    Returns ``{"net": [{"w", "b"}, ...], "bias": (4,), "log_lr": ()}`` plus
+    ``"layer_bias": (num_layers, 4)`` when ``num_layers`` is set.
+    """
+    k = len(BASE_DIRECTIONS)
+    mp = {"net": mlp_init(key, (self.num_features, self.hidden, k), final_scale=0.0),
+          "bias": jnp.asarray(np.eye(k, dtype=np.float32)[BASE_DIRECTIONS.index("adam")]),
+          "log_lr": jnp.asarray(np.log(1e-3), jnp.float32)}
+    if self.num_layers is not None:
+      mp["layer_bias"] = jnp.zeros((self.num_layers, k), jnp.float32)
+    return mp
+
+  def one_hot(self, direction: str, learning_rate: float, key: jax.Array | None = None
+              ) -> dict[str, Any]:
+    """Meta-params selecting exactly one base direction with ``learning_rate``.
+
+    Args:
+      direction: one of ``BASE_DIRECTIONS``.
+      learning_rate: the step size.
+      key: PRNG key for the (zeroed-out) network; defaults to ``jax.random.key(0)``.
+    """
+    if direction not in BASE_DIRECTIONS:
+      raise ValueError(f"unknown direction {direction!r}; valid: {BASE_DIRECTIONS}")
+    mp = self.init(jax.random.key(0) if key is None else key)
+    k = BASE_DIRECTIONS.index(direction)
+    mp["bias"] = jnp.asarray(np.eye(len(BASE_DIRECTIONS), dtype=np.float32)[k])
+    mp["log_lr"] = jnp.asarray(np.log(learning_rate), jnp.float32)
+    return mp
+
+  def transform(self, meta_params: Any, num_steps: int | None = None
+                ) -> optax.GradientTransformationExtraArgs:
+    """Returns the optimizer for a ``num_steps`` horizon (None: no training-fraction features)."""
+    beta, b1, b2, eps = self.momentum, self.b1, self.b2, self.eps
+
+    def init_fn(params):
+      layout = FlatLayout.from_tree(params)
+      z = jnp.zeros((layout.num_rows,), jnp.float32)
+      return LayerwiseComboLOptState(jnp.zeros((), jnp.int32), z, z, z, pt.init_loss_stats())
+
+    def update_fn(updates, state, params=None, *, loss=None, **extra):
+      del extra
+      layout = FlatLayout.from_tree(params if params is not None else updates)
+      if self.num_layers is not None and layout.num_leaves != self.num_layers:
+        raise ValueError(f"layerwise_combo_lopt was built with num_layers={self.num_layers} "
+                         f"but the parameter tree has {layout.num_leaves} tensors")
+      g = layout.flatten(updates)
+      step = optax.safe_increment(state.step)
+      trace = g + beta * state.trace
+      mu = (1.0 - b1) * g + b1 * state.mu
+      nu = (1.0 - b2) * jnp.square(g) + b2 * state.nu
+      t = step.astype(jnp.float32)
+      mu_hat = mu / (1.0 - b1 ** t)
+      nu_hat = nu / (1.0 - b2 ** t)
+      adam = mu_hat / (jnp.sqrt(jnp.maximum(nu_hat, 1e-36)) + eps)  # safe gradient at 0
+      dirs = -jnp.stack([g, trace, adam, jnp.sign(mu)], axis=1)  # (num_rows, 4)
+
+      loss_stats = pt.update_loss_stats(state.loss_stats, loss)
+      log = lambda x: 0.1 * jnp.log(x + 1e-12)
+      p = layout.flatten(params) if params is not None else jnp.zeros_like(g)
+      g_rms, m_rms = pt.tensor_rms(layout, g, 1e-20), pt.tensor_rms(layout, mu, 1e-20)
+      cos = layout.tensor_mean(g * mu) / (g_rms * m_rms + 1e-12)
+      stats = jnp.stack([log(g_rms), log(m_rms), log(pt.tensor_rms(layout, trace, 1e-20)),
+                         log(pt.tensor_rms(layout, adam, 1e-20)),
+                         log(pt.tensor_rms(layout, p, 1e-20)),
+                         jnp.clip(log(g_rms) - log(pt.tensor_rms(layout, p, 1e-20)), -2.0, 2.0),
+                         cos], axis=1)
+      shared = jnp.concatenate([time_features(step, num_steps),
+                                pt.loss_features(loss_stats, loss)])
+      feats = jnp.concatenate(
+          [stats, jnp.broadcast_to(shared[None, :], (layout.num_leaves, shared.shape[0]))],
+          axis=1)
+      coef = mlp_forward(meta_params["net"], feats) + meta_params["bias"][None, :]
+      if self.num_layers is not None:
+        coef = coef + meta_params["layer_bias"]
+      coef = coef * jnp.exp(meta_params["log_lr"])  # (T, 4)
+
+      step_rows = jnp.sum(dirs * pt.tensor_rows(layout, coef), axis=1)
+      new_state = LayerwiseComboLOptState(step, trace, mu, nu, loss_stats)
+      return layout.unflatten(step_rows), new_state
+
+    return with_checks(optax.GradientTransformationExtraArgs(init_fn, update_fn), self.name)

@@ -1,0 +1,110 @@
+"""Per-tensor helpers shared by the tensor-aware learned optimizers.
+
+Parameters live in the padded row space of :class:`lopt._per_param_mlp.FlatLayout`
+(every leaf raveled into one ``(num_rows,)`` float32 array). Per-tensor
+statistics are one reduction over all rows (:meth:`FlatLayout.tensor_mean`), and
+per-tensor values (an LSTM's output, a layer's combination weights) reach every
+row of their tensor through one per-block gather (:func:`tensor_rows`). This
+module adds that broadcast, a padding mask and scale-free loss features.
+
+Used by :mod:`lopt._hierarchical_lopt`, :mod:`lopt._layerwise_combo_lopt` and
+:mod:`lopt._celo2_lopt`.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lopt._per_param_mlp import FlatLayout
+
+__all__ = ["DEFAULT_NUM_STEPS", "LOSS_FEATURE_NAMES", "LossStats", "horizon",
+           "init_loss_stats", "loss_features", "row_mask", "tensor_rms", "tensor_rows",
+           "update_loss_stats"]
+
+NUM_LOSS_FEATURES = 3
+LOSS_FEATURE_NAMES = ("loss_fast/first", "loss_slow/first", "loss/loss_slow")
+# The horizon a learned schedule assumes when an optimizer is built with ``num_steps=None``.
+DEFAULT_NUM_STEPS = 10_000
+
+
+def tensor_rows(layout: FlatLayout, per_tensor: jax.Array) -> jax.Array:
+  """Gives every row its tensor's value: ``(T, ...)`` to ``(num_rows, ...)``.
+
+  One gather per *block* (:meth:`FlatLayout.per_block`) and a broadcast, never a
+  per-row gather. Tail-padding rows get zeros.
+  """
+  blocks = layout.per_block(per_tensor)
+  trail = per_tensor.shape[1:]
+  rows = jnp.broadcast_to(blocks[:, None], (layout.num_blocks, layout.block) + trail)
+  return rows.reshape((layout.num_rows,) + trail)
+
+
+@functools.lru_cache(maxsize=256)
+def _row_mask(layout: FlatLayout) -> np.ndarray:
+  mask = np.zeros((layout.num_rows,), np.float32)
+  for off, size in zip(layout.offsets, layout.sizes):
+    mask[off:off + size] = 1.0
+  return mask
+
+
+def row_mask(layout: FlatLayout) -> np.ndarray:
+  """``(num_rows,)`` float32 constant: 1 on rows holding a real parameter, 0 on padding."""
+  return _row_mask(layout)
+
+
+def horizon(num_steps: int | None) -> int:
+  """The training horizon of a learned schedule (``DEFAULT_NUM_STEPS`` for None)."""
+  return DEFAULT_NUM_STEPS if num_steps is None else max(int(num_steps), 1)
+
+
+def tensor_rms(layout: FlatLayout, rows: jax.Array, eps: float = 1e-12) -> jax.Array:
+  """Per-tensor root-mean-square of ``(num_rows, ...)`` rows whose padding rows are zero."""
+  return jnp.sqrt(layout.tensor_mean(jnp.square(rows)) + eps)
+
+
+class LossStats(NamedTuple):
+  """Running loss statistics: the first loss and a fast and a slow moving average."""
+
+  first: jax.Array
+  fast: jax.Array
+  slow: jax.Array
+  seen: jax.Array  # bool: whether any loss has been seen
+
+
+def init_loss_stats() -> LossStats:
+  z = jnp.zeros((), jnp.float32)
+  return LossStats(z, z, z, jnp.zeros((), jnp.bool_))
+
+
+def update_loss_stats(stats: LossStats, loss: jax.Array | None) -> LossStats:
+  """Folds ``loss`` into the statistics (a no-op for ``loss=None``)."""
+  if loss is None:
+    return stats
+  loss = jnp.asarray(loss, jnp.float32).reshape(())
+  loss = jnp.where(jnp.isfinite(loss), loss, jnp.where(stats.seen, stats.slow, 0.0))
+  first = jnp.where(stats.seen, stats.first, loss)
+  fast = jnp.where(stats.seen, 0.7 * stats.fast + 0.3 * loss, loss)
+  slow = jnp.where(stats.seen, 0.95 * stats.slow + 0.05 * loss, loss)
+  return LossStats(first, fast, slow, jnp.ones((), jnp.bool_))
+
+
+def loss_features(stats: LossStats, loss: jax.Array | None) -> jax.Array:
+  """``(NUM_LOSS_FEATURES,)`` scale-free loss features in ``[-1, 1]``.
+
+  The fast and slow averages relative to the first loss, and the current loss
+  relative to the slow average, each as ``tanh(relative change)``; zeros when
+  no loss is given. Relative changes make the features invariant to the loss's
+  scale, so the same meta-parameters work on tasks with very different losses.
+  """
+  if loss is None:
+    return jnp.zeros((NUM_LOSS_FEATURES,), jnp.float32)
+  loss = jnp.asarray(loss, jnp.float32).reshape(())
+  loss = jnp.where(jnp.isfinite(loss), loss, stats.slow)
+  rel = lambda a, b: jnp.tanh((a - b) / (jnp.abs(b) + 1e-8))
+  return jnp.stack([rel(stats.fast, stats.first), rel(stats.slow, stats.first),
+                    rel(loss, stats.slow)])
