@@ -30,10 +30,13 @@ from lopt._weights import save_weights as save_weights
 
 __version__ = "0.1.0"
 
+from lopt import gpt as gpt  # noqa: E402  (G.pt; registered below)
+
 register_learned(MLPLOpt.name, MLPLOpt)
 register_learned(HierarchicalLOpt.name, HierarchicalLOpt)
 register_learned(LayerwiseComboLOpt.name, LayerwiseComboLOpt)
 register_learned(Celo2LOpt.name, Celo2LOpt)
+register("gpt", gpt.gpt)
 
 __all__ = [
     "Celo2LOpt",
@@ -45,6 +48,7 @@ __all__ = [
     "available_learned",
     "check_trees",
     "get",
+    "gpt",
     "has_pretrained",
     "learned",
     "load_weights",

@@ -1,0 +1,35 @@
+"""G.pt: a diffusion transformer over network parameters, used as an optimizer.
+
+::
+
+  opt = lopt.get("gpt", weights="pretrained", target=0.05)   # digits_mlp, hidden=(32,)
+  updates, state = opt.update(grads, state, params, loss=loss)
+
+Peebles et al. 2022, "Learning to Learn with Generative Models of Neural Network
+Checkpoints" (arXiv 2209.12892).
+"""
+
+from lopt.gpt._diffusion import Schedule as Schedule
+from lopt.gpt._diffusion import diffusion_loss as diffusion_loss
+from lopt.gpt._diffusion import make_schedule as make_schedule
+from lopt.gpt._diffusion import q_sample as q_sample
+from lopt.gpt._diffusion import sample as sample
+from lopt.gpt._io import LoadedGPT as LoadedGPT
+from lopt.gpt._io import load_gpt as load_gpt
+from lopt.gpt._io import read_gpt_manifest as read_gpt_manifest
+from lopt.gpt._io import save_gpt as save_gpt
+from lopt.gpt._model import DEFAULT_CONFIG as DEFAULT_CONFIG
+from lopt.gpt._model import GPT as GPT
+from lopt.gpt._model import GPTNet as GPTNet
+from lopt.gpt._optimizer import GPTState as GPTState
+from lopt.gpt._optimizer import gpt as gpt
+from lopt.gpt._optimizer import gpt_from_loaded as gpt_from_loaded
+from lopt.gpt._optimizer import pretrained_gpt_path as pretrained_gpt_path
+from lopt.gpt._tokenizer import Tokenizer as Tokenizer
+from lopt.gpt._tokenizer import param_spec as param_spec
+
+__all__ = [
+    "DEFAULT_CONFIG", "GPT", "GPTNet", "GPTState", "LoadedGPT", "Schedule", "Tokenizer",
+    "diffusion_loss", "gpt", "gpt_from_loaded", "load_gpt", "make_schedule", "param_spec",
+    "pretrained_gpt_path", "q_sample", "read_gpt_manifest", "sample", "save_gpt",
+]

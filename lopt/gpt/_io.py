@@ -1,0 +1,111 @@
+"""Saving and loading G.pt weights: orbax arrays plus a JSON manifest (no pickle).
+
+A weights directory holds::
+
+  <path>/manifest.json  {"format": "lopt-gpt/1", "name": "gpt", "config": GPT config
+                         (the task's param spec included), "task": {...}, "best_metric",
+                         "extra": {...}}
+  <path>/state/         orbax: {"params": EMA network weights, "stats": normalization}
+
+``load_gpt`` rebuilds the model from the manifest alone, so the structure a
+model was trained for travels with its weights.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from lopt.gpt._model import GPT, stats_to_jax
+
+__all__ = ["FORMAT", "LoadedGPT", "load_gpt", "read_gpt_manifest", "save_gpt"]
+
+FORMAT = "lopt-gpt/1"
+_STATE = "state"
+
+
+class LoadedGPT(NamedTuple):
+  """A loaded model: the :class:`GPT`, its network weights, stats and manifest."""
+  model: GPT
+  params: Any
+  stats: dict[str, jax.Array]
+  manifest: dict[str, Any]
+
+
+def save_gpt(path: str | pathlib.Path, model: GPT, params: Any, stats: dict[str, Any], *,
+             task: dict[str, Any] | None = None, best_metric: float | None = None,
+             extra: dict[str, Any] | None = None) -> pathlib.Path:
+  """Saves a G.pt model to the directory ``path`` (created; overwritten).
+
+  Args:
+    path: the weights directory.
+    model: the :class:`GPT` whose config goes into the manifest.
+    params: network weights (usually the EMA).
+    stats: normalization statistics (:meth:`GPT.compute_stats`).
+    task: ``{"name", "config"}`` of the task the model was trained on (informative).
+    best_metric: best metric value seen in training data: the default prompt.
+    extra: JSON-serializable metadata (training run, evaluation, ...).
+
+  Returns:
+    The absolute path.
+  """
+  path = pathlib.Path(path).expanduser().resolve()
+  path.mkdir(parents=True, exist_ok=True)
+  state = {"params": jax.tree.map(np.asarray, params),
+           "stats": {k: np.asarray(v, np.float32) for k, v in stats.items()}}
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(path / _STATE, state, force=True)
+    ckptr.wait_until_finished()
+  manifest = {"format": FORMAT, "name": "gpt", "config": model.config(), "task": task,
+              "best_metric": None if best_metric is None else float(best_metric),
+              "extra": extra or {}}
+  (path / "manifest.json").write_text(json.dumps(manifest, indent=1))
+  return path
+
+
+def read_gpt_manifest(path: str | pathlib.Path) -> dict[str, Any]:
+  """Reads and checks ``manifest.json`` of a G.pt weights directory.
+
+  Raises:
+    FileNotFoundError: no manifest at ``path``.
+    ValueError: the manifest is not a G.pt manifest.
+  """
+  f = pathlib.Path(path).expanduser() / "manifest.json"
+  if not f.is_file():
+    raise FileNotFoundError(f"no G.pt weights at {str(path)!r}: {str(f)!r} does not exist")
+  manifest = json.loads(f.read_text())
+  if manifest.get("format") != FORMAT or manifest.get("name") != "gpt":
+    raise ValueError(f"{f} is not a G.pt weights manifest (format "
+                     f"{manifest.get('format')!r}, name {manifest.get('name')!r}; expected "
+                     f"{FORMAT!r}, 'gpt')")
+  return manifest
+
+
+def load_gpt(path: str | pathlib.Path) -> LoadedGPT:
+  """Loads G.pt weights saved by :func:`save_gpt`.
+
+  Example::
+
+    m = load_gpt("lopt/weights/gpt_digits_mlp")
+    new = m.model.generate(m.params, m.stats, key, start, loss, target)
+  """
+  path = pathlib.Path(path).expanduser().resolve()
+  manifest = read_gpt_manifest(path)
+  cfg = dict(manifest["config"])
+  model = GPT(cfg.pop("spec"), **cfg)
+  shapes = jax.eval_shape(model.init, jax.random.key(0))
+  n, c = model.tokenizer.num_tokens, model.tokenizer.chunk_size
+  target = {"params": jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), shapes),
+            "stats": {"param_scale": np.zeros((n, c), np.float32),
+                      "target_scale": np.zeros((n, c), np.float32),
+                      "metric_mean": np.zeros((), np.float32),
+                      "metric_std": np.zeros((), np.float32)}}
+  with ocp.StandardCheckpointer() as ckptr:
+    state = ckptr.restore(path / _STATE, target)
+  params = jax.tree.map(jax.numpy.asarray, state["params"])
+  return LoadedGPT(model, params, stats_to_jax(state["stats"]), manifest)

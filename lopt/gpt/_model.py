@@ -1,0 +1,248 @@
+"""The G.pt denoiser: a transformer over parameter tokens and conditioning tokens.
+
+The sequence is ``[t, metric(start), metric(target), start tokens..., noisy
+tokens...]``. Every parameter token position has its own linear encoder (one for
+starting parameters, one for noisy future parameters) and its own linear decoder,
+as in G.pt; scalars enter through sinusoidal features and a small MLP. The
+outputs at the noisy-token positions predict the clean future parameters
+(normalized), or, with ``predict_delta``, the normalized change from the start.
+
+:class:`GPT` bundles the Flax module, the tokenizer and the diffusion schedule,
+and offers ``loss`` (training) and ``generate`` (sampling new parameters).
+
+Reference: Peebles et al. 2022, arXiv 2209.12892, Sec. 3 and Fig. 2.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lopt.gpt import _diffusion as diff
+from lopt.gpt._tokenizer import Tokenizer
+
+__all__ = ["GPT", "GPTNet", "DEFAULT_CONFIG"]
+
+#: Architecture and diffusion defaults (any key may be overridden in ``GPT(spec, **config)``).
+DEFAULT_CONFIG: dict[str, Any] = {
+    "chunk_size": 128, "d_model": 192, "num_layers": 4, "num_heads": 4, "mlp_ratio": 4,
+    "num_timesteps": 1000, "schedule": "linear", "predict_delta": True,
+    "metric": "test_loss", "log_metric": True,
+}
+
+
+class PerTokenLinear(nn.Module):
+  """A separate dense layer for every token position: ``(B, N, i) -> (B, N, o)``."""
+  num_tokens: int
+  features: int
+  zero_init: bool = False
+
+  @nn.compact
+  def __call__(self, x):
+    fan_in = x.shape[-1]
+    init = (nn.initializers.zeros if self.zero_init
+            else nn.initializers.normal(1.0 / math.sqrt(fan_in)))
+    w = self.param("kernel", init, (self.num_tokens, fan_in, self.features))
+    b = self.param("bias", nn.initializers.zeros, (self.num_tokens, self.features))
+    return jnp.einsum("bni,nio->bno", x, w) + b[None]
+
+
+class ScalarEmbed(nn.Module):
+  """Sinusoidal features of a scalar (at ``num_freqs`` log-spaced frequencies) -> MLP."""
+  features: int
+  num_freqs: int = 32
+  max_freq: float = 1000.0
+
+  @nn.compact
+  def __call__(self, x):
+    freqs = jnp.exp(jnp.linspace(0.0, math.log(self.max_freq), self.num_freqs))
+    arg = x[:, None] * freqs[None, :]
+    h = jnp.concatenate([jnp.sin(arg), jnp.cos(arg), x[:, None]], axis=-1)
+    h = nn.silu(nn.Dense(self.features)(h))
+    return nn.Dense(self.features)(h)
+
+
+class Block(nn.Module):
+  """Pre-LayerNorm transformer block."""
+  d_model: int
+  num_heads: int
+  mlp_ratio: int
+
+  @nn.compact
+  def __call__(self, h):
+    y = nn.LayerNorm()(h)
+    h = h + nn.MultiHeadDotProductAttention(num_heads=self.num_heads)(y, y)
+    y = nn.LayerNorm()(h)
+    y = nn.Dense(self.mlp_ratio * self.d_model)(y)
+    return h + nn.Dense(self.d_model)(nn.gelu(y))
+
+
+class GPTNet(nn.Module):
+  """The denoiser network; see the module docstring.
+
+  ``__call__(x_t, t, x_start, m_start, m_target)`` with tokens ``(B, N, C)``,
+  ``t`` in ``[0, 1]`` and (transformed) metrics ``(B,)`` returns ``(B, N, C)``.
+  """
+  num_tokens: int
+  chunk_size: int
+  d_model: int = 192
+  num_layers: int = 4
+  num_heads: int = 4
+  mlp_ratio: int = 4
+
+  @nn.compact
+  def __call__(self, x_t, t, x_start, m_start, m_target):
+    n, d = self.num_tokens, self.d_model
+    cond = jnp.stack([ScalarEmbed(d, name="embed_t")(t),
+                      ScalarEmbed(d, name="embed_metric_start")(m_start),
+                      ScalarEmbed(d, name="embed_metric_target")(m_target)], axis=1)
+    h = jnp.concatenate([cond, PerTokenLinear(n, d, name="enc_start")(x_start),
+                         PerTokenLinear(n, d, name="enc_noisy")(x_t)], axis=1)
+    pos = self.param("pos_embed", nn.initializers.normal(0.02), (3 + 2 * n, d))
+    h = h + pos[None]
+    for i in range(self.num_layers):
+      h = Block(d, self.num_heads, self.mlp_ratio, name=f"block_{i}")(h)
+    h = nn.LayerNorm(name="final_norm")(h[:, 3 + n:])
+    return PerTokenLinear(n, self.chunk_size, zero_init=True, name="dec")(h)
+
+
+class GPT:
+  """G.pt for one task architecture: network, tokenizer, schedule and normalization.
+
+  ``stats`` (computed from a dataset by :meth:`compute_stats`, saved with the
+  weights) holds per-token-entry scales of the starting parameters and of the
+  prediction target, and the mean/std of the (log) metric.
+
+  Example::
+
+    gpt = GPT(lopt.gpt.param_spec(params), d_model=128)
+    net_params = gpt.init(key)
+    new_flat = gpt.generate(net_params, stats, key, start_flat, m_start, m_target)
+
+  Args:
+    spec: the task's parameter structure spec (:func:`lopt.gpt.param_spec`).
+    **config: overrides of :data:`DEFAULT_CONFIG`.
+  """
+
+  def __init__(self, spec, **config: Any):
+    unknown = set(config) - set(DEFAULT_CONFIG)
+    if unknown:
+      raise ValueError(f"unknown G.pt config keys {sorted(unknown)}; valid: "
+                       f"{sorted(DEFAULT_CONFIG)}")
+    self.cfg = {**DEFAULT_CONFIG, **config}
+    self.tokenizer = Tokenizer(spec, self.cfg["chunk_size"])
+    self.net = GPTNet(self.tokenizer.num_tokens, self.cfg["chunk_size"], self.cfg["d_model"],
+                      self.cfg["num_layers"], self.cfg["num_heads"], self.cfg["mlp_ratio"])
+    self.schedule = diff.make_schedule(self.cfg["num_timesteps"], self.cfg["schedule"])
+    self.mask = jnp.asarray(self.tokenizer.mask, jnp.float32)
+
+  def config(self) -> dict[str, Any]:
+    """JSON-able constructor arguments (the spec included)."""
+    return {"spec": self.tokenizer.spec, **self.cfg}
+
+  def init(self, key: jax.Array) -> Any:
+    """Returns fresh network parameters."""
+    n, c = self.tokenizer.num_tokens, self.tokenizer.chunk_size
+    x = jnp.zeros((1, n, c), jnp.float32)
+    s = jnp.zeros((1,), jnp.float32)
+    return self.net.init(key, x, s, x, s, s)["params"]
+
+  # -------------------------------------------------------------------- stats
+  def compute_stats(self, params: np.ndarray, metric: np.ndarray) -> dict[str, np.ndarray]:
+    """Normalization statistics from a dataset.
+
+    Args:
+      params: ``(runs, checkpoints, num_params)`` flattened checkpoints.
+      metric: ``(runs, checkpoints)`` values of ``config()["metric"]``.
+
+    Returns:
+      ``{"param_scale", "target_scale"}`` of shape ``(N, C)`` (per-leaf standard
+      deviations; 1 on padding) and scalar ``"metric_mean"``, ``"metric_std"``.
+    """
+    tok = self.tokenizer
+    params = np.asarray(params, np.float32)
+    if self.cfg["predict_delta"]:
+      i, j = np.triu_indices(params.shape[1], 1)
+      rng = np.random.default_rng(0)
+      pick = rng.integers(0, params.shape[0] * len(i), size=min(8192, params.shape[0] * len(i)))
+      r, p = pick // len(i), pick % len(i)
+      target = params[r, j[p]] - params[r, i[p]]
+    else:
+      target = params
+    def per_leaf_std(x):
+      x = x.reshape(-1, tok.num_params)
+      out = np.ones((tok.num_params,), np.float32)
+      for o, n in zip(tok.offsets[:-1], tok.sizes):
+        out[o:o + n] = max(float(np.std(x[:, o:o + n])), 1e-6)
+      return np.where(tok.mask, tok.tokenize(out), 1.0).astype(np.float32)
+    m = self.transform_metric(np.asarray(metric, np.float32))
+    return {"param_scale": per_leaf_std(params), "target_scale": per_leaf_std(target),
+            "metric_mean": np.asarray(np.mean(m), np.float32),
+            "metric_std": np.asarray(max(float(np.std(m)), 1e-6), np.float32)}
+
+  def transform_metric(self, m):
+    """``log`` of the metric when ``log_metric`` (losses), else the metric."""
+    xp = np if isinstance(m, np.ndarray) else jnp
+    return xp.log(xp.maximum(m, 1e-8)) if self.cfg["log_metric"] else m
+
+  def _norm_metric(self, stats, m):
+    return (self.transform_metric(m) - stats["metric_mean"]) / stats["metric_std"]
+
+  # ---------------------------------------------------------- train / sample
+  def _denoiser(self, net_params, stats, start_flat, m_start, m_target):
+    tok = self.tokenizer
+    x_start = tok.tokenize(start_flat) / stats["param_scale"][None]
+    ms, mt = self._norm_metric(stats, m_start), self._norm_metric(stats, m_target)
+    T = self.schedule.num_timesteps
+
+    def model_fn(x_t, t):
+      t01 = t.astype(jnp.float32) / T
+      out = self.net.apply({"params": net_params}, x_t, t01, x_start, ms, mt)
+      return out * self.mask[None]
+
+    return model_fn
+
+  def loss(self, net_params, stats, key, start_flat, target_flat, m_start, m_target):
+    """The diffusion training loss for a batch of (start, target) checkpoint pairs.
+
+    Args:
+      net_params: network parameters.
+      stats: normalization statistics.
+      key: PRNG key.
+      start_flat, target_flat: ``(B, num_params)`` flattened checkpoints.
+      m_start, m_target: ``(B,)`` their metric values (raw, e.g. test loss).
+    """
+    x0 = target_flat - start_flat if self.cfg["predict_delta"] else target_flat
+    x0 = self.tokenizer.tokenize(x0) / stats["target_scale"][None]
+    fn = self._denoiser(net_params, stats, start_flat, m_start, m_target)
+    return diff.diffusion_loss(fn, self.schedule, key, x0, self.mask[None])
+
+  def generate(self, net_params, stats, key, start_flat, m_start, m_target, *,
+               num_steps: int = 50, eta: float = 0.0) -> jax.Array:
+    """Samples new flattened parameters ``(B, num_params)`` prompted with ``m_target``.
+
+    Args:
+      net_params: network parameters (use the EMA weights).
+      stats: normalization statistics.
+      key: PRNG key.
+      start_flat: ``(B, num_params)`` starting parameters.
+      m_start: ``(B,)`` their metric.
+      m_target: ``(B,)`` prompted metric.
+      num_steps: sampling steps (static).
+      eta: 0 = DDIM, 1 = DDPM.
+    """
+    fn = self._denoiser(net_params, stats, start_flat, m_start, m_target)
+    shape = (start_flat.shape[0], self.tokenizer.num_tokens, self.tokenizer.chunk_size)
+    x0 = diff.sample(fn, self.schedule, key, shape, num_steps=num_steps, eta=eta)
+    out = self.tokenizer.detokenize(x0 * stats["target_scale"][None])
+    return start_flat + out if self.cfg["predict_delta"] else out
+
+
+def stats_to_jax(stats: Mapping[str, Any]) -> dict[str, jax.Array]:
+  """Converts loaded statistics to float32 JAX arrays."""
+  return {k: jnp.asarray(v, jnp.float32) for k, v in stats.items()}

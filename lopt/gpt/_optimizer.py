@@ -1,0 +1,129 @@
+"""G.pt as an optax optimizer: one update = one sample of new parameters.
+
+``update(grads, state, params, loss=loss)`` tokenizes ``params``, samples new
+parameters from the diffusion model conditioned on them, on ``loss`` (taken as
+their value of the model's metric, e.g. test loss) and on the prompted
+``target``, and returns ``new - params``. Gradients are ignored. The sampling
+key lives in the state, so ``update`` is pure, jit-able and deterministic given
+the state. Prompting the model repeatedly (one update per step) refines further.
+
+Reference: Peebles et al. 2022, arXiv 2209.12892, Sec. 5 (one-step training and
+recursive prompting).
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from lopt.gpt._io import LoadedGPT, load_gpt
+
+__all__ = ["GPTState", "gpt", "gpt_from_loaded", "pretrained_gpt_path"]
+
+#: The shipped model, for the ``digits_mlp`` task with hidden=(32,).
+PRETRAINED = "gpt_digits_mlp"
+
+
+class GPTState(NamedTuple):
+  """State of the G.pt optimizer: the sampling key and the update count."""
+  key: jax.Array
+  count: jax.Array
+
+
+def pretrained_gpt_path(name: str = PRETRAINED) -> pathlib.Path:
+  """The directory of shipped G.pt weights ``name`` (inside ``lopt/weights``)."""
+  return pathlib.Path(__file__).resolve().parent.parent / "weights" / name
+
+
+def gpt_from_loaded(loaded: LoadedGPT, *, target: float | None = None,
+                    num_sampling_steps: int = 20, eta: float = 0.0,
+                    seed: int = 0) -> optax.GradientTransformationExtraArgs:
+  """Builds the optimizer from an already loaded model (see :func:`gpt`)."""
+  model, net_params, stats = loaded.model, loaded.params, loaded.stats
+  tok = model.tokenizer
+  if target is None:
+    target = loaded.manifest.get("best_metric")
+    if target is None:
+      raise ValueError("the G.pt manifest stores no best_metric; pass target=")
+  target = float(target)
+  num_sampling_steps = int(num_sampling_steps)
+
+  def init_fn(params):
+    tok.check(params)
+    return GPTState(jax.random.key(seed), jnp.zeros((), jnp.int32))
+
+  def update_fn(updates, state, params=None, *, loss=None, **extra):
+    del updates, extra
+    if params is None:
+      raise ValueError("the G.pt optimizer needs params: call update(grads, state, params, "
+                       "loss=loss)")
+    if loss is None:
+      raise ValueError("the G.pt optimizer needs the current loss: call update(grads, state, "
+                       "params, loss=loss)")
+    tok.check(params)
+    key, sub = jax.random.split(state.key)
+    start = tok.flatten(params)[None]
+    m_start = jnp.reshape(jnp.asarray(loss, jnp.float32), (1,))
+    m_target = jnp.full((1,), target, jnp.float32)
+    new = model.generate(net_params, stats, sub, start, m_start, m_target,
+                         num_steps=num_sampling_steps, eta=eta)[0]
+    new_params = tok.unflatten(new, like=params)
+    upd = jax.tree.map(lambda n, p: (n - p).astype(p.dtype), new_params, params)
+    return upd, GPTState(key, state.count + 1)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def gpt(weights: Any = "pretrained", target: float | None = None, *,
+        num_sampling_steps: int = 20, eta: float = 0.0, seed: int = 0,
+        **unused: Any) -> optax.GradientTransformationExtraArgs:
+  """The G.pt generative optimizer, ``lopt.get("gpt", ...)``.
+
+  Example::
+
+    opt = lopt.get("gpt", weights="pretrained", target=0.05)
+    state = opt.init(params)
+    updates, state = opt.update(grads, state, params, loss=test_loss)
+    params = optax.apply_updates(params, updates)   # a sampled network
+
+  Args:
+    weights: ``"pretrained"`` (the shipped ``digits_mlp`` model), a directory
+      written by :func:`lopt.gpt.save_gpt` (e.g. ``gpt_train``'s
+      ``<workdir>/weights``), or a :class:`~lopt.gpt.LoadedGPT`.
+    target: the prompted value of the model's metric (default: the best value in
+      the training data, from the manifest).
+    num_sampling_steps: diffusion sampling steps per update.
+    eta: 0 for DDIM, 1 for DDPM sampling.
+    seed: seed of the sampling key kept in the state.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params``
+    and ``loss=`` and raises ``ValueError`` for a parameter tree that does not
+    match the model's task.
+  """
+  if unused:
+    raise TypeError(f"gpt() got unexpected arguments {sorted(unused)}")
+  if isinstance(weights, LoadedGPT):
+    loaded = weights
+  else:
+    if weights is None:
+      raise ValueError("G.pt has no meaningful fresh weights; pass weights='pretrained' "
+                       "or a path written by meta_train.gpt_train")
+    if isinstance(weights, str) and weights == "pretrained":
+      path = pretrained_gpt_path()
+      if not (path / "manifest.json").exists():
+        raise FileNotFoundError(f"no pretrained G.pt weights are shipped at {path}; train "
+                                f"one with `python -m meta_train.gpt_train` and pass its "
+                                f"weights directory")
+      weights = path
+    if not isinstance(weights, (str, os.PathLike)):
+      raise TypeError(f"weights must be 'pretrained', a path or a LoadedGPT, got "
+                      f"{type(weights).__name__}")
+    loaded = load_gpt(weights)
+  return gpt_from_loaded(loaded, target=target, num_sampling_steps=num_sampling_steps,
+                         eta=eta, seed=seed)

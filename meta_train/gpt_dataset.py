@@ -1,0 +1,260 @@
+r"""Checkpoint datasets for G.pt: many training runs of one task architecture.
+
+Each run starts from ``task.init`` scaled by a random factor and trains with a
+registry optimizer (``lopt.get``) at a random log-uniform learning rate. Runs of
+one shard share the optimizer and are vmapped, so a shard is one compiled
+``lax.scan``. Every ``steps_per_run / (checkpoints_per_run - 1)`` steps the
+flattened parameters and metrics on the full train and test splits are saved.
+
+Command line::
+
+  python -m meta_train.gpt_dataset --task=digits_mlp --runs=512 \
+      --checkpoints_per_run=21 --steps_per_run=1000 --out=runs/gpt_digits_data
+
+  python -m meta_train.gpt_dataset --task=cartpole --runs=64 \
+      --checkpoints_per_run=11 --steps_per_run=200 --out=runs/gpt_cartpole_data
+
+On-disk format (``format_version`` 1), a directory holding:
+
+* ``index.json``: ``format_version``, ``task`` and ``task_config`` (rebuild with
+  ``tasks.get(task, **task_config)``), ``param_spec`` (``[{"path", "shape"}]`` in
+  ``jax.tree`` leaf order, the layout of the flat vectors; see
+  ``lopt.gpt.param_spec``), ``num_params``, ``steps`` (the checkpoint steps),
+  ``metrics`` (metric names), ``seed``, and ``shards``: a list of ``{"file",
+  "optimizer", "runs": [{"run_id", "learning_rate", "init_scale"}]}``.
+* ``shard_00000.npz``, ...: ``params`` float32 ``(runs, checkpoints,
+  num_params)``, one float32 ``(runs, checkpoints)`` array per metric
+  (``train_loss``, ``test_loss``, ``test_error`` for classifiers;
+  ``train_return``/``test_return`` for RL), ``run_ids`` int32 ``(runs,)``.
+  Load with ``np.load(f, allow_pickle=False)`` or
+  :func:`meta_train.load_gpt_dataset`.
+
+Generation is deterministic given ``--seed`` (run ``i`` uses
+``fold_in(key(seed), i)``) and resumable: shards are written atomically and
+existing ones are skipped, so rerunning the same command finishes a killed job.
+Diverged runs are kept (non-finite values) and dropped by the loader.
+
+Reference: Peebles et al. 2022, arXiv 2209.12892, Sec. 4 (checkpoint datasets).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import lopt
+import tasks
+from lopt.gpt import param_spec
+from meta_train._gpt_data import FORMAT_VERSION, shard_name
+
+__all__ = ["DEFAULT_LR_RANGES", "DEFAULT_TASK_CONFIGS", "generate"]
+
+#: Log-uniform learning-rate ranges per registry optimizer.
+DEFAULT_LR_RANGES: dict[str, tuple[float, float]] = {
+    "adam": (2e-3, 3e-2),
+    "sgd": (0.1, 1.0),
+    "momentum": (0.01, 0.1),
+    "rmsprop": (1e-3, 1e-2),
+    "nesterov": (0.01, 0.1),
+    "adamw": (2e-3, 3e-2),
+}
+
+#: Task configurations used when none is given: small nets G.pt can model on a CPU.
+DEFAULT_TASK_CONFIGS: dict[str, dict[str, Any]] = {
+    "digits_mlp": {"hidden": [32]},
+    "cartpole": {"hidden": [8], "horizon": 200, "batch_size": 8},
+}
+
+
+def _eval_batch(task, split: str, key):
+  if hasattr(task, "full_batch"):
+    return task.full_batch(split)
+  return task.batch(key, split)
+
+
+def _shard_fn(task, opt_name: str, num_segments: int, interval: int):
+  """A jitted ``(keys, lrs, scales) -> (params, metrics)`` for one shard's runs."""
+
+  def flat(p):
+    return jnp.concatenate([jnp.ravel(x).astype(jnp.float32) for x in jax.tree.leaves(p)])
+
+  def measure(params, key):
+    k_tr, k_te = jax.random.split(key)
+    out = {}
+    for split, k in (("train", k_tr), ("test", k_te)):
+      for name, v in task.metrics(params, k, _eval_batch(task, split, k)).items():
+        out[f"{split}_{name}"] = v.astype(jnp.float32)
+    return out
+
+  def run(key, lr, scale):
+    k_init, k_train, k_eval = jax.random.split(key, 3)
+    params = jax.tree.map(lambda p: p * scale, task.init(k_init))
+    tx = lopt.get(opt_name, learning_rate=lr)
+    state = tx.init(params)
+
+    def segment(carry, k):
+      params, state = carry
+      def step(c, kk):
+        p, s = c
+        p, s, _ = tasks.train_step(task, tx, p, s, kk)
+        return (p, s), None
+      (params, state), _ = jax.lax.scan(step, (params, state), jax.random.split(k, interval))
+      return (params, state), (flat(params), measure(params, jax.random.fold_in(k_eval, 1)))
+
+    first = (flat(params), measure(params, k_eval))
+    _, (ps, ms) = jax.lax.scan(segment, (params, state),
+                               jax.random.split(k_train, num_segments))
+    ps = jnp.concatenate([first[0][None], ps])
+    ms = {k: jnp.concatenate([first[1][k][None], v]) for k, v in ms.items()}
+    return ps, ms
+
+  return jax.jit(jax.vmap(run))
+
+
+def _plan(num_runs: int, runs_per_shard: int, optimizers: Sequence[str], seed: int,
+          init_scale_range: tuple[float, float], lr_ranges: dict[str, tuple[float, float]]):
+  """Deterministic per-shard plan: optimizer, and per run its id, lr and init scale."""
+  rng = np.random.default_rng(seed)
+  shards = []
+  for s, start in enumerate(range(0, num_runs, runs_per_shard)):
+    opt = optimizers[s % len(optimizers)]
+    lo, hi = lr_ranges[opt]
+    runs = []
+    for r in range(start, min(num_runs, start + runs_per_shard)):
+      lr = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+      scale = float(np.exp(rng.uniform(*np.log(init_scale_range))))
+      runs.append({"run_id": r, "learning_rate": lr, "init_scale": scale})
+    shards.append({"file": shard_name(s), "optimizer": opt, "runs": runs})
+  return shards
+
+
+def generate(out: str | os.PathLike, *, task: str = "digits_mlp",
+             task_config: dict[str, Any] | None = None, runs: int = 512,
+             runs_per_shard: int = 32, checkpoints_per_run: int = 21,
+             steps_per_run: int = 1000, optimizers: Sequence[str] = ("adam", "sgd", "momentum",
+                                                                     "rmsprop"),
+             init_scale_range: tuple[float, float] = (0.5, 2.0), seed: int = 0,
+             lr_ranges: dict[str, tuple[float, float]] | None = None,
+             log: Callable[[str], None] = print) -> dict[str, Any]:
+  """Generates (or finishes) a checkpoint dataset in ``out``; see the module docstring.
+
+  Example::
+
+    index = generate("runs/data", task="digits_mlp", runs=64, steps_per_run=200)
+
+  Args:
+    out: the dataset directory (created).
+    task: a ``tasks`` registry name.
+    task_config: keyword arguments of ``tasks.get`` (default: ``DEFAULT_TASK_CONFIGS``).
+    runs: number of training runs.
+    runs_per_shard: runs per ``.npz`` shard (vmapped together; one optimizer).
+    checkpoints_per_run: checkpoints per run, the initialization included.
+    steps_per_run: training steps per run; a multiple of ``checkpoints_per_run - 1``.
+    optimizers: registry optimizers, cycled over shards.
+    init_scale_range: log-uniform range of the factor multiplying ``task.init``.
+    seed: the dataset seed.
+    lr_ranges: per-optimizer log-uniform learning-rate ranges (default
+      ``DEFAULT_LR_RANGES``).
+    log: progress printer.
+
+  Returns:
+    The index (also written to ``out/index.json``).
+  """
+  if checkpoints_per_run < 2 or steps_per_run % (checkpoints_per_run - 1):
+    raise ValueError(f"steps_per_run ({steps_per_run}) must be a positive multiple of "
+                     f"checkpoints_per_run - 1 ({checkpoints_per_run - 1})")
+  lr_ranges = {**DEFAULT_LR_RANGES, **(lr_ranges or {})}
+  for o in optimizers:
+    if o not in lr_ranges:
+      raise ValueError(f"no learning-rate range for optimizer {o!r}; known: {sorted(lr_ranges)}")
+  if task_config is None:
+    task_config = dict(DEFAULT_TASK_CONFIGS.get(task, {}))
+  t = tasks.get(task, **task_config)
+  out = pathlib.Path(out)
+  out.mkdir(parents=True, exist_ok=True)
+  example = t.init(jax.random.key(0))
+  spec = param_spec(example)
+  interval = steps_per_run // (checkpoints_per_run - 1)
+  key0 = jax.random.fold_in(jax.random.key(seed), 0)
+  metric_names = sorted(jax.eval_shape(
+      lambda p: {f"{s}_{k}": v for s in ("train", "test")
+                 for k, v in t.metrics(p, key0, _eval_batch(t, s, key0)).items()},
+      example))
+  index = {
+      "format_version": FORMAT_VERSION, "task": task, "task_config": task_config,
+      "param_spec": spec, "num_params": int(sum(np.prod(s["shape"]) for s in spec)),
+      "steps": [i * interval for i in range(checkpoints_per_run)], "metrics": metric_names,
+      "seed": seed, "init_scale_range": list(init_scale_range),
+      "shards": _plan(runs, runs_per_shard, list(optimizers), seed, init_scale_range,
+                      lr_ranges),
+  }
+  index_file = out / "index.json"
+  if index_file.exists():
+    old = json.loads(index_file.read_text())
+    if {k: v for k, v in old.items()} != json.loads(json.dumps(index)):
+      raise ValueError(f"{index_file} exists with different settings; use a new --out or the "
+                       f"same flags to resume")
+  index_file.write_text(json.dumps(index, indent=1))
+  fns: dict[str, Any] = {}
+  t0, done = time.time(), 0
+  todo = [s for s in index["shards"] if not (out / s["file"]).exists()]
+  log(f"gpt_dataset: {len(index['shards']) - len(todo)} of {len(index['shards'])} shards "
+      f"already done in {out}")
+  for shard in todo:
+    opt = shard["optimizer"]
+    if opt not in fns:
+      fns[opt] = _shard_fn(t, opt, checkpoints_per_run - 1, interval)
+    ids = [r["run_id"] for r in shard["runs"]]
+    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(jnp.asarray(ids))
+    lrs = jnp.asarray([r["learning_rate"] for r in shard["runs"]], jnp.float32)
+    scales = jnp.asarray([r["init_scale"] for r in shard["runs"]], jnp.float32)
+    ps, ms = fns[opt](keys, lrs, scales)
+    arrays = {"params": np.asarray(ps, np.float32), "run_ids": np.asarray(ids, np.int32)}
+    arrays.update({k: np.asarray(v, np.float32) for k, v in ms.items()})
+    tmp = out / (shard["file"] + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, out / shard["file"])
+    done += 1
+    el = time.time() - t0
+    eta = el / done * (len(todo) - done)
+    final = {k: float(np.nanmedian(v[:, -1])) for k, v in arrays.items()
+             if k not in ("params", "run_ids")}
+    log(f"gpt_dataset: shard {shard['file']} ({opt}, {len(ids)} runs) done "
+        f"[{done}/{len(todo)}] elapsed {el:.0f}s ETA {eta:.0f}s; median final {final}")
+  return index
+
+
+def main(argv):
+  del argv
+  from absl import flags
+  f = flags.FLAGS
+  generate(f.out, task=f.task, task_config=json.loads(f.task_config) if f.task_config else None,
+           runs=f.runs, runs_per_shard=f.runs_per_shard,
+           checkpoints_per_run=f.checkpoints_per_run, steps_per_run=f.steps_per_run,
+           optimizers=f.optimizers, init_scale_range=(f.init_scale_min, f.init_scale_max),
+           seed=f.seed)
+
+
+if __name__ == "__main__":
+  from absl import app, flags
+
+  flags.DEFINE_string("out", None, "Output dataset directory.", required=True)
+  flags.DEFINE_string("task", "digits_mlp", "Task registry name.")
+  flags.DEFINE_string("task_config", "", "JSON task config (default: a small net per task).")
+  flags.DEFINE_integer("runs", 512, "Number of training runs.")
+  flags.DEFINE_integer("runs_per_shard", 32, "Runs per shard (vmapped together).")
+  flags.DEFINE_integer("checkpoints_per_run", 21, "Checkpoints per run (init included).")
+  flags.DEFINE_integer("steps_per_run", 1000, "Training steps per run.")
+  flags.DEFINE_list("optimizers", ["adam", "sgd", "momentum", "rmsprop"],
+                    "Registry optimizers, cycled over shards.")
+  flags.DEFINE_float("init_scale_min", 0.5, "Smallest init scale factor.")
+  flags.DEFINE_float("init_scale_max", 2.0, "Largest init scale factor.")
+  flags.DEFINE_integer("seed", 0, "Dataset seed.")
+  app.run(main)

@@ -1,0 +1,235 @@
+r"""Train a G.pt diffusion model on a checkpoint dataset.
+
+Command line::
+
+  python -m meta_train.gpt_train --dataset=runs/gpt_digits_data --workdir=runs/gpt_digits \
+      --steps=20000
+
+The run is resumable: orbax checkpoints of the network, its EMA, the optimizer
+state and the step go to ``<workdir>/checkpoints`` every ``--checkpoint_every``
+steps; rerunning the same command continues from the latest one with the same
+batches (they are drawn from ``(seed, step)``). A non-finite loss or gradient is
+skipped (the update is not applied) and counted. Progress lines with an ETA go
+to stdout and metrics as JSON lines to ``<workdir>/metrics.jsonl``; the EMA
+weights are exported with their manifest to ``<workdir>/weights`` (loadable with
+``lopt.get("gpt", weights=...)``) and optionally copied to ``--export``.
+
+Held-out runs (``--holdout_runs``, chosen by the seed) are never trained on;
+their ids go to ``<workdir>/split.json`` for :mod:`meta_train.gpt_eval`.
+
+Reference: Peebles et al. 2022, arXiv 2209.12892.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import shutil
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+
+from lopt.gpt import GPT, save_gpt
+from meta_train._gpt_data import load_dataset
+from meta_train._gpt_pairs import permutation_index, sample_pairs
+
+__all__ = ["DEFAULT_TRAIN_CONFIG", "train_gpt", "split_runs"]
+
+DEFAULT_TRAIN_CONFIG: dict[str, Any] = {
+    "steps": 20000, "batch_size": 64, "learning_rate": 4e-4, "warmup_steps": 500,
+    "weight_decay": 0.01, "grad_clip": 1.0, "ema_decay": 0.999, "holdout_runs": 32,
+    "permute_prob": 0.5, "p_from_init": 0.25, "seed": 0, "log_every": 100,
+    "checkpoint_every": 1000, "eval_every": 1000,
+    # model
+    "chunk_size": 128, "d_model": 128, "num_layers": 4, "num_heads": 4,
+    "num_timesteps": 1000, "schedule": "linear", "predict_delta": True,
+    "metric": "test_loss",
+}
+
+_MODEL_KEYS = ("chunk_size", "d_model", "num_layers", "num_heads", "num_timesteps",
+               "schedule", "predict_delta", "metric")
+
+
+def split_runs(run_ids: np.ndarray, holdout: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """Splits dataset run positions into (train, held-out) by a seeded permutation."""
+  if not 0 <= holdout < len(run_ids):
+    raise ValueError(f"holdout_runs={holdout} must be in [0, {len(run_ids)})")
+  perm = np.random.default_rng([seed, 7]).permutation(len(run_ids))
+  return np.sort(perm[holdout:]), np.sort(perm[:holdout])
+
+
+class _Batcher:
+  """Draws augmented (start, target) batches deterministically from ``(seed, step)``."""
+
+  def __init__(self, params, metric, spec, cfg, runs):
+    self.params, self.metric, self.spec, self.cfg, self.runs = params, metric, spec, cfg, runs
+
+  def __call__(self, step: int, *, augment: bool = True):
+    cfg = self.cfg
+    rng = np.random.default_rng([cfg["seed"], step])
+    r, i, j = sample_pairs(rng, len(self.runs), self.params.shape[1], cfg["batch_size"],
+                           p_from_init=cfg["p_from_init"])
+    r = self.runs[r]
+    start, target = self.params[r, i], self.params[r, j]
+    if augment and cfg["permute_prob"] > 0:
+      for b in np.flatnonzero(rng.random(len(r)) < cfg["permute_prob"]):
+        idx = permutation_index(self.spec, rng)
+        start[b], target[b] = start[b, idx], target[b, idx]
+    return (jnp.asarray(start), jnp.asarray(target), jnp.asarray(self.metric[r, i]),
+            jnp.asarray(self.metric[r, j]))
+
+
+def _make_step(model: GPT, tx: optax.GradientTransformation, ema_decay: float):
+  @jax.jit
+  def step(state, stats, key, batch):
+    start, target, m_start, m_target = batch
+    loss, grads = jax.value_and_grad(model.loss)(state["params"], stats, key, start, target,
+                                                 m_start, m_target)
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    ema = jax.tree.map(lambda e, p: ema_decay * e + (1 - ema_decay) * p, state["ema"], params)
+    finite = jnp.isfinite(loss) & jnp.all(jnp.asarray(
+        [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+    new = {"params": params, "ema": ema, "opt_state": opt_state}
+    new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new,
+                       {k: state[k] for k in new})
+    new["step"] = state["step"] + 1
+    new["nonfinite"] = state["nonfinite"] + (~finite).astype(jnp.int32)
+    return new, {"loss": loss, "finite": finite}
+  return step
+
+
+def train_gpt(dataset: str, workdir: str, config: dict[str, Any] | None = None, *,
+              export: str | None = None, log: Callable[[str], None] = print) -> pathlib.Path:
+  """Trains (or resumes) a G.pt model; returns the exported weights directory.
+
+  Example::
+
+    path = train_gpt("runs/gpt_digits_data", "runs/gpt_digits", {"steps": 2000})
+    opt = lopt.get("gpt", weights=str(path))
+
+  Args:
+    dataset: a checkpoint dataset directory (:mod:`meta_train.gpt_dataset`).
+    workdir: output directory (checkpoints, metrics, weights, split).
+    config: overrides of :data:`DEFAULT_TRAIN_CONFIG`.
+    export: also copy the final weights directory here.
+    log: progress printer.
+  """
+  cfg = {**DEFAULT_TRAIN_CONFIG, **(config or {})}
+  unknown = set(cfg) - set(DEFAULT_TRAIN_CONFIG)
+  if unknown:
+    raise ValueError(f"unknown config keys {sorted(unknown)}; valid: "
+                     f"{sorted(DEFAULT_TRAIN_CONFIG)}")
+  data = load_dataset(dataset)
+  if cfg["metric"] not in data.metrics:
+    raise ValueError(f"metric {cfg['metric']!r} not in dataset; has {sorted(data.metrics)}")
+  workdir_p = pathlib.Path(workdir).resolve()
+  workdir_p.mkdir(parents=True, exist_ok=True)
+  spec = data.index["param_spec"]
+  is_loss = "loss" in cfg["metric"]
+  model = GPT(spec, **{k: cfg[k] for k in _MODEL_KEYS}, log_metric=is_loss)
+  train_runs, held_runs = split_runs(data.run_ids, cfg["holdout_runs"], cfg["seed"])
+  metric = data.metrics[cfg["metric"]]
+  stats = {k: jnp.asarray(v) for k, v in
+           model.compute_stats(data.params[train_runs], metric[train_runs]).items()}
+  best = float(metric[train_runs].min() if is_loss else metric[train_runs].max())
+  (workdir_p / "split.json").write_text(json.dumps(
+      {"dataset": str(pathlib.Path(dataset).resolve()), "seed": cfg["seed"],
+       "train_run_ids": data.run_ids[train_runs].tolist(),
+       "heldout_run_ids": data.run_ids[held_runs].tolist()}))
+  (workdir_p / "config.json").write_text(json.dumps(cfg, indent=1))
+
+  sched = optax.warmup_cosine_decay_schedule(0.0, cfg["learning_rate"], cfg["warmup_steps"],
+                                             max(cfg["steps"], cfg["warmup_steps"] + 1),
+                                             cfg["learning_rate"] * 0.1)
+  tx = optax.chain(optax.clip_by_global_norm(cfg["grad_clip"]),
+                   optax.adamw(sched, weight_decay=cfg["weight_decay"]))
+  net = model.init(jax.random.key(cfg["seed"]))
+  state = {"params": net, "ema": net, "opt_state": tx.init(net),
+           "step": jnp.zeros((), jnp.int32), "nonfinite": jnp.zeros((), jnp.int32)}
+  mngr = ocp.CheckpointManager(workdir_p / "checkpoints",
+                               options=ocp.CheckpointManagerOptions(max_to_keep=2))
+  if mngr.latest_step() is not None:
+    state = mngr.restore(mngr.latest_step(), args=ocp.args.StandardRestore(state))
+    log(f"gpt_train: resumed from step {int(state['step'])}")
+  step_fn = _make_step(model, tx, cfg["ema_decay"])
+  batcher = _Batcher(data.params, metric, spec, cfg, train_runs)
+  held = _Batcher(data.params, metric, spec, {**cfg, "seed": cfg["seed"] + 1}, held_runs)
+  eval_fn = jax.jit(model.loss)
+  n_params = sum(x.size for x in jax.tree.leaves(net))
+  log(f"gpt_train: {n_params} network params, {model.tokenizer.num_tokens} tokens of "
+      f"{model.tokenizer.chunk_size}; {len(train_runs)} train / {len(held_runs)} held-out runs")
+  start_step = int(state["step"])
+  t0, last, run_loss = time.time(), start_step, []
+  with open(workdir_p / "metrics.jsonl", "a") as mf:
+    for s in range(start_step, cfg["steps"]):
+      key = jax.random.fold_in(jax.random.key(cfg["seed"]), s)
+      state, m = step_fn(state, stats, key, batcher(s))
+      run_loss.append(m["loss"])
+      done = s + 1
+      if done % cfg["log_every"] == 0 or done == cfg["steps"]:
+        losses = np.asarray(jax.device_get(run_loss))
+        run_loss = []
+        rate = (time.time() - t0) / max(done - start_step, 1)
+        rec = {"step": done, "loss": float(np.nanmean(np.where(np.isfinite(losses), losses,
+                                                               np.nan))),
+               "nonfinite": int(state["nonfinite"]), "sec_per_step": rate}
+        if done % cfg["eval_every"] == 0 or done == cfg["steps"]:
+          hb = held(0, augment=False)
+          rec["heldout_loss"] = float(eval_fn(state["ema"], stats, jax.random.key(0), *hb))
+        mf.write(json.dumps(rec) + "\n")
+        mf.flush()
+        log(f"gpt_train: step {done}/{cfg['steps']} loss {rec['loss']:.4f} "
+            + (f"heldout {rec['heldout_loss']:.4f} " if "heldout_loss" in rec else "")
+            + f"nonfinite {rec['nonfinite']} {rate:.3f}s/step "
+            f"ETA {rate * (cfg['steps'] - done) / 60:.1f} min")
+      if done % cfg["checkpoint_every"] == 0 or done == cfg["steps"]:
+        mngr.save(done, args=ocp.args.StandardSave(state))
+        last = done
+  mngr.wait_until_finished()
+  mngr.close()
+  del last
+  out = save_gpt(workdir_p / "weights", model, state["ema"], stats,
+                 task={"name": data.index["task"], "config": data.index["task_config"]},
+                 best_metric=best,
+                 extra={"dataset": str(pathlib.Path(dataset)), "train_config": cfg,
+                        "steps": int(state["step"]), "nonfinite_steps": int(state["nonfinite"]),
+                        "heldout_run_ids": data.run_ids[held_runs].tolist()})
+  if export:
+    dst = pathlib.Path(export)
+    if dst.exists():
+      shutil.rmtree(dst)
+    shutil.copytree(out, dst)
+    log(f"gpt_train: exported weights to {dst}")
+  return out
+
+
+def main(argv):
+  del argv
+  from absl import flags
+  f = flags.FLAGS
+  cfg = {k: getattr(f, k) for k in DEFAULT_TRAIN_CONFIG}
+  train_gpt(f.dataset, f.workdir, cfg, export=f.export)
+
+
+if __name__ == "__main__":
+  from absl import app, flags
+
+  flags.DEFINE_string("dataset", None, "Checkpoint dataset directory.", required=True)
+  flags.DEFINE_string("workdir", None, "Output directory.", required=True)
+  flags.DEFINE_string("export", None, "Also copy the final weights here.")
+  for _k, _v in DEFAULT_TRAIN_CONFIG.items():
+    if isinstance(_v, bool):
+      flags.DEFINE_bool(_k, _v, f"{_k} (default {_v}).")
+    elif isinstance(_v, int):
+      flags.DEFINE_integer(_k, _v, f"{_k} (default {_v}).")
+    elif isinstance(_v, float):
+      flags.DEFINE_float(_k, _v, f"{_k} (default {_v}).")
+    else:
+      flags.DEFINE_string(_k, _v, f"{_k} (default {_v}).")
+  app.run(main)
