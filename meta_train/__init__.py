@@ -1,3 +1,38 @@
-"""Meta-training: gradient estimators, truncated unrolls, the outer loop and its CLI."""
+"""Meta-training: gradient estimators, truncated unrolls, the outer loop and its CLI.
 
-__all__: list[str] = []
+::
+
+  import meta_train
+  cfg = meta_train.TrainConfig(lopt="mlp_lopt", task_family="digits_mlp", estimator="pes",
+                               num_tasks=8, trunc_length=20, outer_steps=500)
+  meta_train.train(cfg, "runs/mlp_lopt")   # resumable; see docs/meta_training.md
+
+Command line: ``python -m meta_train.main --flagfile=meta_train/configs/<name>.flags``.
+"""
+
+from meta_train._estimators import ES as ES
+from meta_train._estimators import ESTIMATORS as ESTIMATORS
+from meta_train._estimators import PES as PES
+from meta_train._estimators import PESState as PESState
+from meta_train._estimators import TruncatedBackprop as TruncatedBackprop
+from meta_train._estimators import make_estimator as make_estimator
+from meta_train._families import MixtureFamily as MixtureFamily
+from meta_train._families import available_families as available_families
+from meta_train._families import get_family as get_family
+from meta_train._trainer import TrainConfig as TrainConfig
+from meta_train._trainer import TrainResult as TrainResult
+from meta_train._trainer import make_outer_step as make_outer_step
+from meta_train._trainer import train as train
+from meta_train._unroll import InnerState as InnerState
+from meta_train._unroll import UnrollConfig as UnrollConfig
+from meta_train._unroll import UnrollOutput as UnrollOutput
+from meta_train._unroll import init_inner_state as init_inner_state
+from meta_train._unroll import reset_if_done as reset_if_done
+from meta_train._unroll import unroll as unroll
+
+__all__ = [
+    "ES", "ESTIMATORS", "InnerState", "MixtureFamily", "PES", "PESState", "TrainConfig",
+    "TrainResult", "TruncatedBackprop", "UnrollConfig", "UnrollOutput", "available_families",
+    "get_family", "init_inner_state", "make_estimator", "make_outer_step", "reset_if_done",
+    "train", "unroll",
+]

@@ -1,0 +1,83 @@
+"""Task families for meta-training, on top of the ones registered in :mod:`tasks`.
+
+``"mixed"`` is the diverse family used for the shipped weights: digits MLPs of
+varied width, depth, activation and batch size, plus noisy ill-conditioned
+quadratics. :func:`get_family` resolves these names first, then
+``tasks.get_family``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+
+import tasks
+
+__all__ = ["MixtureFamily", "available_families", "get_family"]
+
+
+class MixtureFamily(tasks.TaskFamily):
+  """Samples a member family with the given probabilities, then a config from it.
+
+  Configs carry the member's name under ``"family"``.
+
+  Args:
+    name: the family's name.
+    members: ``(family, weight)`` pairs; weights need not sum to one.
+  """
+
+  def __init__(self, name: str, members: Sequence[tuple[tasks.TaskFamily, float]]):
+    self.name = name
+    self._members = {f.name: f for f, _ in members}
+    total = float(sum(w for _, w in members))
+    self._names = [f.name for f, _ in members]
+    self._probs = jnp.asarray([w / total for _, w in members], jnp.float32)
+
+  def sample(self, key: jax.Array) -> dict[str, Any]:
+    k_pick, k_cfg = jax.random.split(key)
+    i = int(jax.random.choice(k_pick, len(self._names), p=self._probs))
+    return {"family": self._names[i], **self._members[self._names[i]].sample(k_cfg)}
+
+  def task(self, cfg: Mapping[str, Any]) -> tasks.Task:
+    cfg = dict(cfg)
+    return self._members[cfg.pop("family")].task(cfg)
+
+  def __repr__(self) -> str:
+    return f"MixtureFamily({self.name!r}, members={self._names})"
+
+
+def _mixed() -> tasks.TaskFamily:
+  mlps = tasks.ChoiceFamily(
+      "digits_mlp_wide", lambda **c: tasks.get("digits_mlp", **c),
+      {"hidden": [(16,), (32,), (64,), (128,), (32, 32), (64, 32), (64, 64), (32, 32, 32),
+                  (128, 64, 32)],
+       "activation": ["relu", "tanh", "gelu", "elu", "swish"],
+       "batch_size": [32, 64, 128]})
+  quads = tasks.ChoiceFamily(
+      "quadratic_wide", lambda **c: tasks.get("quadratic", **c),
+      {"dim": [10, 100, 1000], "condition": [1.0, 10.0, 100.0, 1000.0],
+       "noise": [0.0, 0.1, 1.0], "seed": list(range(16))})
+  return MixtureFamily("mixed", [(mlps, 3.0), (quads, 1.0)])
+
+
+_FAMILIES: dict[str, Callable[[], tasks.TaskFamily]] = {"mixed": _mixed}
+
+
+def available_families() -> list[str]:
+  """Names usable as ``TrainConfig.task_family``: these plus ``tasks.available_families()``."""
+  return sorted(set(_FAMILIES) | set(tasks.available_families()))
+
+
+def get_family(name: str) -> tasks.TaskFamily:
+  """Resolves a family name (meta_train's own first, then the task zoo's).
+
+  Raises:
+    KeyError: unknown name; the message lists the valid names.
+  """
+  if name in _FAMILIES:
+    return _FAMILIES[name]()
+  if name in tasks.available_families():
+    return tasks.get_family(name)
+  raise KeyError(f"unknown task family {name!r}; valid names: {', '.join(available_families())}")

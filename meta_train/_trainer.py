@@ -1,0 +1,363 @@
+"""The outer loop: optax on meta-params, data-parallel over devices, orbax checkpoints.
+
+``train(config, workdir)`` meta-trains a learned optimizer. Task configurations
+and instances:
+
+* ``num_configs`` task configurations are drawn from the family once, from the
+  seed; each is one *group* of ``num_tasks`` instances (same architecture, so the
+  group's states stack and vmap) compiled once. Outer step ``t`` advances group
+  ``t % num_configs`` by one truncation and applies its meta-gradient. Diversity
+  within a group comes from initializations, data, horizons and augmentation.
+* A group's instances are split across every device of a 1-D mesh
+  (``jax.shard_map``); each device averages the estimates of its instances and
+  ``lax.psum`` combines them, so 1 CPU, fake CPU devices, a GPU, a TPU slice or
+  several ``jax.distributed`` processes run the same program.
+
+Safety: an instance whose meta-gradient estimate is non-finite is dropped from
+the average (counted in ``dropped_instances``); a step whose averaged
+meta-gradient is non-finite is skipped (``skipped_steps``) -- meta-params and
+the outer optimizer state stay as they were. Inner losses enter the objective
+through ``task.normalize`` (clipped), and a diverged instance restarts.
+
+Reproducibility: every step's randomness is ``fold_in(key(seed), step)``;
+orbax checkpoints (meta-params, outer optimizer state, every group's instance
+states, step, counters) are written every ``checkpoint_every`` steps; calling
+``train`` again with the same ``workdir`` resumes from the newest checkpoint, and
+a run killed and resumed ends with meta-params bit-identical to an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import lopt
+import tasks
+from meta_train._estimators import ESTIMATORS, make_estimator
+from meta_train._families import get_family
+from meta_train._unroll import UnrollConfig
+
+__all__ = ["TrainConfig", "TrainResult", "make_outer_step", "train"]
+
+_AXIS = "tasks"
+#: config fields that may differ when resuming (extending a run, checkpoint cadence).
+_RESUMABLE_CHANGES = ("outer_steps", "checkpoint_every", "max_to_keep")
+_COUNTERS = ("skipped_steps", "dropped_instances", "resets", "nonfinite_inner")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """Everything that defines a meta-training run (library code takes no flags).
+
+  Attributes:
+    lopt: registered learned optimizer name (``lopt.available_learned()``).
+    lopt_config: its constructor arguments.
+    task_family: a family name (``meta_train.available_families()``).
+    estimator: "pes", "es" or "tbptt".
+    num_tasks: task instances per group (divisible by the number of devices).
+    num_configs: task configurations (groups), each compiled once, used in turn.
+    trunc_length, min_horizon, max_horizon, param_scale_range, loss_scale_range,
+      meta_loss_split: see :class:`~meta_train.UnrollConfig`.
+    outer_steps: total outer (meta) steps.
+    learning_rate: Adam learning rate on meta-params.
+    clip_norm: global-norm clipping of the meta-gradient before Adam.
+    sigma: ES/PES perturbation standard deviation.
+    seed: the root of all randomness.
+    checkpoint_every: outer steps between orbax checkpoints.
+    max_to_keep: checkpoints kept.
+    init_weights: saved weights to start from (path), or None for fresh ones.
+    inject_nan_steps: outer steps whose meta-gradient is replaced by NaN
+      (fault injection for tests of the skip logic).
+  """
+
+  lopt: str = "mlp_lopt"
+  lopt_config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  task_family: str = "digits_mlp"
+  estimator: str = "pes"
+  num_tasks: int = 8
+  num_configs: int = 1
+  trunc_length: int = 20
+  min_horizon: int = 100
+  max_horizon: int = 500
+  param_scale_range: tuple[float, float] = (1.0, 1.0)
+  loss_scale_range: tuple[float, float] = (1.0, 1.0)
+  meta_loss_split: str = "train"
+  outer_steps: int = 1000
+  learning_rate: float = 1e-3
+  clip_norm: float = 1.0
+  sigma: float = 0.01
+  seed: int = 0
+  checkpoint_every: int = 100
+  max_to_keep: int = 2
+  init_weights: str | None = None
+  inject_nan_steps: tuple[int, ...] = ()
+
+  def __post_init__(self):
+    if self.estimator not in ESTIMATORS:
+      raise ValueError(f"unknown estimator {self.estimator!r}; valid: {sorted(ESTIMATORS)}")
+    for name in ("num_tasks", "num_configs", "outer_steps", "checkpoint_every", "max_to_keep"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+    if not self.sigma > 0:
+      raise ValueError(f"sigma must be > 0, got {self.sigma}")
+    self.unroll_config()  # validates the unroll fields
+
+  def unroll_config(self) -> UnrollConfig:
+    return UnrollConfig(self.trunc_length, self.min_horizon, self.max_horizon,
+                        tuple(self.param_scale_range), tuple(self.loss_scale_range),
+                        self.meta_loss_split)
+
+  def to_json(self) -> dict[str, Any]:
+    d = dataclasses.asdict(self)
+    d["lopt_config"] = dict(self.lopt_config)
+    return d
+
+
+class TrainResult(NamedTuple):
+  """What :func:`train` returns (host arrays)."""
+  meta_params: Any
+  step: int
+  counters: dict[str, int]
+
+
+def make_outer_step(estimator, opt: optax.GradientTransformation, mesh: Mesh, num_tasks: int
+                    ) -> Callable:
+  """Builds the jitted outer step of one group.
+
+  ``step(meta_params, opt_state, est_state, step, seed_key, inject_nan) ->
+  (meta_params, opt_state, est_state, metrics)``: per-instance keys are derived
+  from ``(seed_key, step)``, instances are sharded over the mesh axis, non-finite
+  per-instance estimates are dropped, the average is combined with ``psum`` and
+  a non-finite average is never applied.
+  """
+  spec = P(_AXIS)
+
+  def local(meta_params, est_state, keys):
+    grads, est_state, metrics = estimator.per_instance(meta_params, est_state, keys)
+    leaves = jax.tree.leaves(grads)
+    ok = jnp.ones(keys.shape[:1], bool)
+    for g in leaves:
+      ok &= jnp.all(jnp.isfinite(g.reshape(g.shape[0], -1)), axis=1)
+
+    def masked_sum(g):
+      mask = ok.reshape(ok.shape + (1,) * (g.ndim - 1))
+      return jnp.sum(jnp.where(mask, g, 0.0), axis=0)
+
+    gsum = jax.lax.psum(jax.tree.map(masked_sum, grads), _AXIS)
+    n_ok = jax.lax.psum(jnp.sum(ok.astype(jnp.int32)), _AXIS)
+    msum = {k: jax.lax.psum(jnp.sum(v.astype(jnp.float32)), _AXIS) for k, v in metrics.items()}
+    return gsum, n_ok, est_state, msum
+
+  sharded = jax.shard_map(local, mesh=mesh, in_specs=(P(), spec, spec),
+                          out_specs=(P(), P(), spec, P()))
+
+  def step_fn(meta_params, opt_state, est_state, step, seed_key, inject_nan):
+    step_key = jax.random.fold_in(jax.random.wrap_key_data(seed_key), step)
+    keys = jax.random.key_data(jax.random.split(step_key, num_tasks))
+    keys = jax.lax.with_sharding_constraint(keys, NamedSharding(mesh, spec))
+    gsum, n_ok, est_state, msum = sharded(meta_params, est_state, keys)
+    grad = jax.tree.map(lambda g: g / jnp.maximum(n_ok, 1).astype(g.dtype), gsum)
+    grad = jax.tree.map(lambda g: jnp.where(inject_nan, jnp.nan, g), grad)
+    finite = (n_ok > 0) & jnp.all(jnp.asarray([jnp.all(jnp.isfinite(g))
+                                               for g in jax.tree.leaves(grad)]))
+    updates, new_opt_state = opt.update(grad, opt_state, meta_params)
+    new_params = optax.apply_updates(meta_params, updates)
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+    metrics = {k: v / num_tasks for k, v in msum.items()}
+    metrics.update(resets=msum["resets"], nonfinite_inner=msum["nonfinite_inner"],
+                   grad_norm=optax.global_norm(grad), skipped=(~finite).astype(jnp.int32),
+                   valid_instances=n_ok,
+                   dropped_instances=num_tasks - n_ok)
+    return (keep(new_params, meta_params), keep(new_opt_state, opt_state), est_state, metrics)
+
+  return jax.jit(step_fn, donate_argnums=(2,))
+
+
+def _replicate(tree: Any, sharding: NamedSharding) -> Any:
+  def put(x):
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+  return jax.tree.map(put, tree)
+
+
+def _abstract(tree: Any) -> Any:
+  def spec(x):
+    if isinstance(x, jax.Array):
+      return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+    return x
+  return jax.tree.map(spec, tree)
+
+
+class _Run:
+  """The objects of one run, built from a config (no state)."""
+
+  def __init__(self, config: TrainConfig, lo: lopt.LearnedOptimizer | None,
+               family: tasks.TaskFamily | None, devices: Sequence[jax.Device] | None = None):
+    self.config = config
+    self.lo = lo if lo is not None else lopt.learned(config.lopt, **dict(config.lopt_config))
+    self.family = family if family is not None else get_family(config.task_family)
+    devices = np.asarray(jax.devices() if devices is None else list(devices))
+    if config.num_tasks % devices.size:
+      raise ValueError(f"num_tasks={config.num_tasks} must be divisible by the number of "
+                       f"devices ({devices.size})")
+    self.mesh = Mesh(devices, (_AXIS,))
+    self.replicated = NamedSharding(self.mesh, P())
+    self.sharded = NamedSharding(self.mesh, P(_AXIS))
+    root = jax.random.key(config.seed)
+    self.seed_key = _replicate(jax.random.key_data(jax.random.fold_in(root, 3)), self.replicated)
+    k_cfg = jax.random.fold_in(root, 0)
+    self.task_configs = [self.family.sample(jax.random.fold_in(k_cfg, g))
+                         for g in range(config.num_configs)]
+    ucfg = config.unroll_config()
+    self.estimators = [make_estimator(config.estimator, self.family.task(c), self.lo, ucfg,
+                                      sigma=config.sigma) for c in self.task_configs]
+    self.opt = optax.chain(optax.clip_by_global_norm(config.clip_norm),
+                           optax.adam(config.learning_rate))
+    self.steps = [make_outer_step(e, self.opt, self.mesh, config.num_tasks)
+                  for e in self.estimators]
+
+  def initial_state(self) -> dict[str, Any]:
+    config, root = self.config, jax.random.key(self.config.seed)
+    if config.init_weights:
+      theta = lopt.load_meta_params(self.lo, config.init_weights)
+    else:
+      theta = self.lo.init(jax.random.fold_in(root, 2))
+    theta = _replicate(jax.device_get(theta), self.replicated)
+    opt_state = jax.jit(self.opt.init, out_shardings=self.replicated)(theta)
+    groups = []
+    for g, est in enumerate(self.estimators):
+      keys = jax.random.key_data(jax.random.split(
+          jax.random.fold_in(jax.random.fold_in(root, 1), g), config.num_tasks))
+      groups.append(jax.jit(est.init, out_shardings=self.sharded)(theta, keys))
+    return {"meta_params": theta, "opt_state": opt_state, "groups": groups,
+            "step": np.asarray(0, np.int64),
+            "counters": {k: np.asarray(0, np.int64) for k in _COUNTERS}}
+
+
+def _manager(workdir: pathlib.Path, config: TrainConfig) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(max_to_keep=config.max_to_keep,
+                                         enable_async_checkpointing=False)
+  return ocp.CheckpointManager(workdir / "checkpoints", options=options)
+
+
+def _check_config(workdir: pathlib.Path, config: TrainConfig) -> None:
+  path = workdir / "config.json"
+  current = json.loads(json.dumps(config.to_json()))
+  if path.exists():
+    saved = json.loads(path.read_text())
+    diff = sorted(k for k in (set(saved) | set(current)) - set(_RESUMABLE_CHANGES)
+                  if saved.get(k) != current.get(k))
+    if diff:
+      raise ValueError(f"{workdir} holds a run with a different config (fields {diff}); "
+                       f"use another workdir or the same settings to resume")
+  if jax.process_index() == 0:
+    path.write_text(json.dumps(current, indent=1))
+
+
+def _truncate_metrics(path: pathlib.Path, step: int) -> None:
+  if not path.exists():
+    return
+  lines = [ln for ln in path.read_text().splitlines()
+           if ln.strip() and json.loads(ln)["step"] <= step]
+  path.write_text("".join(ln + "\n" for ln in lines))
+
+
+def train(config: TrainConfig, workdir: str | os.PathLike, *,
+          lo: lopt.LearnedOptimizer | None = None, family: tasks.TaskFamily | None = None,
+          callback: Callable[[int, dict[str, float]], None] | None = None,
+          devices: Sequence[jax.Device] | None = None) -> TrainResult:
+  """Meta-trains ``config.lopt`` on ``config.task_family``, resuming from ``workdir``.
+
+  Example::
+
+    cfg = meta_train.TrainConfig(lopt="mlp_lopt", task_family="digits_mlp",
+                                 estimator="pes", num_tasks=8, outer_steps=500)
+    result = meta_train.train(cfg, "runs/mlp_lopt")
+    opt = lopt.get("mlp_lopt", weights="runs/mlp_lopt/weights")
+
+  Writes into ``workdir``: ``config.json``, ``checkpoints/`` (orbax),
+  ``metrics.jsonl`` (one JSON object per outer step) and, at the end,
+  ``weights/`` (``lopt._weights.save_weights``: orbax + manifest).
+
+  Args:
+    config: the run's :class:`TrainConfig`.
+    workdir: directory of the run; an existing run there is resumed.
+    lo: use this learned optimizer object instead of ``lopt.learned(config.lopt)``
+      (its ``name`` and ``config()`` go into the manifest).
+    family: use this task family instead of ``config.task_family``.
+    callback: called on process 0 after every outer step with ``(step, metrics)``
+      (``step`` counts completed steps); progress printing lives there.
+    devices: the devices of the mesh (default: all, across processes).
+
+  Returns:
+    A :class:`TrainResult` with host meta-params, the final step and the counters.
+  """
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  _check_config(workdir, config)
+  run = _Run(config, lo, family, devices)
+  state = run.initial_state()
+  mgr = _manager(workdir, config)
+  metrics_path = workdir / "metrics.jsonl"
+  latest = mgr.latest_step()
+  if latest is not None:
+    state = mgr.restore(latest, args=ocp.args.StandardRestore(_abstract(state)))
+  start = int(state["step"])
+  is_main = jax.process_index() == 0
+  if is_main:
+    _truncate_metrics(metrics_path, start)
+  counters = {k: int(v) for k, v in state["counters"].items()}
+  theta, opt_state, groups = state["meta_params"], state["opt_state"], list(state["groups"])
+  nan_steps = set(config.inject_nan_steps)
+  for t in range(start, config.outer_steps):
+    g = t % config.num_configs
+    theta, opt_state, groups[g], metrics = run.steps[g](
+        theta, opt_state, groups[g], t, run.seed_key, t in nan_steps)
+    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    metrics["skipped_steps"] = metrics.pop("skipped")
+    for k in _COUNTERS:
+      counters[k] += int(round(metrics[k]))
+    metrics.update(step=t + 1, group=g, **{f"total_{k}": v for k, v in counters.items()})
+    if is_main:
+      with metrics_path.open("a") as f:
+        f.write(json.dumps(metrics) + "\n")
+      if callback is not None:
+        callback(t + 1, metrics)
+    if (t + 1) % config.checkpoint_every == 0 or t + 1 == config.outer_steps:
+      mgr.save(t + 1, args=ocp.args.StandardSave(
+          {"meta_params": theta, "opt_state": opt_state, "groups": groups,
+           "step": np.asarray(t + 1, np.int64),
+           "counters": {k: np.asarray(v, np.int64) for k, v in counters.items()}}))
+  mgr.wait_until_finished()
+  mgr.close()
+  host_theta = jax.device_get(theta)
+  _save_weights(workdir / "weights", run.lo, host_theta, config)
+  return TrainResult(host_theta, max(start, config.outer_steps), counters)
+
+
+def _save_weights(path: pathlib.Path, lo: lopt.LearnedOptimizer, theta: Any,
+                  config: TrainConfig) -> None:
+  import shutil
+  try:
+    from lopt._weights import save_weights
+  except ImportError:  # the weights module is not there yet: keep the checkpoint only
+    return
+  if jax.process_index() == 0 and path.exists():
+    shutil.rmtree(path)
+  save_weights(path, lo, theta)
+  if jax.process_index() == 0:
+    (path.parent / "weights_info.json").write_text(json.dumps(
+        {"lopt": lo.name, "lopt_config": lo.config(), "train_config": config.to_json()},
+        indent=1))
