@@ -42,7 +42,7 @@ from lopt._per_param_mlp import (
     DEFAULT_CHUNK,
     TIME_FEATURE_NAMES,
     FlatLayout,
-    mlp_forward,
+    mlp_forward_t,
     mlp_init,
     time_features,
 )
@@ -57,8 +57,9 @@ class MLPLOptState(NamedTuple):
   """State of ``mlp_lopt``, stored in the flat row layout of the parameters.
 
   Attributes:
-    momenta: ``(num_rows, len(momentum_decays))`` float32.
-    rms: ``(num_rows, len(rms_decays))`` float32 second-moment accumulators.
+    momenta: ``(num_chunks, len(momentum_decays), chunk)`` float32 (feature-major
+      chunks of the parameters' :class:`~lopt._per_param_mlp.FlatLayout` rows).
+    rms: ``(num_chunks, len(rms_decays), chunk)`` float32 second-moment accumulators.
     count: int32 scalar, the number of updates done.
   """
   momenta: jax.Array
@@ -67,11 +68,14 @@ class MLPLOptState(NamedTuple):
 
 
 def _param_features(g, p, m, v, m_corr, v_corr) -> jax.Array:
-  """Per-row features ``(rows, F)`` from flat gradients, params, momenta and rms."""
-  g1, p1 = g[:, None], p[:, None]
-  denom = jnp.sqrt(v[:, -1:] * v_corr) + ADAM_EPS
+  """Feature-major features ``(F, rows)`` from ``g, p, m: (K, rows), v: (J, rows)``.
+
+  Feature-major keeps every elementwise op and block reduction on long contiguous
+  rows, which XLA vectorizes; the first MLP layer contracts over axis 0 directly.
+  """
+  inv = 1.0 / (jnp.sqrt(v[-1:] * v_corr) + ADAM_EPS)
   return jnp.concatenate(
-      [g1, p1, m, jnp.sqrt(v), m * m_corr[None, :] / denom, g1 / denom], axis=-1)
+      [g[None], p[None], m, jnp.sqrt(v), m * (m_corr[:, None] * inv), g[None] * inv], axis=0)
 
 
 class MLPLOpt(LearnedOptimizer):
@@ -91,6 +95,7 @@ class MLPLOpt(LearnedOptimizer):
   """
 
   name = "mlp_lopt"
+  feature_major = True  # its MLP runs as mlp_forward_t on (features, rows) chunks
 
   def __init__(self, hidden_size: int = 32, hidden_layers: int = 2,
                momentum_decays: Sequence[float] = (0.5, 0.9, 0.99, 0.999),
@@ -147,46 +152,56 @@ class MLPLOpt(LearnedOptimizer):
     def init_fn(params):
       layout = layout_of(params)
       return MLPLOptState(
-          momenta=jnp.zeros((layout.num_rows, len(self.momentum_decays)), jnp.float32),
-          rms=jnp.zeros((layout.num_rows, len(self.rms_decays)), jnp.float32),
+          momenta=jnp.zeros((layout.num_chunks, len(self.momentum_decays), layout.chunk),
+                            jnp.float32),
+          rms=jnp.zeros((layout.num_chunks, len(self.rms_decays), layout.chunk), jnp.float32),
           count=jnp.zeros((), jnp.int32))
 
     def update_fn(updates, state, params=None, **extra):
       del extra  # loss= is accepted and ignored
       layout = layout_of(updates)
-      g = layout.flatten(updates)
-      p = layout.flatten(params) if params is not None else jnp.zeros_like(g)
-      momenta = mom_decays[None, :] * state.momenta + (1 - mom_decays[None, :]) * g[:, None]
-      rms = rms_decays[None, :] * state.rms + (1 - rms_decays[None, :]) * (g * g)[:, None]
+      nf, nb, blk = num_param_features, layout.chunk // layout.block, layout.block
+      g = layout.chunked(layout.flatten(updates))
+      p = (layout.chunked(layout.flatten(params)) if params is not None
+           else jnp.zeros_like(g))
       count = state.count + 1
       t = count.astype(jnp.float32)
       m_corr = 1.0 / (1.0 - mom_decays ** t)
       v_corr = 1.0 / (1.0 - rms_decays[-1] ** t)
 
+      # Pass 1, one chunk at a time: new accumulators (+ per-block feature stats).
+      def accumulate(g_c, p_c, m_c, v_c):
+        m_c = mom_decays[:, None] * m_c + (1 - mom_decays[:, None]) * g_c[None, :]
+        v_c = rms_decays[:, None] * v_c + (1 - rms_decays[:, None]) * (g_c * g_c)[None, :]
+        if not normalize:
+          return m_c, v_c, jnp.zeros((0,), jnp.float32)
+        x = _param_features(g_c, p_c, m_c, v_c, m_corr, v_corr)
+        return m_c, v_c, jnp.square(x).reshape(nf, nb, blk).sum(-1)
+
+      momenta, rms, sq_sums = layout.map_chunks(accumulate, g, p, state.momenta, state.rms)
+
       layers = meta_params["mlp"]
       w_first = layers[0]["w"]
-      first_bias = time_features(count, num_steps) @ w_first[num_param_features:]
-      body = [{"w": w_first[:num_param_features], "b": layers[0]["b"]}] + list(layers[1:])
+      first_bias = (time_features(count, num_steps) @ w_first[nf:])[:, None]
+      body = [{"w": w_first[:nf], "b": layers[0]["b"]}] + list(layers[1:])
 
       if normalize:
-        feats = _param_features(g, p, momenta, rms, m_corr, v_corr)
-        scale = jax.lax.rsqrt(layout.tensor_mean(feats * feats) + NORM_EPS)
+        sq_sums = sq_sums.transpose(0, 2, 1).reshape(layout.num_blocks, nf)
+        scale = jax.lax.rsqrt(layout.tensor_mean_from_blocks(sq_sums) + NORM_EPS)
         scale_blocks = layout.chunked_blocks(layout.per_block(scale))
       else:
         scale_blocks = jnp.zeros((layout.num_chunks, 0), jnp.float32)
 
+      # Pass 2, one chunk at a time: features, normalization, MLP, step.
       def chunk_step(g_c, p_c, m_c, v_c, s_c):
         x = _param_features(g_c, p_c, m_c, v_c, m_corr, v_corr)
         if normalize:
-          nb = s_c.shape[0]
-          x = (x.reshape(nb, -1, x.shape[-1]) * s_c[:, None, :]).reshape(x.shape)
-        out = mlp_forward(body, x, first_bias=first_bias[None, :])
-        return out[:, 0] * jnp.exp(out[:, 1] * c2) * c1
+          x = (x.reshape(nf, nb, blk) * s_c.T[:, :, None]).reshape(x.shape)
+        out = mlp_forward_t(body, x, first_bias=first_bias)
+        return out[0] * jnp.exp(out[1] * c2) * c1
 
-      step = layout.unchunk(layout.map_chunks(
-          chunk_step, layout.chunked(g), layout.chunked(p), layout.chunked(momenta),
-          layout.chunked(rms), scale_blocks))
-      new_updates = layout.unflatten(-step)
+      step = layout.map_chunks(chunk_step, g, p, momenta, rms, scale_blocks)
+      new_updates = layout.unflatten(-layout.unchunk(step))
       return new_updates, MLPLOptState(momenta=momenta, rms=rms, count=count)
 
     return with_checks(optax.GradientTransformationExtraArgs(init_fn, update_fn), self.name)

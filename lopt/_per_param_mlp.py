@@ -47,8 +47,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-__all__ = ["FlatLayout", "mlp_apply", "mlp_apply_reference", "mlp_flops", "mlp_forward",
-           "mlp_init", "stack_leaf_features", "time_features", "TIME_FEATURE_NAMES"]
+__all__ = ["FlatLayout", "TIME_FEATURE_NAMES", "mlp_apply", "mlp_apply_reference",
+           "mlp_apply_t", "mlp_flops", "mlp_forward", "mlp_forward_t", "mlp_init",
+           "stack_leaf_features", "time_features"]
 
 DEFAULT_BLOCK = 128
 DEFAULT_CHUNK = 16384
@@ -160,16 +161,31 @@ class FlatLayout:
   # ---- per-tensor reductions -------------------------------------------------------
   def tensor_sum(self, x: jax.Array) -> jax.Array:
     """Sums ``(num_rows, ...)`` rows per leaf: ``(num_leaves, ...)`` (padding excluded)."""
-    per_block = x.reshape((self.num_blocks, self.block) + x.shape[1:]).sum(axis=1)
-    sums = jax.ops.segment_sum(per_block, jnp.asarray(self.block_ids),
-                               num_segments=self.num_leaves + 1, indices_are_sorted=True)
-    return sums[:self.num_leaves]
+    return self.tensor_sum_from_blocks(self.block_sums(x))
 
   def tensor_mean(self, x: jax.Array) -> jax.Array:
     """Means of ``(num_rows, ...)`` rows per leaf over its real elements."""
+    return self.tensor_mean_from_blocks(self.block_sums(x))
+
+  def block_sums(self, x: jax.Array) -> jax.Array:
+    """Sums each block of rows: ``(rows, ...)`` -> ``(rows // block, ...)``.
+
+    Works on the whole row space or on one chunk (inside :meth:`map_chunks`, so a
+    fused loop can emit per-block statistics without materializing its features).
+    """
+    return x.reshape((x.shape[0] // self.block, self.block) + x.shape[1:]).sum(axis=1)
+
+  def tensor_sum_from_blocks(self, block_sums: jax.Array) -> jax.Array:
+    """Per-leaf sums ``(num_leaves, ...)`` from per-block sums ``(num_blocks, ...)``."""
+    sums = jax.ops.segment_sum(block_sums, jnp.asarray(self.block_ids),
+                               num_segments=self.num_leaves + 1, indices_are_sorted=True)
+    return sums[:self.num_leaves]
+
+  def tensor_mean_from_blocks(self, block_sums: jax.Array) -> jax.Array:
+    """Per-leaf means over real elements from per-block sums ``(num_blocks, ...)``."""
     counts = np.maximum(np.asarray(self.sizes, np.float32), 1.0)
-    counts = counts.reshape((-1,) + (1,) * (x.ndim - 1))
-    return self.tensor_sum(x) / counts
+    counts = counts.reshape((-1,) + (1,) * (block_sums.ndim - 1))
+    return self.tensor_sum_from_blocks(block_sums) / counts
 
   def per_block(self, per_tensor: jax.Array, fill: float = 0.0) -> jax.Array:
     """Broadcasts ``(num_leaves, ...)`` values to ``(num_blocks, ...)`` (tail gets ``fill``)."""
@@ -279,6 +295,24 @@ def mlp_forward(weights: MLPWeights, x: jax.Array, *, first_bias: jax.Array | No
   return h
 
 
+def mlp_forward_t(weights: MLPWeights, x_t: jax.Array, *,
+                  first_bias: jax.Array | None = None) -> jax.Array:
+  """Feature-major :func:`mlp_forward`: ``x_t`` is ``(fan_in, rows)``, returns ``(fan_out, rows)``.
+
+  Each layer is ``w.T @ h`` on long contiguous rows, so features computed
+  feature-major (every elementwise op on contiguous ``(rows,)`` vectors) feed the
+  MLP without a transpose. ``first_bias`` broadcasts to ``(fan_out_0, rows)``.
+  """
+  h = x_t
+  for i, layer in enumerate(weights):
+    h = jnp.matmul(layer["w"].T, h) + layer["b"][:, None]
+    if i == 0 and first_bias is not None:
+      h = h + first_bias
+    if i < len(weights) - 1:
+      h = jax.nn.relu(h)
+  return h
+
+
 def mlp_apply(weights: MLPWeights, x: jax.Array, *, chunk: int = DEFAULT_CHUNK) -> jax.Array:
   """Applies the MLP to every row of ``x`` in cache-sized chunks.
 
@@ -301,6 +335,23 @@ def mlp_apply(weights: MLPWeights, x: jax.Array, *, chunk: int = DEFAULT_CHUNK) 
   xp = jnp.pad(x, ((0, num_chunks * chunk - n), (0, 0)))
   y = lax.map(lambda c: mlp_forward(weights, c), xp.reshape(num_chunks, chunk, x.shape[1]))
   return y.reshape(num_chunks * chunk, -1)[:n]
+
+
+def mlp_apply_t(weights: MLPWeights, x_t: jax.Array, *, chunk: int = DEFAULT_CHUNK
+                ) -> jax.Array:
+  """Feature-major :func:`mlp_apply`: ``(fan_in, num_rows)`` -> ``(fan_out, num_rows)``.
+
+  Chunks of ``chunk`` columns go through :func:`mlp_forward_t` in a ``lax.map``; this
+  is the MLP kernel that ``mlp_lopt`` runs (with its features computed in the loop).
+  """
+  n = x_t.shape[1]
+  if n <= chunk:
+    return mlp_forward_t(weights, x_t)
+  num_chunks = -(-n // chunk)
+  xp = jnp.pad(x_t, ((0, 0), (0, num_chunks * chunk - n)))
+  xc = xp.reshape(x_t.shape[0], num_chunks, chunk).transpose(1, 0, 2)
+  y = lax.map(lambda c: mlp_forward_t(weights, c), xc)
+  return y.transpose(1, 0, 2).reshape(-1, num_chunks * chunk)[:, :n]
 
 
 def mlp_apply_reference(weights: MLPWeights, x: jax.Array) -> jax.Array:
