@@ -1,0 +1,101 @@
+"""PNG plots of benchmark results: loss curves against tuned Adam, speedup bars."""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+__all__ = ["plot_curves", "plot_results", "plot_speedups"]
+
+
+def _curve(values: list) -> np.ndarray:
+  return np.array([np.nan if v is None else v for v in values], np.float64)
+
+
+def plot_curves(label: str, t: dict[str, Any], path: str | pathlib.Path) -> pathlib.Path:
+  """Plots one task's smoothed loss curves: each Adam learning rate (faint), the
+  tuned-Adam lower envelope (black, dashed) and each optimizer."""
+  fig, ax = plt.subplots(figsize=(6.4, 4.2))
+  a = t["adam"]
+  steps = np.array(a["envelope_steps"])
+  env = _curve(a["envelope"])
+  finite = [c for c in [env] + [_curve(c) for c in a["curves_by_lr"]] if np.isfinite(c).any()]
+  lo = min(np.nanmin(c) for c in finite)
+  log = lo > 0
+  for lr, c in zip(a["learning_rates"], a["curves_by_lr"]):
+    ax.plot(steps, _curve(c), color="0.6", lw=0.6, alpha=0.5)
+  ax.plot([], [], color="0.6", lw=0.6, label="adam, each lr")
+  ax.plot(steps, env, "k--", lw=1.8,
+          label=f"tuned adam envelope (best lr {a['best_learning_rate']:.1g})")
+  for name, r in t["optimizers"].items():
+    ax.plot(np.array(r["curve_steps"]), _curve(r["curve"]), lw=1.4,
+            label=f"{name} (speedup {r['speedup']:.2f})")
+  # Keep the interesting range: from the best loss to a bit above the initial one.
+  hi = np.nanmax(env[: max(1, len(env) // 20)])
+  best = min([np.nanmin(env)] + [np.nanmin(_curve(r["curve"])) for r in t["optimizers"].values()
+                                  if np.isfinite(_curve(r["curve"])).any()])
+  if log:
+    ax.set_yscale("log")
+    ax.set_ylim(best / 1.3, hi * 1.3)
+  else:
+    pad = 0.05 * (hi - best + 1e-12)
+    ax.set_ylim(best - pad, hi + pad)
+  ax.set_xlabel("step")
+  ax.set_ylabel("training loss (EMA, mean over seeds)")
+  ax.set_title(f"{label}: {t['task']}")
+  ax.legend(fontsize=7, loc="upper right")
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  path = pathlib.Path(path)
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+def plot_speedups(results: dict[str, Any], path: str | pathlib.Path) -> pathlib.Path:
+  """Bar chart of speedup over tuned Adam: per task and optimizer, plus the IQM with
+  its 95 % interval. The y axis is logarithmic; the line at 1 is tuned Adam."""
+  labels = list(results["tasks"])
+  names = [n for n in results["summary"] if n != "adam (tuned)"]
+  groups = labels + ["IQM"]
+  fig, ax = plt.subplots(figsize=(max(6.4, 1.1 * len(groups) * max(1, len(names)) / 2), 4.2))
+  width = 0.8 / max(1, len(names))
+  x = np.arange(len(groups))
+  for i, name in enumerate(names):
+    vals = [results["tasks"][t]["optimizers"][name]["speedup"] for t in labels]
+    s = results["summary"][name]
+    vals.append(s["iqm_speedup"])
+    err = np.zeros((2, len(groups)))
+    err[:, -1] = [s["iqm_speedup"] - s["ci95"][0], s["ci95"][1] - s["iqm_speedup"]]
+    ax.bar(x + (i - (len(names) - 1) / 2) * width, np.maximum(vals, 1e-3), width, yerr=err,
+           capsize=2, label=name)
+  ax.axhline(1.0, color="k", ls="--", lw=1)
+  ax.set_yscale("log")
+  ax.set_xticks(x, groups, rotation=20, ha="right", fontsize=8)
+  ax.set_ylabel("speedup over tuned Adam (steps)")
+  ax.set_title("Steps tuned Adam needs / steps the optimizer needs (>1 is faster)")
+  ax.legend(fontsize=7, ncol=2)
+  ax.grid(alpha=0.3, axis="y")
+  fig.tight_layout()
+  path = pathlib.Path(path)
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+def plot_results(results: dict[str, Any], out_dir: str | pathlib.Path) -> list[pathlib.Path]:
+  """Writes ``curves_<task>.png`` for every task and ``speedup.png``; returns the paths."""
+  out = pathlib.Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  paths = [plot_curves(label, t, out / f"curves_{label}.png")
+           for label, t in results["tasks"].items()]
+  if results["summary"] and len(results["summary"]) > 1:
+    paths.append(plot_speedups(results, out / "speedup.png"))
+  return paths

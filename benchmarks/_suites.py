@@ -1,0 +1,110 @@
+"""Named benchmark suites: which tasks, configured how, trained for how long."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import tasks
+
+__all__ = ["SUITES", "SuiteTask", "parse_tasks", "suite"]
+
+
+class SuiteTask(NamedTuple):
+  """One benchmark entry: a registry task, its configuration and its horizon.
+
+  Attributes:
+    label: a short unique name for tables and plots.
+    task: the name in the ``tasks`` registry.
+    cfg: keyword arguments of ``tasks.get(task, **cfg)``.
+    steps: the training horizon (every optimizer and Adam run this many steps).
+  """
+  label: str
+  task: str
+  cfg: dict[str, Any]
+  steps: int
+
+  def build(self) -> tasks.Task:
+    """Returns ``tasks.get(self.task, **self.cfg)``."""
+    return tasks.get(self.task, **self.cfg)
+
+
+# Tasks outside the meta-training distribution. The learned optimizers are
+# meta-trained on the digits-MLP family (width 32-128, depth 1-2, relu/tanh/gelu)
+# and on quadratics; every entry below differs in architecture, activation or
+# modality.
+_HELDOUT = (
+    SuiteTask("digits_cnn", "digits_cnn", {"channels": (16, 32)}, 1000),
+    SuiteTask("digits_mlp_wide", "digits_mlp", {"hidden": (256, 256, 128)}, 1000),
+    SuiteTask("digits_mlp_elu", "digits_mlp", {"hidden": (64, 32), "activation": "elu"}, 1000),
+    SuiteTask("digits_mlp_swish", "digits_mlp", {"hidden": (128, 64), "activation": "swish"},
+              1000),
+    SuiteTask("char_lm", "char_lm", {"dim": 32, "layers": 2, "seq_len": 32, "batch_size": 16},
+              600),
+)
+
+# A quick suite of embedded tasks for `make demo` (a few minutes on 2 CPU cores).
+_EMBEDDED = (
+    SuiteTask("digits_mlp", "digits_mlp", {"hidden": (64, 32)}, 300),
+    SuiteTask("digits_cnn_small", "digits_cnn", {"channels": (8, 16)}, 300),
+    SuiteTask("quadratic", "quadratic", {"dim": 32, "condition": 100.0, "noise": 0.1}, 300),
+)
+
+# One tiny task for smoke tests.
+_SMOKE = (
+    SuiteTask("quadratic_tiny", "quadratic", {"dim": 8, "condition": 10.0}, 50),
+)
+
+SUITES: dict[str, tuple[SuiteTask, ...]] = {
+    "heldout": _HELDOUT,
+    "embedded": _EMBEDDED,
+    "smoke": _SMOKE,
+}
+
+
+def suite(name: str) -> tuple[SuiteTask, ...]:
+  """Returns the named suite.
+
+  Raises:
+    KeyError: unknown name; the message lists the valid suites.
+  """
+  if name not in SUITES:
+    raise KeyError(f"unknown suite {name!r}; valid suites: {', '.join(sorted(SUITES))}")
+  return SUITES[name]
+
+
+def parse_tasks(spec: str, *, steps: int | None = None) -> tuple[SuiteTask, ...]:
+  """Resolves a ``--tasks`` value: a suite name or a comma list of suite labels/tasks.
+
+  Example::
+
+    parse_tasks("heldout")                     # the held-out suite
+    parse_tasks("digits_cnn,char_lm", steps=200)
+
+  Args:
+    spec: a suite name, or comma-separated entries each being a label from any
+      suite (its configuration is used) or a registry task name (defaults).
+    steps: override every entry's horizon.
+
+  Returns:
+    The suite entries, in order.
+
+  Raises:
+    KeyError: an entry is neither a suite label nor a registered task.
+  """
+  if spec in SUITES:
+    entries = list(SUITES[spec])
+  else:
+    known = {e.label: e for s in SUITES.values() for e in s}
+    entries = []
+    for name in (s.strip() for s in spec.split(",") if s.strip()):
+      if name in known:
+        entries.append(known[name])
+      elif name in tasks.available():
+        entries.append(SuiteTask(name, name, {}, 500))
+      else:
+        raise KeyError(f"unknown task or suite {name!r}; suites: {', '.join(sorted(SUITES))}; "
+                       f"suite tasks: {', '.join(sorted(known))}; registry tasks: "
+                       f"{', '.join(tasks.available())}")
+  if steps is not None:
+    entries = [e._replace(steps=int(steps)) for e in entries]
+  return tuple(entries)

@@ -1,0 +1,79 @@
+"""``make demo``: hand-designed and shipped learned optimizers vs tuned Adam, in minutes.
+
+Runs :func:`benchmarks.run_benchmark` on the ``embedded`` suite (three tasks whose
+data ships with the installed packages, so it works offline on a fresh clone):
+a few hand-designed optimizers at their default settings, every learned
+optimizer with shipped (pretrained) weights, and G.pt once its weights ship,
+each against Adam tuned over a 15-point learning-rate grid. Prints the table
+and writes PNG plots to ``demo_out/``.
+
+Usage::
+
+  python -m benchmarks.demo [--out=demo_out] [--seeds=2] [--steps=300]
+"""
+
+from __future__ import annotations
+
+import time
+
+from absl import app, flags
+
+import lopt
+from benchmarks._benchmark import build_optimizer, run_benchmark
+from benchmarks._report import markdown, save_results
+from benchmarks._suites import parse_tasks
+
+_OUT = flags.DEFINE_string("out", "demo_out", "Where to write the table and plots.")
+_SEEDS = flags.DEFINE_integer("seeds", 2, "Seeds per optimizer and learning rate.", lower_bound=1)
+_STEPS = flags.DEFINE_integer("steps", None, "Override the suite's horizons.", lower_bound=2)
+
+HAND_DESIGNED = ("sgd", "momentum", "adam", "lion")
+
+
+def demo_optimizers() -> tuple[list[str], dict[str, str]]:
+  """The demo's optimizer specs: hand-designed ones plus every shipped learned one.
+
+  Returns:
+    ``(specs, notes)``: the specs to run and, for learned optimizers left out,
+    why (no shipped weights, or they fail to load).
+  """
+  specs, notes = list(HAND_DESIGNED), {}
+  for name in lopt.available_learned() + (["gpt"] if "gpt" in lopt.available() else []):
+    if name in lopt.available_learned() or name == "gpt":
+      if not lopt.has_pretrained(name):
+        notes[name] = "no pretrained weights shipped yet"
+        continue
+      spec = f"{name}:pretrained"
+      try:
+        build_optimizer(spec, 100)
+      except Exception as e:  # noqa: BLE001 - a broken optional optimizer must not stop the demo
+        notes[name] = f"could not be built ({type(e).__name__}: {e})"
+        continue
+      if spec not in specs:
+        specs.append(spec)
+  return specs, notes
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  start = time.perf_counter()
+  specs, notes = demo_optimizers()
+  for name, why in sorted(notes.items()):
+    print(f"note: learned optimizer {name!r} left out: {why}", flush=True)
+  entries = parse_tasks("embedded", steps=_STEPS.value)
+  print(f"lopt demo: {', '.join(specs)} vs Adam tuned over 15 learning rates on "
+        f"{', '.join(e.label for e in entries)} ({_SEEDS.value} seeds)", flush=True)
+  results = run_benchmark(specs, entries, num_seeds=_SEEDS.value)
+  results["config"]["command"] = "make demo"
+  results["skipped"].update({n: w for n, w in notes.items()})
+  paths = save_results(results, _OUT.value)
+  print()
+  print(markdown(results))
+  print(f"Plots: {', '.join(str(p) for p in paths['plots'])}")
+  print(f"Table: {paths['markdown']}; all numbers: {paths['json']}")
+  print(f"Demo finished in {time.perf_counter() - start:.0f} s.")
+
+
+if __name__ == "__main__":
+  app.run(main)
