@@ -1,0 +1,101 @@
+"""End to end: the vmapped runs, run_benchmark, its files, and the command line."""
+
+import json
+
+import jax
+import numpy as np
+import optax
+import pytest
+from absl import flags
+from absl.testing import flagsaver
+
+import benchmarks
+import lopt
+import tasks
+from benchmarks import run as run_cli
+
+TINY = benchmarks.SuiteTask("quad", "quadratic", {"dim": 4, "condition": 10.0}, 25)
+
+
+def test_vmapped_runs_match_tasks_train():
+  task = TINY.build()
+  keys = jax.random.split(jax.random.key(3), 2)
+  runs = benchmarks.train_runs(task, lopt.get("momentum"), 25, keys)
+  assert runs.losses.shape == (2, 25)
+  ref = tasks.train(task, lopt.get("momentum"), 25, keys[1])
+  np.testing.assert_allclose(runs.losses[1], ref.losses, rtol=1e-5)
+  grid = benchmarks.adam_grid(task, np.array([1e-2, 1e-1]), 25, keys)
+  assert grid.losses.shape == (2, 2, 25) and grid.num_runs == 4
+  ref = tasks.train(task, optax.adam(1e-1), 25, keys[1])
+  # The injected learning rate is a float32 array: agreement to float32 rounding.
+  np.testing.assert_allclose(grid.losses[1, 1], ref.losses, rtol=1e-4)
+  assert grid.ms_per_step > 0
+
+
+def test_run_benchmark_writes_json_markdown_and_plots(tmp_path, capsys):
+  # 1e30 makes Adam overflow: a diverged learning rate must be counted, not crash.
+  results = benchmarks.run_benchmark(
+      ["sgd", "lion", "mlp_lopt:pretrained"], [TINY], num_seeds=2,
+      learning_rates=np.array([1e-2, 3e-1, 1e30]))
+  out = capsys.readouterr().out
+  assert "ETA" in out
+  t = results["tasks"]["quad"]
+  assert t["adam"]["best_learning_rate"] == pytest.approx(0.3)
+  assert t["adam"]["diverged_by_lr"][2] == 2
+  assert t["adam"]["final_loss_by_lr"][2] is None
+  for name in ("sgd", "lion"):
+    r = t["optimizers"][name]
+    assert r["final_loss"] <= r["curve"][0]
+    assert r["best_loss"] <= r["final_loss"]
+    assert r["speedup"] > 0 and len(r["speedup_per_seed"]) == 2
+    assert {"loss", "distance"} <= set(r["test"])
+  if lopt.has_pretrained("mlp_lopt"):
+    assert "mlp_lopt:pretrained" in t["optimizers"]
+  else:
+    assert "mlp_lopt:pretrained" in results["skipped"] and "note: skipping" in out
+  s = results["summary"]
+  assert set(s) >= {"adam (tuned)", "sgd", "lion"}
+  assert s["sgd"]["ci95"][0] <= s["sgd"]["iqm_speedup"] <= s["sgd"]["ci95"][1]
+
+  paths = benchmarks.save_results(results, tmp_path)
+  loaded = json.loads(paths["json"].read_text())
+  assert loaded["tasks"]["quad"]["adam"]["learning_rates"][2] == 1e30
+  md = paths["markdown"].read_text()
+  assert "| sgd |" in md and "IQM speedup" in md and "### quad" in md
+  names = sorted(p.name for p in paths["plots"])
+  assert names == ["curves_quad.png", "speedup.png"]
+  assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths["plots"])
+
+
+def test_command_line(tmp_path, capsys):
+  argv = ["run", "--optimizers=sgd", "--tasks=quadratic_tiny", "--steps=20", "--seeds=1",
+          "--num_lrs=3", f"--out={tmp_path}"]
+  with flagsaver.flagsaver():
+    flags.FLAGS(argv)
+    run_cli.main(argv[:1])
+  out = capsys.readouterr().out
+  assert "| sgd |" in out and str(tmp_path) in out
+  results = json.loads((tmp_path / "results.json").read_text())
+  assert len(results["config"]["learning_rates"]) == 3
+  assert results["config"]["command"].startswith("python -m benchmarks.run --optimizers=sgd")
+  assert (tmp_path / "curves_quadratic_tiny.png").exists()
+
+
+def test_bad_names_are_clear_errors():
+  with pytest.raises(KeyError, match="valid names"):
+    benchmarks.run_benchmark(["no_such_opt"], [TINY])
+  with pytest.raises(KeyError, match="suites: "):
+    benchmarks.parse_tasks("no_such_task")
+  with pytest.raises(KeyError, match="valid suites"):
+    benchmarks.suite("nope")
+
+
+def test_suites_resolve():
+  for name, entries in benchmarks.SUITES.items():
+    assert entries, name
+    assert len({e.label for e in entries}) == len(entries)
+    for e in entries:
+      assert e.task in tasks.available() and e.steps > 1
+  assert [e.label for e in benchmarks.parse_tasks("digits_cnn,quadratic", steps=7)] == [
+      "digits_cnn", "quadratic"]
+  assert all(e.steps == 7 for e in benchmarks.parse_tasks("heldout", steps=7))
