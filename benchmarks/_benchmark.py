@@ -16,7 +16,8 @@ from benchmarks import _protocol as protocol
 from benchmarks._runs import Runs, adam_grid, evaluate_runs, lr_grid, train_runs
 from benchmarks._suites import SuiteTask
 
-__all__ = ["build_optimizer", "run_benchmark", "summarize", "unavailable_reason"]
+__all__ = ["build_optimizer", "has_pretrained_gpt", "not_applicable_reason", "run_benchmark",
+           "summarize", "unavailable_reason"]
 
 #: Curves stored in the results are subsampled to at most this many points.
 MAX_CURVE_POINTS = 400
@@ -34,8 +35,29 @@ def unavailable_reason(spec: str) -> str | None:
   name, _, weights = spec.partition(":")
   if name not in lopt.available():
     raise KeyError(f"unknown optimizer {name!r}; valid names: {', '.join(lopt.available())}")
-  if weights == "pretrained" and not lopt.has_pretrained(name):
+  if name == "gpt" and weights in ("", "pretrained"):
+    if not has_pretrained_gpt():
+      return "no pretrained G.pt weights shipped yet (lopt.gpt.pretrained_gpt_path())"
+  elif weights == "pretrained" and not lopt.has_pretrained(name):
     return f"no pretrained weights shipped for {name!r} (lopt.has_pretrained({name!r}) is False)"
+  return None
+
+
+def has_pretrained_gpt() -> bool:
+  """Whether the shipped G.pt model exists (it lives apart from ``lopt.has_pretrained``)."""
+  return (lopt.gpt.pretrained_gpt_path() / "manifest.json").exists()
+
+
+def not_applicable_reason(tx, task, key: jax.Array) -> str | None:
+  """Why ``tx`` cannot train ``task``, or None.
+
+  Optimizers tied to one architecture (G.pt) reject other parameter trees in
+  ``init`` with a ``ValueError``; that marks the pair not applicable.
+  """
+  try:
+    jax.eval_shape(tx.init, task.init(key))
+  except ValueError as e:
+    return str(e).splitlines()[0][:300]
   return None
 
 
@@ -117,9 +139,16 @@ def _benchmark_task(entry: SuiteTask, optimizers: Sequence[str], keys: jax.Array
           "envelope_steps": env_steps,
       },
       "optimizers": {},
+      "not_applicable": {},
   }
   for spec in optimizers:
     tx = build_optimizer(spec, entry.steps)
+    why = not_applicable_reason(tx, task, keys[0])
+    if why is not None:
+      out["not_applicable"][spec] = why
+      print(f"note: {spec} does not apply to {entry.label}: {why}", flush=True)
+      progress(f"{entry.label}: {spec} (n/a)", 0)
+      continue
     runs = train_runs(task, tx, entry.steps, keys)
     test = evaluate_runs(task, runs.params, eval_key)
     out["optimizers"][spec] = _summarize_runs(runs, protocol.ema(runs.losses, ema_decay),
@@ -212,17 +241,21 @@ def summarize(results: dict[str, Any], *, num_bootstrap: int = 2000) -> dict[str
   """IQM speedup over (task, seed) with a stratified bootstrap 95 % interval, per optimizer."""
   summary = {}
   labels = list(results["tasks"])
-  names = []
+  names: list[str] = []
   if labels:
-    names = ["adam (tuned)"] + list(results["tasks"][labels[0]]["optimizers"])
+    names = ["adam (tuned)"] + sorted(
+        {n for t in labels for n in results["tasks"][t]["optimizers"]},
+        key=results["config"]["optimizers"].index)
   for name in names:
-    key = "adam" if name == "adam (tuned)" else None
-    rows = [(results["tasks"][t]["adam"] if key else results["tasks"][t]["optimizers"][name])
-            for t in labels]
+    if name == "adam (tuned)":
+      rows = [results["tasks"][t]["adam"] for t in labels]
+    else:
+      rows = [results["tasks"][t]["optimizers"][name] for t in labels
+              if name in results["tasks"][t]["optimizers"]]
     scores = np.array([r["speedup_per_seed"] for r in rows])
     point, lo, hi = protocol.bootstrap_ci(scores, num_samples=num_bootstrap)
     summary[name] = {
-        "iqm_speedup": point, "ci95": [lo, hi], "num_tasks": len(labels),
+        "iqm_speedup": point, "ci95": [lo, hi], "num_tasks": len(rows),
         "median_task_speedup": float(np.median([r["speedup"] for r in rows])),
         "tasks_faster_than_adam": int(sum(r["speedup"] > 1.0 for r in rows)),
         "diverged_runs": int(sum(r["diverged_seeds"] for r in rows)),

@@ -69,12 +69,13 @@ def plot_speedups(results: dict[str, Any], path: str | pathlib.Path) -> pathlib.
   width = 0.8 / max(1, len(names))
   x = np.arange(len(groups))
   for i, name in enumerate(names):
-    vals = [results["tasks"][t]["optimizers"][name]["speedup"] for t in labels]
+    vals = [results["tasks"][t]["optimizers"].get(name, {"speedup": np.nan})["speedup"]
+            for t in labels]
     s = results["summary"][name]
     vals.append(s["iqm_speedup"])
     err = np.zeros((2, len(groups)))
     err[:, -1] = [s["iqm_speedup"] - s["ci95"][0], s["ci95"][1] - s["iqm_speedup"]]
-    ax.bar(x + (i - (len(names) - 1) / 2) * width, np.maximum(vals, 1e-3), width, yerr=err,
+    ax.bar(x + (i - (len(names) - 1) / 2) * width, np.fmax(vals, 1e-3), width, yerr=err,
            capsize=2, label=name)
   ax.axhline(1.0, color="k", ls="--", lw=1)
   ax.set_yscale("log")

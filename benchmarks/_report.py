@@ -23,13 +23,9 @@ def _speedup(r: dict[str, Any]) -> str:
   return s
 
 
-def _test_cols(results: dict[str, Any]) -> list[str]:
-  cols: list[str] = []
-  for t in results["tasks"].values():
-    for k in t["adam"]["test"]:
-      if k not in cols:
-        cols.append(k)
-  return cols
+def _test_cols(t: dict[str, Any]) -> list[str]:
+  """The test metrics of one task, loss first."""
+  return sorted(t["adam"]["test"], key=lambda k: (k != "loss", k))
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -61,9 +57,9 @@ def markdown(results: dict[str, Any]) -> str:
     lines.append(f"| {name} | {s['iqm_speedup']:.2f} [{s['ci95'][0]:.2f}, {s['ci95'][1]:.2f}] "
                  f"| {s['median_task_speedup']:.2f} | {s['tasks_faster_than_adam']}/"
                  f"{s['num_tasks']} | {s['diverged_runs']} |")
-  test_cols = _test_cols(results)
   for label, t in results["tasks"].items():
     a = t["adam"]
+    test_cols = _test_cols(t)
     lines += ["", f"### {label}", "",
               f"`tasks.get({t['task']!r}, **{t['cfg']})`, {t['steps']} steps; tuned Adam "
               f"learning rate {a['best_learning_rate']:.2g}.", "",
@@ -75,7 +71,9 @@ def markdown(results: dict[str, Any]) -> str:
     for name, r in rows:
       tests = " | ".join(_num(r["test"].get(c)) for c in test_cols)
       lines.append(f"| {name} | {_num(r['final_loss'])} | {_num(r['best_loss'])} | {tests} | "
-                   f"{_speedup(r)} | {r['ms_per_step']:.3f} | {r['diverged_seeds']} |")
+                   f"{_speedup(r)} | {r['ms_per_step']:.3g} | {r['diverged_seeds']} |")
+    for name in t.get("not_applicable", {}):
+      lines.append(f"| {name} | n/a (other architecture) |" + " |" * (len(test_cols) + 4))
   lines += ["", "Losses are EMA-smoothed training losses averaged over seeds; test metrics "
             "are averaged over seeds. Speedup = steps tuned Adam's envelope needs to reach "
             "the optimizer's final loss / steps the optimizer took (>1: faster than tuned "

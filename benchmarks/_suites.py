@@ -33,20 +33,20 @@ class SuiteTask(NamedTuple):
 # and on quadratics; every entry below differs in architecture, activation or
 # modality.
 _HELDOUT = (
-    SuiteTask("digits_cnn", "digits_cnn", {"channels": (16, 32)}, 1000),
-    SuiteTask("digits_mlp_wide", "digits_mlp", {"hidden": (256, 256, 128)}, 1000),
-    SuiteTask("digits_mlp_elu", "digits_mlp", {"hidden": (64, 32), "activation": "elu"}, 1000),
+    SuiteTask("digits_cnn", "digits_cnn", {"channels": (16, 32)}, 500),
+    SuiteTask("digits_mlp_wide", "digits_mlp", {"hidden": (256, 256, 128)}, 500),
+    SuiteTask("digits_mlp_elu", "digits_mlp", {"hidden": (64, 32), "activation": "elu"}, 500),
     SuiteTask("digits_mlp_swish", "digits_mlp", {"hidden": (128, 64), "activation": "swish"},
-              1000),
+              500),
     SuiteTask("char_lm", "char_lm", {"dim": 32, "layers": 2, "seq_len": 32, "batch_size": 16},
-              600),
+              300),
 )
 
 # A quick suite of embedded tasks for `make demo` (a few minutes on 2 CPU cores).
 _EMBEDDED = (
-    SuiteTask("digits_mlp", "digits_mlp", {"hidden": (64, 32)}, 300),
+    SuiteTask("digits_mlp", "digits_mlp", {"hidden": (32,)}, 300),  # G.pt's architecture
     SuiteTask("digits_cnn_small", "digits_cnn", {"channels": (8, 16)}, 300),
-    SuiteTask("quadratic", "quadratic", {"dim": 32, "condition": 100.0, "noise": 0.1}, 300),
+    SuiteTask("quadratic", "quadratic", {"dim": 32, "condition": 100.0}, 300),
 )
 
 # One tiny task for smoke tests.

@@ -19,7 +19,7 @@ import time
 from absl import app, flags
 
 import lopt
-from benchmarks._benchmark import build_optimizer, run_benchmark
+from benchmarks._benchmark import build_optimizer, has_pretrained_gpt, run_benchmark
 from benchmarks._report import markdown, save_results
 from benchmarks._suites import parse_tasks
 
@@ -38,19 +38,18 @@ def demo_optimizers() -> tuple[list[str], dict[str, str]]:
     why (no shipped weights, or they fail to load).
   """
   specs, notes = list(HAND_DESIGNED), {}
-  for name in lopt.available_learned() + (["gpt"] if "gpt" in lopt.available() else []):
-    if name in lopt.available_learned() or name == "gpt":
-      if not lopt.has_pretrained(name):
-        notes[name] = "no pretrained weights shipped yet"
-        continue
-      spec = f"{name}:pretrained"
-      try:
-        build_optimizer(spec, 100)
-      except Exception as e:  # noqa: BLE001 - a broken optional optimizer must not stop the demo
-        notes[name] = f"could not be built ({type(e).__name__}: {e})"
-        continue
-      if spec not in specs:
-        specs.append(spec)
+  for name in lopt.available_learned() + ["gpt"]:
+    shipped = has_pretrained_gpt() if name == "gpt" else lopt.has_pretrained(name)
+    if not shipped:
+      notes[name] = "no pretrained weights shipped yet"
+      continue
+    spec = f"{name}:pretrained"
+    try:
+      build_optimizer(spec, 100)
+    except Exception as e:  # noqa: BLE001 - a broken optional optimizer must not stop the demo
+      notes[name] = f"could not be built ({type(e).__name__}: {e})"
+      continue
+    specs.append(spec)
   return specs, notes
 
 
