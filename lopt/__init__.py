@@ -9,6 +9,7 @@ Every optimizer, hand-designed or learned, is an
   updates, state = opt.update(grads, state, params, loss=loss)
 """
 
+from lopt._adafac_mlp_lopt import AdafacMLPLOpt as AdafacMLPLOpt
 from lopt._base import LearnedOptimizer as LearnedOptimizer
 from lopt._base import check_trees as check_trees
 from lopt._base import with_checks as with_checks
@@ -33,12 +34,14 @@ __version__ = "0.1.0"
 from lopt import gpt as gpt  # noqa: E402  (G.pt; registered below)
 
 register_learned(MLPLOpt.name, MLPLOpt)
+register_learned(AdafacMLPLOpt.name, AdafacMLPLOpt)
 register_learned(HierarchicalLOpt.name, HierarchicalLOpt)
 register_learned(LayerwiseComboLOpt.name, LayerwiseComboLOpt)
 register_learned(Celo2LOpt.name, Celo2LOpt)
 register("gpt", gpt.gpt)
 
 __all__ = [
+    "AdafacMLPLOpt",
     "Celo2LOpt",
     "HierarchicalLOpt",
     "LayerwiseComboLOpt",
