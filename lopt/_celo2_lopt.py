@@ -56,7 +56,7 @@ import optax
 
 from lopt import _per_tensor as pt
 from lopt._base import LearnedOptimizer, with_checks
-from lopt._per_param_mlp import TIME_FEATURE_NAMES, FlatLayout, mlp_forward, mlp_init, time_features
+from lopt._per_param_mlp import TIME_FEATURE_NAMES, FlatLayout, mlp_forward, time_features
 
 __all__ = ["Celo2LOpt", "Celo2LOptState", "newton_schulz"]
 
@@ -161,7 +161,8 @@ class Celo2LOpt(LearnedOptimizer):
                 "warmup": jnp.asarray(np.log(0.2 / 0.8), jnp.float32),  # w = 0.02
                 "final": jnp.asarray(np.log(0.1 / 0.9), jnp.float32),  # a = 0.1
                 "corr": jnp.zeros((len(TIME_FEATURE_NAMES),), jnp.float32)}
-    return {"mlp": mlp_init(key, sizes), "log_mult_1d": jnp.zeros((), jnp.float32),
+    mlp = pt.dense_init(key, list(zip(sizes[:-1], sizes[1:])))
+    return {"mlp": mlp, "log_mult_1d": jnp.zeros((), jnp.float32),
             "schedule": schedule}
 
   @staticmethod

@@ -9,7 +9,7 @@ arXiv 2211.09760), written from their description:
   update (log root-mean-squares, gradient-momentum cosines, log size), the
   training-fraction embedding and scale-free loss features go through a
   ``Dense`` embedding plus a cross-tensor context (the mean over tensors of a ReLU
-  projection, VeLO's "mix" layer) into a ``flax.linen.OptimizedLSTMCell``. Its
+  projection, VeLO's "mix" layer) into an LSTM cell (:func:`tensor_lstm`). Its
   output is a per-tensor log step-size scale ``s_t`` and ``C`` control values.
 * **Per parameter**: a small MLP over per-parameter features (gradient, parameter,
   momenta at several decays, rms, momenta and gradient divided by the rms, each
@@ -34,7 +34,6 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -42,9 +41,9 @@ import optax
 
 from lopt import _per_tensor as pt
 from lopt._base import LearnedOptimizer, with_checks
-from lopt._per_param_mlp import TIME_FEATURE_NAMES, FlatLayout, mlp_forward, mlp_init, time_features
+from lopt._per_param_mlp import TIME_FEATURE_NAMES, FlatLayout, mlp_forward, time_features
 
-__all__ = ["HierarchicalLOpt", "HierarchicalLOptState"]
+__all__ = ["HierarchicalLOpt", "HierarchicalLOptState", "tensor_lstm"]
 
 _EPS = 1e-12
 
@@ -71,19 +70,33 @@ class HierarchicalLOptState(NamedTuple):
   loss_stats: pt.LossStats
 
 
-class _TensorLSTM(nn.Module):
-  """The per-tensor network: embedding + cross-tensor context -> LSTM -> controls."""
+def _dense(layer: dict[str, jax.Array], x: jax.Array) -> jax.Array:
+  return x @ layer["w"] + layer["b"][None, :]
 
-  hidden: int
-  num_outputs: int
 
-  @nn.compact
-  def __call__(self, carry, x):
-    local = nn.Dense(self.hidden, name="embed")(x)
-    context = jnp.mean(nn.relu(nn.Dense(self.hidden, name="mix")(x)), axis=0, keepdims=True)
-    carry, out = nn.OptimizedLSTMCell(self.hidden, name="lstm")(carry, jnp.tanh(local + context))
-    controls = nn.Dense(self.num_outputs, kernel_init=nn.initializers.zeros, name="out")(out)
-    return carry, controls
+def tensor_lstm(weights: dict[str, Any], carry: tuple[jax.Array, jax.Array], x: jax.Array
+                ) -> tuple[tuple[jax.Array, jax.Array], jax.Array]:
+  """The per-tensor network, batched over tensors: embedding + context -> LSTM -> controls.
+
+  ``u = tanh(x W_e + mean_t relu(x W_x))``; a standard LSTM cell
+  ``[i, f, g, o] = [u, h] W + b``, ``c' = sigmoid(f + 1) c + sigmoid(i) tanh(g)``,
+  ``h' = sigmoid(o) tanh(c')``; controls ``h' W_o + b_o``.
+
+  Args:
+    weights: ``{"embed", "mix", "cell", "out"}`` dense layers.
+    carry: ``(c, h)``, each ``(num_tensors, hidden)``.
+    x: ``(num_tensors, num_tensor_features)``.
+
+  Returns:
+    ``((c', h'), controls)`` with controls ``(num_tensors, 1 + num_controls)``.
+  """
+  c, h = carry
+  context = jnp.mean(jax.nn.relu(_dense(weights["mix"], x)), axis=0, keepdims=True)
+  u = jnp.tanh(_dense(weights["embed"], x) + context)
+  i, f, g, o = jnp.split(_dense(weights["cell"], jnp.concatenate([u, h], axis=1)), 4, axis=1)
+  c = jax.nn.sigmoid(f + 1.0) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+  h = jax.nn.sigmoid(o) * jnp.tanh(c)
+  return (c, h), _dense(weights["out"], h)
 
 
 class HierarchicalLOpt(LearnedOptimizer):
@@ -113,7 +126,6 @@ class HierarchicalLOpt(LearnedOptimizer):
     self.rms_decay = float(rms_decay)
     self.step_mult = float(step_mult)
     self.exp_mult = float(exp_mult)
-    self._rnn = _TensorLSTM(self.lstm_hidden, 1 + self.num_controls)
 
   @property
   def param_feature_names(self) -> tuple[str, ...]:
@@ -150,23 +162,30 @@ class HierarchicalLOpt(LearnedOptimizer):
             "step_mult": self.step_mult, "exp_mult": self.exp_mult}
 
   def init(self, key: jax.Array) -> dict[str, Any]:
-    """Returns ``{"lstm": flax params, "mlp": [{"w", "b"}, ...], "ctrl": (C, hidden)}``."""
-    k_rnn, k_mlp, k_ctrl = jax.random.split(key, 3)
-    t, h = 2, self.lstm_hidden
-    carry = (jnp.zeros((t, h)), jnp.zeros((t, h)))
-    rnn = self._rnn.init(k_rnn, carry, jnp.zeros((t, self.num_tensor_features)))["params"]
-    sizes = (self.num_param_features,) + (self.mlp_hidden,) * self.mlp_layers + (2,)
-    ctrl = jax.random.normal(k_ctrl, (self.num_controls, self.mlp_hidden)) / np.sqrt(
-        max(self.num_controls, 1))
-    return {"lstm": rnn, "mlp": mlp_init(k_mlp, sizes, final_scale=0.1), "ctrl": ctrl}
+    """Returns LeCun-normal meta-params with a zero LSTM output layer.
 
-  def _tensor_features(self, layout, g, p, mom, update_rms, step, num_steps, loss_stats, loss):
-    """``(num_tensors, num_tensor_features)`` statistics of every tensor."""
+    ``{"lstm": {"embed", "mix", "cell", "out"}, "mlp": [{"w", "b"}, ...],
+    "ctrl": (num_controls, mlp_hidden)}``; every dense layer is ``{"w", "b"}``.
+    """
+    f, h, c = self.num_tensor_features, self.lstm_hidden, self.num_controls
+    sizes = (self.num_param_features,) + (self.mlp_hidden,) * self.mlp_layers + (2,)
+    mlp_shapes = list(zip(sizes[:-1], sizes[1:]))
+    shapes = [(f, h), (f, h), (2 * h, 4 * h), (h, 1 + c), (max(c, 1), self.mlp_hidden)]
+    layers = pt.dense_init(key, shapes + mlp_shapes,
+                           [1.0, 1.0, 1.0, 0.0, 1.0] + [1.0] * (len(mlp_shapes) - 1) + [0.1])
+    lstm = dict(zip(("embed", "mix", "cell", "out"), layers[:4]))
+    return {"lstm": lstm, "ctrl": layers[4]["w"][:c], "mlp": layers[5:]}
+
+  def _tensor_features(self, layout, means, update_rms, step, num_steps, loss_stats, loss):
+    """``(num_tensors, num_tensor_features)`` statistics of every tensor.
+
+    ``means`` holds per-tensor means of ``[x**2 for each MLP input x, g * m_k]``.
+    """
+    k = len(self.momentum_decays)
     log = lambda x: 0.1 * jnp.log(x + 1e-12)
-    g_rms = pt.tensor_rms(layout, g, _EPS)
-    m_rms = pt.tensor_rms(layout, mom, _EPS)  # (T, K)
-    p_rms = pt.tensor_rms(layout, p, _EPS)
-    cos = layout.tensor_mean(g[:, None] * mom) / (g_rms[:, None] * m_rms + 1e-12)
+    g_rms, p_rms = jnp.sqrt(means[:, 0] + _EPS), jnp.sqrt(means[:, 1] + _EPS)
+    m_rms = jnp.sqrt(means[:, 2:2 + k] + _EPS)  # (T, K)
+    cos = means[:, -k:] / (g_rms[:, None] * m_rms + 1e-12)
     sizes = np.asarray(layout.sizes, np.float32)
     ndims = np.asarray([len(s) for s in layout.shapes], np.float32)
     t = layout.num_leaves
@@ -207,19 +226,22 @@ class HierarchicalLOpt(LearnedOptimizer):
       rms = b2 * state.rms + (1.0 - b2) * jnp.square(g)
       loss_stats = pt.update_loss_stats(state.loss_stats, loss)
 
+      # Features of the per-parameter MLP; one reduction gives every per-tensor mean.
+      rsqrt = jax.lax.rsqrt(rms + 1e-12)
+      x = jnp.concatenate([g[:, None], p[:, None], mom, jnp.sqrt(rms + 1e-30)[:, None],
+                           mom * rsqrt[:, None], (g * rsqrt)[:, None]], axis=1)
+      means = layout.tensor_mean(jnp.concatenate([jnp.square(x), g[:, None] * mom], axis=1))
+      inv = jax.lax.rsqrt(means[:, :x.shape[1]] + 1e-16)
+
       # Per-tensor LSTM, all tensors in one call.
-      tfeat = self._tensor_features(layout, g, p, mom, state.update_rms, step, num_steps,
+      tfeat = self._tensor_features(layout, means, state.update_rms, step, num_steps,
                                     loss_stats, loss)
-      (lstm_c, lstm_h), ctrl = self._rnn.apply(
-          {"params": meta_params["lstm"]}, (state.lstm_c, state.lstm_h), tfeat)
+      (lstm_c, lstm_h), ctrl = tensor_lstm(meta_params["lstm"], (state.lstm_c, state.lstm_h),
+                                           tfeat)
       log_scale = jnp.clip(ctrl[:, 0], -10.0, 5.0)
       first_bias = ctrl[:, 1:] @ meta_params["ctrl"]  # (T, mlp_hidden)
 
       # Per-parameter MLP in chunks; per-tensor normalizers and biases per block.
-      rsqrt = jax.lax.rsqrt(rms + 1e-12)
-      x = jnp.concatenate([g[:, None], p[:, None], mom, jnp.sqrt(rms + 1e-30)[:, None],
-                           mom * rsqrt[:, None], (g * rsqrt)[:, None]], axis=1)
-      inv = jax.lax.rsqrt(layout.tensor_mean(jnp.square(x)) + 1e-16)
       scale = self.step_mult * jnp.exp(log_scale)
       block_args = [layout.chunked_blocks(layout.per_block(a))
                     for a in (inv, first_bias, scale[:, None])]

@@ -49,7 +49,7 @@ import optax
 
 from lopt import _per_tensor as pt
 from lopt._base import LearnedOptimizer, with_checks
-from lopt._per_param_mlp import TIME_FEATURE_NAMES, FlatLayout, mlp_forward, mlp_init, time_features
+from lopt._per_param_mlp import TIME_FEATURE_NAMES, FlatLayout, mlp_forward, time_features
 
 __all__ = ["BASE_DIRECTIONS", "LayerwiseComboLOpt", "LayerwiseComboLOptState"]
 
@@ -118,7 +118,8 @@ class LayerwiseComboLOpt(LearnedOptimizer):
     ``"layer_bias": (num_layers, 4)`` when ``num_layers`` is set.
     """
     k = len(BASE_DIRECTIONS)
-    mp = {"net": mlp_init(key, (self.num_features, self.hidden, k), final_scale=0.0),
+    net = pt.dense_init(key, [(self.num_features, self.hidden), (self.hidden, k)], [1.0, 0.0])
+    mp = {"net": net,
           "bias": jnp.asarray(np.eye(k, dtype=np.float32)[BASE_DIRECTIONS.index("adam")]),
           "log_lr": jnp.asarray(np.log(1e-3), jnp.float32)}
     if self.num_layers is not None:
@@ -172,13 +173,14 @@ class LayerwiseComboLOpt(LearnedOptimizer):
       loss_stats = pt.update_loss_stats(state.loss_stats, loss)
       log = lambda x: 0.1 * jnp.log(x + 1e-12)
       p = layout.flatten(params) if params is not None else jnp.zeros_like(g)
-      g_rms, m_rms = pt.tensor_rms(layout, g, 1e-20), pt.tensor_rms(layout, mu, 1e-20)
-      cos = layout.tensor_mean(g * mu) / (g_rms * m_rms + 1e-12)
-      stats = jnp.stack([log(g_rms), log(m_rms), log(pt.tensor_rms(layout, trace, 1e-20)),
-                         log(pt.tensor_rms(layout, adam, 1e-20)),
-                         log(pt.tensor_rms(layout, p, 1e-20)),
-                         jnp.clip(log(g_rms) - log(pt.tensor_rms(layout, p, 1e-20)), -2.0, 2.0),
-                         cos], axis=1)
+      # One reduction: per-tensor mean squares of g, m, trace, adam, p and mean of g * m.
+      cols = jnp.stack([g, mu, trace, adam, p], axis=1)
+      means = layout.tensor_mean(jnp.concatenate([jnp.square(cols), (g * mu)[:, None]], axis=1))
+      rms = jnp.sqrt(means[:, :5] + 1e-20)  # (T, 5)
+      cos = means[:, 5:] / (rms[:, 0:1] * rms[:, 1:2] + 1e-12)
+      stats = jnp.concatenate(
+          [log(rms[:, :5]), jnp.clip(log(rms[:, 0:1]) - log(rms[:, 4:5]), -2.0, 2.0), cos],
+          axis=1)
       shared = jnp.concatenate([time_features(step, num_steps),
                                 pt.loss_features(loss_stats, loss)])
       feats = jnp.concatenate(

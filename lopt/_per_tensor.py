@@ -5,7 +5,8 @@ Parameters live in the padded row space of :class:`lopt._per_param_mlp.FlatLayou
 statistics are one reduction over all rows (:meth:`FlatLayout.tensor_mean`), and
 per-tensor values (an LSTM's output, a layer's combination weights) reach every
 row of their tensor through one per-block gather (:func:`tensor_rows`). This
-module adds that broadcast, a padding mask and scale-free loss features.
+module adds that broadcast, a padding mask, scale-free loss features and a
+single-draw initializer for small dense layers.
 
 Used by :mod:`lopt._hierarchical_lopt`, :mod:`lopt._layerwise_combo_lopt` and
 :mod:`lopt._celo2_lopt`.
@@ -14,7 +15,7 @@ Used by :mod:`lopt._hierarchical_lopt`, :mod:`lopt._layerwise_combo_lopt` and
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +23,7 @@ import numpy as np
 
 from lopt._per_param_mlp import FlatLayout
 
-__all__ = ["DEFAULT_NUM_STEPS", "LOSS_FEATURE_NAMES", "LossStats", "horizon",
+__all__ = ["DEFAULT_NUM_STEPS", "LOSS_FEATURE_NAMES", "LossStats", "dense_init", "horizon",
            "init_loss_stats", "loss_features", "row_mask", "tensor_rms", "tensor_rows",
            "update_loss_stats"]
 
@@ -30,6 +31,27 @@ NUM_LOSS_FEATURES = 3
 LOSS_FEATURE_NAMES = ("loss_fast/first", "loss_slow/first", "loss/loss_slow")
 # The horizon a learned schedule assumes when an optimizer is built with ``num_steps=None``.
 DEFAULT_NUM_STEPS = 10_000
+
+
+def dense_init(key: jax.Array, shapes: Sequence[tuple[int, int]],
+               scales: Sequence[float] | None = None) -> list[dict[str, jax.Array]]:
+  """LeCun-normal dense layers ``[{"w": (fan_in, fan_out), "b": zeros}, ...]`` from one draw.
+
+  Same distribution as :func:`lopt._per_param_mlp.mlp_init`, but all weights come
+  from a single ``jax.random.normal`` call (one small compile rather than one per
+  layer, which dominates the cost of ``init`` on a CPU).
+
+  Args:
+    key: PRNG key.
+    shapes: ``(fan_in, fan_out)`` of each layer.
+    scales: optional extra factor per layer (e.g. 0 for a zero-initialized output).
+  """
+  sizes = [fi * fo for fi, fo in shapes]
+  flat = jax.random.normal(key, (sum(sizes),), jnp.float32)
+  parts = jnp.split(flat, np.cumsum(sizes)[:-1].tolist()) if len(sizes) > 1 else [flat]
+  scales = [1.0] * len(shapes) if scales is None else scales
+  return [{"w": part.reshape(fi, fo) * (sc / np.sqrt(fi)), "b": jnp.zeros((fo,), jnp.float32)}
+          for part, (fi, fo), sc in zip(parts, shapes, scales)]
 
 
 def tensor_rows(layout: FlatLayout, per_tensor: jax.Array) -> jax.Array:
