@@ -15,8 +15,8 @@ training loop) on an MLP-shaped parameter tree, and reports:
   ``relu(relu(x @ w1) @ w2) @ w3`` over the same full array; and
   ``update_vs_ref_mlp``, the whole update's time over that.
 
-The matmul peak is a ``jnp.dot`` of two ``peak_n`` x ``peak_n`` float32 matrices,
-best of ``repeats``. Writes ``speed.json`` and ``speed.md`` to ``--out``::
+The matmul peak is the best ``jnp.dot`` of two square float32 matrices (sides
+1024 and 2048), best of ``repeats``. Writes ``speed.json`` and ``speed.md`` to ``--out``::
 
   python -m benchmarks.speed --sizes=1e4,1e5,1e6,1e7 --out=bench_out/speed
   python -m benchmarks.speed --optimizers=adam,mlp_lopt --sizes=1e6 --repeats=7
@@ -59,12 +59,19 @@ def _best_time(fn: Callable[[], Any], repeats: int) -> float:
   return best
 
 
-def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
-  """FLOP/s of the best of ``repeats`` float32 ``(n, n) @ (n, n)`` products."""
-  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-  b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-  dot = jax.jit(jnp.dot)
-  return 2 * n ** 3 / _best_time(lambda: dot(a, b), repeats)
+def matmul_peak(sizes: Sequence[int] = (1024, 2048), repeats: int = 5) -> float:
+  """FLOP/s of the best float32 square ``jnp.dot`` over ``sizes`` and ``repeats``.
+
+  Taking the best over two sizes keeps the peak (and so the fractions of it
+  reported) conservative on CPUs where the largest product spills out of cache.
+  """
+  best = 0.0
+  for n in sizes:
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+    dot = jax.jit(jnp.dot)
+    best = max(best, 2 * n ** 3 / _best_time(lambda: dot(a, b), repeats))
+  return best
 
 
 def mlp_shaped_params(num_params: int, key: jax.Array, *, d_in: int = 256,
@@ -86,7 +93,23 @@ def _make_optimizer(name: str):
   return lopt.get(name)
 
 
-def _time_update(opt, params, grads, repeats: int) -> tuple[float, int]:
+def _interleaved_best(timers: dict[str, Callable[[], Any]], rounds: int, repeats: int
+                      ) -> dict[str, float]:
+  """Best wall time of each timer; rounds interleave all timers so load hits all alike."""
+  for fn in timers.values():
+    jax.block_until_ready(fn())  # compile + warm up
+  best = {k: math.inf for k in timers}
+  for _ in range(rounds):
+    for k, fn in timers.items():
+      for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn())
+        best[k] = min(best[k], time.perf_counter() - t0)
+  return best
+
+
+def _update_timer(opt, params, grads) -> tuple[Callable[[], Any], int]:
+  """A timer of one jitted update with the state donated, and the state's bytes."""
   state = opt.init(params)
   state_bytes = sum(np.asarray(x).nbytes for x in jax.tree.leaves(state))
 
@@ -100,14 +123,16 @@ def _time_update(opt, params, grads, repeats: int) -> tuple[float, int]:
     updates, box[0] = step(grads, box[0], params)
     return updates
 
-  return _best_time(one, repeats), state_bytes
+  return one, state_bytes
 
 
-def _time_mlp(sizes: Sequence[int], n: int, chunk: int, feature_major: bool, repeats: int,
-              peak: float, *, reference: bool) -> dict[str, Any]:
-  """Times the chunked MLP kernel (in the LO's layout) and the straightforward form."""
+def _mlp_timers(sizes: Sequence[int], n: int, chunk: int, feature_major: bool, *,
+                reference: bool) -> tuple[dict[str, Callable[[], Any]], int]:
+  """Timers of the chunked MLP kernel (in the LO's layout) and the straightforward form.
+
+  Returns the timers and the FLOPs the kernel does (it pads ``n`` to whole chunks).
+  """
   w = mlp_init(jax.random.key(1), sizes)
-  flops = mlp_flops(sizes, n)
   num_chunks = -(-n // chunk)
   if feature_major:
     xc = jax.random.normal(jax.random.key(2), (num_chunks, sizes[0], chunk), jnp.float32)
@@ -115,30 +140,41 @@ def _time_mlp(sizes: Sequence[int], n: int, chunk: int, feature_major: bool, rep
   else:
     xc = jax.random.normal(jax.random.key(2), (num_chunks, chunk, sizes[0]), jnp.float32)
     kernel = jax.jit(lambda w, x: lax.map(lambda c: mlp_forward(w, c), x))
-  # the kernel pads n to num_chunks * chunk rows: count the FLOPs it really does
-  kflops = mlp_flops(sizes, num_chunks * chunk)
-  tk = _best_time(lambda: kernel(w, xc), repeats)
-  out = {"mlp_sizes": list(sizes), "mlp_layout": "feature-major" if feature_major else "row",
-         "mlp_kernel_ms": 1e3 * tk, "mlp_gflops": kflops / tk / 1e9,
-         "mlp_frac_peak": kflops / tk / peak}
+  timers = {"kernel": lambda: kernel(w, xc)}
   if reference:
     x = jax.random.normal(jax.random.key(2), (n, sizes[0]), jnp.float32)
     ref = jax.jit(mlp_apply_reference)
-    tr = _best_time(lambda: ref(w, x), repeats)
-    out.update(ref_mlp_ms=1e3 * tr, ref_mlp_frac_peak=flops / tr / peak)
-  return out
+    timers["ref"] = lambda: ref(w, x)
+  return timers, mlp_flops(sizes, num_chunks * chunk)
 
 
-def run(optimizers: Sequence[str], sizes: Sequence[int], *, repeats: int = 5,
-        peak_n: int = 2048, reference_max_size: int = 10 ** 6,
-        log: Callable[[str], None] = print) -> dict[str, Any]:
+def _peak_timers(sizes: Sequence[int]) -> dict[str, Callable[[], Any]]:
+  timers = {}
+  dot = jax.jit(jnp.dot)
+  for n in sizes:
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    timers[f"peak/{n}"] = lambda a=a: dot(a, a)
+  return timers
+
+
+def run(optimizers: Sequence[str], sizes: Sequence[int], *, repeats: int = 3,
+        rounds: int = 3, peak_sizes: Sequence[int] = (1024, 2048),
+        reference_max_size: int = 10 ** 6, log: Callable[[str], None] = print
+        ) -> dict[str, Any]:
   """Runs the speed benchmark and returns its results as a JSON-able dict.
+
+  At each size every measurement (each optimizer's update, the MLP kernels, the
+  straightforward MLP, the square matmuls) is compiled, then timed ``repeats``
+  times per round over ``rounds`` interleaved rounds; the best time is kept, so
+  other load on the machine hits all of them alike and ratios stay meaningful.
+  The peak is the best square-matmul FLOP/s seen over the whole run.
 
   Args:
     optimizers: registry names; ``adam`` is always measured (the baseline).
     sizes: approximate parameter counts.
-    repeats: timed repetitions per measurement (the best is kept).
-    peak_n: side of the square matmul used for the peak.
+    repeats: timed repetitions per round.
+    rounds: interleaved rounds.
+    peak_sizes: sides of the square float32 matmuls that set the peak.
     reference_max_size: largest size at which the straightforward full-array MLP
       is timed (it needs ``num_params * hidden * 4`` bytes per activation).
     log: progress printer.
@@ -147,39 +183,58 @@ def run(optimizers: Sequence[str], sizes: Sequence[int], *, repeats: int = 5,
     ``{"peak_flops", "device", "rows": [...]}``, one row per optimizer and size.
   """
   names = ["adam"] + [n for n in optimizers if n != "adam"]
-  peak = matmul_peak(peak_n, repeats)
-  log(f"square matmul peak ({peak_n}^2 f32): {peak / 1e9:.1f} GFLOP/s")
-  rows = []
+  per_size, peak = [], 0.0
   for size in sizes:
     params = mlp_shaped_params(int(size), jax.random.key(0))
     grads = jax.tree.map(lambda x: 1e-2 * jnp.ones_like(x), params)
     n = sum(x.size for x in jax.tree.leaves(params))
-    adam_s = None
+    timers, info = _peak_timers(peak_sizes), {}
     for name in names:
-      opt = _make_optimizer(name)
-      t, state_bytes = _time_update(opt, params, grads, repeats)
-      adam_s = t if name == "adam" else adam_s
-      row = {"optimizer": name, "num_params": n, "update_ms": 1e3 * t,
-             "vs_adam": t / adam_s, "state_bytes_per_param": state_bytes / n}
+      timers[name], state_bytes = _update_timer(_make_optimizer(name), params, grads)
+      info[name] = {"state_bytes": state_bytes}
       lo = lopt.learned(name) if name in lopt.available_learned() else None
       sizes_mlp = getattr(lo, "mlp_sizes", None)
       if sizes_mlp is not None:
-        row.update(_time_mlp(sizes_mlp, n, getattr(lo, "chunk", 16384),
-                             getattr(lo, "feature_major", False), repeats, peak,
-                             reference=n <= reference_max_size))
-        if "ref_mlp_ms" in row:
-          row["update_vs_ref_mlp"] = 1e3 * t / row["ref_mlp_ms"]
+        mlp_t, kflops = _mlp_timers(sizes_mlp, n, getattr(lo, "chunk", 16384),
+                                    getattr(lo, "feature_major", False),
+                                    reference=n <= reference_max_size)
+        timers.update({f"{name}/{k}": v for k, v in mlp_t.items()})
+        info[name].update(mlp_sizes=list(sizes_mlp), kernel_flops=kflops,
+                          flops=mlp_flops(sizes_mlp, n),
+                          layout="feature-major" if getattr(lo, "feature_major", False)
+                          else "row")
+    best = _interleaved_best(timers, rounds, repeats)
+    peak = max([peak] + [2 * m ** 3 / best[f"peak/{m}"] for m in peak_sizes])
+    per_size.append((n, best, info))
+    log(f"{n} params: " + ", ".join(f"{k} {1e3 * v:.3g} ms" for k, v in best.items()))
+    del timers
+  rows = []
+  for n, best, info in per_size:
+    for name in names:
+      t = best[name]
+      row = {"optimizer": name, "num_params": n, "update_ms": 1e3 * t,
+             "vs_adam": t / best["adam"],
+             "state_bytes_per_param": info[name]["state_bytes"] / n}
+      if "mlp_sizes" in info[name]:
+        tk = best[f"{name}/kernel"]
+        row.update(mlp_sizes=info[name]["mlp_sizes"], mlp_layout=info[name]["layout"],
+                   mlp_kernel_ms=1e3 * tk, mlp_gflops=info[name]["kernel_flops"] / tk / 1e9,
+                   mlp_frac_peak=info[name]["kernel_flops"] / tk / peak)
+        if f"{name}/ref" in best:
+          tr = best[f"{name}/ref"]
+          row.update(ref_mlp_ms=1e3 * tr, ref_mlp_frac_peak=info[name]["flops"] / tr / peak,
+                     update_vs_ref_mlp=t / tr)
       rows.append(row)
-      log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                   for k, v in row.items()))
-  return {"peak_flops": peak, "peak_n": peak_n, "repeats": repeats,
-          "device": str(jax.devices()[0].device_kind), "platform": platform.platform(),
-          "jax": jax.__version__, "rows": rows}
+  return {"peak_flops": peak, "peak_sizes": list(peak_sizes), "repeats": repeats,
+          "rounds": rounds, "device": str(jax.devices()[0].device_kind),
+          "platform": platform.platform(), "jax": jax.__version__, "rows": rows}
 
 
 def to_markdown(result: dict[str, Any]) -> str:
   """Formats :func:`run`'s result as a markdown table."""
-  lines = [f"Square-matmul peak ({result['peak_n']}^2 float32, best of {result['repeats']}): "
+  sides = "/".join(f"{n}^2" for n in result["peak_sizes"])
+  lines = [f"Square-matmul peak ({sides} float32, best of {result['rounds']} x "
+           f"{result['repeats']}): "
            f"**{result['peak_flops'] / 1e9:.1f} GFLOP/s** on {result['device']}.", "",
            "| optimizer | params | update ms | vs adam | state B/param | MLP kernel GFLOP/s "
            "(% peak) | straightforward MLP ms (% peak) | update / straightforward |",
@@ -200,8 +255,9 @@ FLAGS = flags.FLAGS
 flags.DEFINE_list("optimizers", None,
                   "optimizers to time; default: adam, sgd and every learned optimizer")
 flags.DEFINE_list("sizes", ["1e4", "1e5", "1e6", "1e7"], "approximate parameter counts")
-flags.DEFINE_integer("repeats", 5, "timed repetitions per measurement (best kept)")
-flags.DEFINE_integer("peak_n", 2048, "side of the square matmul for the peak")
+flags.DEFINE_integer("repeats", 3, "timed repetitions per round (best kept)")
+flags.DEFINE_integer("rounds", 3, "interleaved rounds over all measurements")
+flags.DEFINE_list("peak_sizes", ["1024", "2048"], "sides of the square matmuls for the peak")
 flags.DEFINE_float("reference_max_size", 1e6,
                    "largest size at which the straightforward MLP is timed")
 flags.DEFINE_string("out", "bench_out/speed", "output directory for speed.json / speed.md")
@@ -211,7 +267,8 @@ def main(argv: Sequence[str]) -> None:
   del argv
   names = FLAGS.optimizers or (["adam", "sgd"] + lopt.available_learned())
   sizes = [int(float(s)) for s in FLAGS.sizes]
-  result = run(names, sizes, repeats=FLAGS.repeats, peak_n=FLAGS.peak_n,
+  result = run(names, sizes, repeats=FLAGS.repeats, rounds=FLAGS.rounds,
+               peak_sizes=[int(n) for n in FLAGS.peak_sizes],
                reference_max_size=int(FLAGS.reference_max_size))
   out = pathlib.Path(FLAGS.out)
   out.mkdir(parents=True, exist_ok=True)
