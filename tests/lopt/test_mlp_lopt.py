@@ -16,6 +16,7 @@ from lopt._per_param_mlp import (
     FlatLayout,
     mlp_apply,
     mlp_apply_reference,
+    mlp_apply_t,
     mlp_init,
     stack_leaf_features,
 )
@@ -54,8 +55,11 @@ def test_layout_round_trip_keeps_shapes_and_dtypes():
 def test_chunked_mlp_matches_reference():
   x = jax.random.normal(jax.random.key(0), (1000, 7))
   w = mlp_init(jax.random.key(1), (7, 16, 16, 2))
+  ref = jax.jit(mlp_apply_reference)(w, x)
   chunked = jax.jit(lambda w, x: mlp_apply(w, x, chunk=128))(w, x)
-  np.testing.assert_allclose(chunked, jax.jit(mlp_apply_reference)(w, x), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(chunked, ref, rtol=1e-5, atol=1e-6)
+  feature_major = jax.jit(lambda w, x: mlp_apply_t(w, x.T, chunk=256))(w, x)
+  np.testing.assert_allclose(feature_major.T, ref, rtol=1e-5, atol=1e-6)
 
 
 # ---- mlp_lopt ---------------------------------------------------------------------
