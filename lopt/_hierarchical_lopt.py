@@ -210,10 +210,10 @@ class HierarchicalLOpt(LearnedOptimizer):
     def init_fn(params):
       layout = FlatLayout.from_tree(params)
       n, t = layout.num_rows, layout.num_leaves
-      zeros_th = jnp.zeros((t, hidden), jnp.float32)
+      zeros_th = lambda: jnp.zeros((t, hidden), jnp.float32)  # distinct buffers (donation)
       return HierarchicalLOptState(
           step=jnp.zeros((), jnp.int32), mom=jnp.zeros((n, decays.shape[1]), jnp.float32),
-          rms=jnp.zeros((n,), jnp.float32), lstm_c=zeros_th, lstm_h=zeros_th,
+          rms=jnp.zeros((n,), jnp.float32), lstm_c=zeros_th(), lstm_h=zeros_th(),
           update_rms=jnp.zeros((t,), jnp.float32), loss_stats=pt.init_loss_stats())
 
     def update_fn(updates, state, params=None, *, loss=None, **extra):

@@ -150,8 +150,9 @@ class LayerwiseComboLOpt(LearnedOptimizer):
 
     def init_fn(params):
       layout = FlatLayout.from_tree(params)
-      z = jnp.zeros((layout.num_rows,), jnp.float32)
-      return LayerwiseComboLOptState(jnp.zeros((), jnp.int32), z, z, z, pt.init_loss_stats())
+      z = lambda: jnp.zeros((layout.num_rows,), jnp.float32)  # distinct buffers (donation)
+      return LayerwiseComboLOptState(jnp.zeros((), jnp.int32), z(), z(), z(),
+                                     pt.init_loss_stats())
 
     def update_fn(updates, state, params=None, *, loss=None, **extra):
       del extra

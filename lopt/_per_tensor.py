@@ -99,8 +99,9 @@ class LossStats(NamedTuple):
 
 
 def init_loss_stats() -> LossStats:
-  z = jnp.zeros((), jnp.float32)
-  return LossStats(z, z, z, jnp.zeros((), jnp.bool_))
+  # Distinct buffers per field, so a training loop may donate the state.
+  z = lambda: jnp.zeros((), jnp.float32)
+  return LossStats(z(), z(), z(), jnp.zeros((), jnp.bool_))
 
 
 def update_loss_stats(stats: LossStats, loss: jax.Array | None) -> LossStats:

@@ -79,3 +79,10 @@ def check_meta_grad_vmapped(lo, meta_params_list, *, steps: int = 3, fd_eps: flo
         - float(value_and_grad(shifted(-1.0))[0][0])) / (2 * fd_eps)
   assert abs(fd - norms[0]) <= fd_rtol * norms[0], f"finite difference {fd} vs |grad| {norms[0]}"
   return losses
+
+
+def check_donatable_state(opt, params):
+  """Asserts ``opt.init`` returns no buffer twice, so training loops can donate the state."""
+  leaves = jax.tree.leaves(opt.init(params))
+  pointers = [x.unsafe_buffer_pointer() for x in leaves]
+  assert len(set(pointers)) == len(pointers), "state shares a buffer between fields"

@@ -8,7 +8,7 @@ import pytest
 import lopt
 from lopt._celo2_lopt import Celo2LOpt, newton_schulz
 from tests.lopt.contract import check_contract, make_params, quad_loss
-from tests.lopt.lo_checks import check_meta_grad_vmapped
+from tests.lopt.lo_checks import check_donatable_state, check_meta_grad_vmapped
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
@@ -84,3 +84,8 @@ def test_meta_grad_and_vmap():
   for mp in mps:
     mp["schedule"]["log_lr"] = jnp.asarray(np.log(0.1), jnp.float32)
   check_meta_grad_vmapped(lo, mps)
+
+
+def test_state_is_donatable():
+  lo = Celo2LOpt()
+  check_donatable_state(lo.transform(lo.init(jax.random.key(0)), 10), make_params())

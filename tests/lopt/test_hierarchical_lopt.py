@@ -8,7 +8,7 @@ import pytest
 import lopt
 from lopt._hierarchical_lopt import HierarchicalLOpt
 from tests.lopt.contract import check_contract, make_params, quad_loss
-from tests.lopt.lo_checks import check_meta_grad_vmapped
+from tests.lopt.lo_checks import check_donatable_state, check_meta_grad_vmapped
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
@@ -57,3 +57,8 @@ def test_meta_grad_and_vmap():
     mp["lstm"]["out"]["w"] = 0.1 * jax.random.normal(
         jax.random.key(10 + i), mp["lstm"]["out"]["w"].shape)
   check_meta_grad_vmapped(lo, mps)
+
+
+def test_state_is_donatable():
+  lo = HierarchicalLOpt()
+  check_donatable_state(lo.transform(lo.init(jax.random.key(0)), 10), make_params())

@@ -9,7 +9,7 @@ import pytest
 import lopt
 from lopt._layerwise_combo_lopt import BASE_DIRECTIONS, LayerwiseComboLOpt
 from tests.lopt.contract import check_contract, make_params, quad_loss
-from tests.lopt.lo_checks import check_meta_grad_vmapped
+from tests.lopt.lo_checks import check_donatable_state, check_meta_grad_vmapped
 
 LR = 0.05
 REFERENCES = {
@@ -89,3 +89,8 @@ def test_meta_grad_and_vmap():
     mp["net"][-1]["w"] = 0.1 * jax.random.normal(jax.random.key(10 + i), mp["net"][-1]["w"].shape)
     mp["log_lr"] = jnp.asarray(np.log(0.05), jnp.float32)
   check_meta_grad_vmapped(lo, mps)
+
+
+def test_state_is_donatable():
+  lo = LayerwiseComboLOpt()
+  check_donatable_state(lo.transform(lo.init(jax.random.key(0)), 10), make_params())
