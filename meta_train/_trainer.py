@@ -304,7 +304,7 @@ def train(config: TrainConfig, workdir: str | os.PathLike, *,
   Returns:
     A :class:`TrainResult` with host meta-params, the final step and the counters.
   """
-  workdir = pathlib.Path(workdir)
+  workdir = pathlib.Path(workdir).resolve()  # orbax needs absolute paths
   workdir.mkdir(parents=True, exist_ok=True)
   _check_config(workdir, config)
   run = _Run(config, lo, family, devices)
