@@ -55,8 +55,8 @@ def test_four_devices_give_the_same_meta_gradient_as_one(tmp_path):
 
 def test_injected_nan_meta_gradient_is_skipped_and_never_applied():
   lo, task = TinyLOpt(), quad_family().task({"condition": 10.0, "dim": 4, "noise": 0.1})
-  est = make_estimator("tbptt", task, lo, UnrollConfig(trunc_length=4, min_horizon=8,
-                                                       max_horizon=8))
+  est = make_estimator("es", task, lo, UnrollConfig(trunc_length=4, min_horizon=8,
+                                                    max_horizon=8))
   opt = optax.adam(0.1)
   mesh = Mesh(np.asarray(jax.devices()), ("tasks",))
   step = make_outer_step(est, opt, mesh, 4)
