@@ -108,10 +108,14 @@ def _summarize_runs(runs: Runs, smoothed: np.ndarray, envelope: np.ndarray,
   }
 
 
-def _benchmark_task(entry: SuiteTask, optimizers: Sequence[str], keys: jax.Array,
-                    lrs: np.ndarray, ema_decay: float | None, eval_key: jax.Array,
-                    progress: Callable[[str, float], None]) -> dict[str, Any]:
-  task = entry.build()
+def _cfg_json(cfg: dict[str, Any]) -> dict[str, Any]:
+  return {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}
+
+
+def _tune_adam(entry: SuiteTask, task, keys: jax.Array, lrs: np.ndarray,
+               ema_decay: float | None, eval_key: jax.Array,
+               progress: Callable[[str, float], None]) -> dict[str, Any]:
+  """Runs Adam's grid on one task; returns the task record without optimizers."""
   adam = adam_grid(task, lrs, entry.steps, keys)
   progress(f"{entry.label}: adam x {len(lrs)} lrs", adam.num_runs)
   if ema_decay is None:
@@ -124,10 +128,9 @@ def _benchmark_task(entry: SuiteTask, optimizers: Sequence[str], keys: jax.Array
                    adam.compile_seconds, adam.num_runs)
   adam_test = evaluate_runs(task, best_runs.params, eval_key)
   env_steps, env_curve = _subsample(envelope)
-  out: dict[str, Any] = {
-      "task": entry.task, "cfg": {k: (list(v) if isinstance(v, tuple) else v)
-                                  for k, v in entry.cfg.items()},
-      "steps": entry.steps, "ema_decay": ema_decay,
+  return {
+      "task": entry.task, "cfg": _cfg_json(entry.cfg), "steps": entry.steps,
+      "ema_decay": ema_decay,
       "adam": {
           **_summarize_runs(best_runs, sm[best], envelope, adam_test),
           "learning_rates": [float(x) for x in lrs],
@@ -137,11 +140,53 @@ def _benchmark_task(entry: SuiteTask, optimizers: Sequence[str], keys: jax.Array
           "curves_by_lr": _subsample(by_lr)[1],
           "envelope": env_curve,
           "envelope_steps": env_steps,
+          "envelope_full": [_finite_or_none(x) for x in np.round(envelope, 7)],
       },
       "optimizers": {},
       "not_applicable": {},
   }
+
+
+def _reusable(entry: SuiteTask, previous: dict[str, Any] | None) -> dict[str, Any] | None:
+  """The previous record of this task if it was run with the same task and horizon."""
+  if not previous or entry.label not in previous.get("tasks", {}):
+    return None
+  t = previous["tasks"][entry.label]
+  if (t["task"], t["cfg"], t["steps"]) != (entry.task, _cfg_json(entry.cfg), entry.steps):
+    return None
+  if "envelope_full" not in t["adam"]:
+    return None
+  return t
+
+
+def _check_reusable(previous: dict[str, Any], **settings: Any) -> None:
+  """Raises ValueError unless ``previous`` was run with the same ``settings``."""
+  diff = {k: (previous["config"].get(k), v) for k, v in settings.items()
+          if previous["config"].get(k) != v}
+  if diff:
+    raise ValueError("cannot reuse results run with different settings: " + ", ".join(
+        f"{k}: {old!r} there vs {new!r} here" for k, (old, new) in diff.items()))
+
+
+def _benchmark_task(entry: SuiteTask, optimizers: Sequence[str], keys: jax.Array,
+                    lrs: np.ndarray, ema_decay: float | None, eval_key: jax.Array,
+                    progress: Callable[[str, float], None],
+                    previous: dict[str, Any] | None = None) -> dict[str, Any]:
+  task = entry.build()
+  if previous is None:
+    out = _tune_adam(entry, task, keys, lrs, ema_decay, eval_key, progress)
+  else:
+    out = {**previous, "optimizers": {}, "not_applicable": {}}
+    progress(f"{entry.label}: adam (reused)", 0)
+  ema_decay = out["ema_decay"]
+  envelope = np.array([np.inf if x is None else x for x in out["adam"]["envelope_full"]])
   for spec in optimizers:
+    name = spec.partition(":")[0]
+    if previous is not None and spec in previous["optimizers"] and ":" not in spec \
+        and name not in lopt.available_learned():
+      out["optimizers"][spec] = previous["optimizers"][spec]   # deterministic: same seeds
+      progress(f"{entry.label}: {spec} (reused)", 0)
+      continue
     tx = build_optimizer(spec, entry.steps)
     why = not_applicable_reason(tx, task, keys[0])
     if why is not None:
@@ -171,8 +216,8 @@ def _print_progress(done: float, total: float, start: float, what: str) -> None:
 
 def run_benchmark(optimizers: Sequence[str], entries: Sequence[SuiteTask], *,
                   num_seeds: int = 3, learning_rates: np.ndarray | None = None,
-                  ema_decay: float | None = None, seed: int = 0, verbose: bool = True
-                  ) -> dict[str, Any]:
+                  ema_decay: float | None = None, seed: int = 0, verbose: bool = True,
+                  reuse: dict[str, Any] | None = None) -> dict[str, Any]:
   """Runs every optimizer and a learning-rate-tuned Adam on every task.
 
   For each task, Adam runs at every learning rate of ``learning_rates`` (default
@@ -197,6 +242,10 @@ def run_benchmark(optimizers: Sequence[str], entries: Sequence[SuiteTask], *,
       :func:`benchmarks._protocol.auto_ema_decay` of each task's horizon.
     seed: the base seed; run ``i`` of every optimizer uses the same key.
     verbose: print a progress line with ETA after every optimizer.
+    reuse: results of an earlier run with the same seeds, grid and smoothing:
+      tuned Adam (and hand-designed optimizers) of tasks with the same
+      configuration and horizon are taken from it instead of rerun, so adding
+      an optimizer to a finished benchmark costs only that optimizer's runs.
 
   Returns:
     A JSON-serializable dict: ``config``, ``tasks`` (per task: ``adam`` with its
@@ -205,6 +254,10 @@ def run_benchmark(optimizers: Sequence[str], entries: Sequence[SuiteTask], *,
     with a bootstrap 95 % interval) and ``skipped``.
   """
   lrs = lr_grid() if learning_rates is None else np.asarray(learning_rates, np.float64)
+  if reuse is not None:
+    _check_reusable(reuse, num_seeds=num_seeds, learning_rates=[float(x) for x in lrs],
+                    ema_decay=ema_decay, seed=seed)
+    optimizers = list(dict.fromkeys([*reuse["config"]["optimizers"], *optimizers]))
   skipped = {s: r for s in optimizers if (r := unavailable_reason(s)) is not None}
   for spec, why in skipped.items():
     print(f"note: skipping {spec}: {why}", flush=True)
@@ -231,7 +284,7 @@ def run_benchmark(optimizers: Sequence[str], entries: Sequence[SuiteTask], *,
       if verbose:
         _print_progress(done[0], total, start, what)
     results["tasks"][entry.label] = _benchmark_task(entry, specs, keys, lrs, ema_decay,
-                                                    eval_key, progress)
+                                                    eval_key, progress, _reusable(entry, reuse))
   results["summary"] = summarize(results)
   results["config"]["wall_seconds"] = time.perf_counter() - start
   return results

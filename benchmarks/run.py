@@ -15,6 +15,9 @@ with a note. See docs/results.md for a full run.
 
 from __future__ import annotations
 
+import json
+import pathlib
+
 from absl import app, flags
 
 from benchmarks._benchmark import run_benchmark
@@ -38,19 +41,25 @@ _LR_MAX = flags.DEFINE_float("lr_max", 1.0, "Largest Adam learning rate.")
 _EMA = flags.DEFINE_float("ema", None, "EMA decay used to smooth loss curves (default: "
                           "a window of 2 % of each task's horizon, at most 0.95).")
 _SEED = flags.DEFINE_integer("seed", 0, "Base seed.")
+_REUSE = flags.DEFINE_string(
+    "reuse", None, "results.json of an earlier run with the same seeds and grid: its tuned "
+    "Adam and hand-designed optimizers are reused, the requested optimizers are added.")
 
 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   entries = parse_tasks(_TASKS.value, steps=_STEPS.value)
+  reuse = None
+  if _REUSE.value:
+    reuse = json.loads(pathlib.Path(_REUSE.value).read_text())
   results = run_benchmark(
       _OPTIMIZERS.value, entries, num_seeds=_SEEDS.value,
       learning_rates=lr_grid(_NUM_LRS.value, _LR_MIN.value, _LR_MAX.value),
-      ema_decay=_EMA.value, seed=_SEED.value)
+      ema_decay=_EMA.value, seed=_SEED.value, reuse=reuse)
   results["config"]["command"] = "python -m benchmarks.run " + " ".join(
       f"--{f}={flags.FLAGS[f].serialize().split('=', 1)[1]}"
-      for f in ("optimizers", "tasks", "seeds", "steps", "num_lrs", "out")
+      for f in ("optimizers", "tasks", "seeds", "steps", "num_lrs", "ema", "reuse", "out")
       if flags.FLAGS[f].present)
   paths = save_results(results, _OUT.value)
   print()

@@ -39,6 +39,7 @@ from jax import lax
 
 import lopt
 from lopt._per_param_mlp import (
+    FlatLayout,
   mlp_apply_reference,
   mlp_flops,
   mlp_forward,
@@ -126,14 +127,17 @@ def _update_timer(opt, params, grads) -> tuple[Callable[[], Any], int]:
   return one, state_bytes
 
 
-def _mlp_timers(sizes: Sequence[int], n: int, chunk: int, feature_major: bool, *,
+def _mlp_timers(sizes: Sequence[int], params: Any, chunk: int | None, feature_major: bool, *,
                 reference: bool) -> tuple[dict[str, Callable[[], Any]], int]:
   """Timers of the chunked MLP kernel (in the LO's layout) and the straightforward form.
 
-  Returns the timers and the FLOPs the kernel does (it pads ``n`` to whole chunks).
+  The kernel runs over the same padded chunks as the optimizer (its
+  :class:`~lopt._per_param_mlp.FlatLayout`). Returns the timers and the FLOPs the
+  kernel does (padding rows included).
   """
   w = mlp_init(jax.random.key(1), sizes)
-  num_chunks = -(-n // chunk)
+  layout = FlatLayout.from_tree(params, max_chunk=chunk)
+  num_chunks, chunk, n = layout.num_chunks, layout.chunk, layout.num_params
   if feature_major:
     xc = jax.random.normal(jax.random.key(2), (num_chunks, sizes[0], chunk), jnp.float32)
     kernel = jax.jit(lambda w, x: lax.map(lambda c: mlp_forward_t(w, c), x))
@@ -186,7 +190,7 @@ def run(optimizers: Sequence[str], sizes: Sequence[int], *, repeats: int = 3,
   per_size, peak = [], 0.0
   for size in sizes:
     params = mlp_shaped_params(int(size), jax.random.key(0))
-    grads = jax.tree.map(lambda x: 1e-2 * jnp.ones_like(x), params)
+    grads = mlp_shaped_params(int(size), jax.random.key(1))  # distinct values per leaf
     n = sum(x.size for x in jax.tree.leaves(params))
     timers, info = _peak_timers(peak_sizes), {}
     for name in names:
@@ -195,7 +199,7 @@ def run(optimizers: Sequence[str], sizes: Sequence[int], *, repeats: int = 3,
       lo = lopt.learned(name) if name in lopt.available_learned() else None
       sizes_mlp = getattr(lo, "mlp_sizes", None)
       if sizes_mlp is not None:
-        mlp_t, kflops = _mlp_timers(sizes_mlp, n, getattr(lo, "chunk", 16384),
+        mlp_t, kflops = _mlp_timers(sizes_mlp, params, getattr(lo, "chunk", None),
                                     getattr(lo, "feature_major", False),
                                     reference=n <= reference_max_size)
         timers.update({f"{name}/{k}": v for k, v in mlp_t.items()})

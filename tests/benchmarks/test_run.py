@@ -66,6 +66,17 @@ def test_run_benchmark_writes_json_markdown_and_plots(tmp_path, capsys):
   assert names == ["curves_quad.png", "speedup.png"]
   assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths["plots"])
 
+  # Adding an optimizer reuses tuned Adam and the hand-designed runs from the JSON.
+  more = benchmarks.run_benchmark(["momentum"], [TINY], num_seeds=2,
+                                  learning_rates=np.array([1e-2, 3e-1, 1e30]), reuse=loaded)
+  t2 = more["tasks"]["quad"]
+  assert t2["adam"] == loaded["tasks"]["quad"]["adam"]
+  assert t2["optimizers"]["sgd"] == loaded["tasks"]["quad"]["optimizers"]["sgd"]
+  assert list(t2["optimizers"]) == ["sgd", "lion", "momentum"]
+  assert "adam (reused)" in capsys.readouterr().out
+  with pytest.raises(ValueError, match="num_seeds"):
+    benchmarks.run_benchmark(["momentum"], [TINY], num_seeds=3, reuse=loaded)
+
 
 def test_command_line(tmp_path, capsys):
   argv = ["run", "--optimizers=sgd", "--tasks=quadratic_tiny", "--steps=20", "--seeds=1",
