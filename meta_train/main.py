@@ -60,6 +60,8 @@ flags.DEFINE_string("init_weights", None, "Start from these saved weights.")
 flags.DEFINE_string("workdir", None, "Run directory (resumed when it holds a run).")
 flags.DEFINE_integer("log_every", 10, "Outer steps between progress lines.", lower_bound=1)
 flags.DEFINE_bool("plot", True, "Write meta_training_curve.png at the end.")
+flags.DEFINE_bool("compilation_cache", True, "Keep compiled steps in <workdir>/jax_cache so a "
+                  "resumed run skips compilation (one compile per task configuration).")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process).")
 flags.DEFINE_integer("num_processes", 1, "Number of processes (multi-process).", lower_bound=1)
 flags.DEFINE_integer("process_id", 0, "This process's id (multi-process).", lower_bound=0)
@@ -170,6 +172,9 @@ def main(argv):
   config = config_from_flags()
   import jax
   workdir = pathlib.Path(FLAGS.workdir)
+  if FLAGS.compilation_cache:
+    jax.config.update("jax_compilation_cache_dir", str((workdir / "jax_cache").resolve()))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
   is_main = jax.process_index() == 0
   if is_main:
     print(f"meta-training {config.lopt} on {config.task_family} with {config.estimator}: "
