@@ -21,6 +21,7 @@ from meta_train._families import available_families as available_families
 from meta_train._families import get_family as get_family
 from meta_train._trainer import TrainConfig as TrainConfig
 from meta_train._trainer import TrainResult as TrainResult
+from meta_train._trainer import export_weights as export_weights
 from meta_train._trainer import make_outer_step as make_outer_step
 from meta_train._trainer import train as train
 from meta_train._unroll import InnerState as InnerState
@@ -33,6 +34,7 @@ from meta_train._unroll import unroll as unroll
 __all__ = [
     "ES", "ESTIMATORS", "InnerState", "MixtureFamily", "PES", "PESState", "TrainConfig",
     "TrainResult", "TruncatedBackprop", "UnrollConfig", "UnrollOutput", "available_families",
+    "export_weights",
     "get_family", "init_inner_state", "make_estimator", "make_outer_step", "reset_if_done",
     "train", "unroll",
 ]

@@ -49,7 +49,7 @@ from meta_train._estimators import ESTIMATORS, make_estimator
 from meta_train._families import get_family
 from meta_train._unroll import UnrollConfig
 
-__all__ = ["TrainConfig", "TrainResult", "make_outer_step", "train"]
+__all__ = ["TrainConfig", "TrainResult", "export_weights", "make_outer_step", "train"]
 
 _AXIS = "tasks"
 #: config fields that may differ when resuming (extending a run, checkpoint cadence).
@@ -361,3 +361,33 @@ def _save_weights(path: pathlib.Path, lo: lopt.LearnedOptimizer, theta: Any,
     (path.parent / "weights_info.json").write_text(json.dumps(
         {"lopt": lo.name, "lopt_config": lo.config(), "train_config": config.to_json()},
         indent=1))
+
+
+def export_weights(workdir: str | os.PathLike, out: str | os.PathLike | None = None, *,
+                   step: int | None = None) -> pathlib.Path:
+  """Saves the meta-params of a run's checkpoint as loadable weights (orbax + manifest).
+
+  Lets a run in progress be evaluated, e.g.
+  ``lopt.get("mlp_lopt", weights=export_weights("runs/x"))``.
+
+  Args:
+    workdir: the run's directory (holds ``config.json`` and ``checkpoints/``).
+    out: where to write; default ``<workdir>/weights_step<step>``.
+    step: which checkpoint; default the newest.
+
+  Returns:
+    The weights directory.
+  """
+  workdir = pathlib.Path(workdir).resolve()
+  cfg = json.loads((workdir / "config.json").read_text())
+  lo = lopt.learned(cfg["lopt"], **cfg["lopt_config"])
+  with ocp.CheckpointManager(workdir / "checkpoints") as mgr:
+    step = mgr.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}")
+    state = mgr.restore(step, args=ocp.args.StandardRestore())
+  out = pathlib.Path(out) if out is not None else workdir / f"weights_step{step}"
+  from lopt._weights import save_weights
+  save_weights(out, lo, jax.device_get(state["meta_params"]),
+               extra={"run": str(workdir), "outer_step": int(step)})
+  return out
