@@ -72,10 +72,13 @@ def test_injected_nan_meta_gradient_is_skipped_and_never_applied():
   assert int(m["skipped"]) == 0 and float(theta2["log_lr"]) != float(theta["log_lr"])
 
 
-def test_nan_inner_updates_are_dropped_counted_and_reset(tmp_path):
+def test_nan_inner_updates_are_dropped_counted_and_reset(tmp_path, monkeypatch):
   lo = NaNLOpt(nan_above=-100.0)  # every update is NaN: NaN params, NaN meta-gradients
-  cfg = small_config(estimator="tbptt", num_tasks=4, outer_steps=2, inject_nan_steps=())
-  result = train(cfg, tmp_path, lo=lo, family=quad_family())
+  cfg = small_config(estimator="tbptt", num_tasks=4, outer_steps=2, checkpoint_every=1)
+  monkeypatch.chdir(tmp_path)
+  result = train(cfg, "run", lo=lo, family=quad_family())  # a relative workdir works too
+  tmp_path = tmp_path / "run"
+  assert (tmp_path / "checkpoints" / "2").exists()
   assert result.counters["skipped_steps"] == 2
   assert result.counters["dropped_instances"] == 8
   assert result.counters["nonfinite_inner"] == 8
