@@ -10,6 +10,7 @@ Command lines: ``python -m benchmarks.run``, ``python -m benchmarks.demo``.
 """
 
 from benchmarks._benchmark import build_optimizer as build_optimizer
+from benchmarks._benchmark import has_pretrained_gpt as has_pretrained_gpt
 from benchmarks._benchmark import run_benchmark as run_benchmark
 from benchmarks._benchmark import summarize as summarize
 from benchmarks._protocol import auto_ema_decay as auto_ema_decay
@@ -33,7 +34,7 @@ from benchmarks._suites import suite as suite
 
 __all__ = [
     "SUITES", "Runs", "SuiteTask", "adam_grid", "auto_ema_decay", "bootstrap_ci",
-    "build_optimizer", "ema", "evaluate_runs", "iqm", "lower_envelope", "lr_grid", "markdown",
-    "parse_tasks", "run_benchmark", "save_results", "speedup_curve", "steps_to_reach", "suite",
-    "summarize", "train_runs",
+    "build_optimizer", "ema", "evaluate_runs", "has_pretrained_gpt", "iqm", "lower_envelope",
+    "lr_grid", "markdown", "parse_tasks", "run_benchmark", "save_results", "speedup_curve",
+    "steps_to_reach", "suite", "summarize", "train_runs",
 ]

@@ -5,7 +5,8 @@ names defined earlier), in a temporary working directory. Blocks fenced with
 another language (``bash``, plain ```) are not run. A block directly preceded
 by the line ``<!-- docs-test: skip -->`` is skipped: use it only for commands
 too long for a unit test (full meta-training runs), and show a scaled-down
-runnable version next to it.
+runnable version next to it. A file containing the line
+``<!-- docs-test: slow -->`` runs only with the slow tests (``pytest -m slow``).
 """
 
 import pathlib
@@ -15,6 +16,7 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SKIP_MARKER = "<!-- docs-test: skip -->"
+SLOW_MARKER = "<!-- docs-test: slow -->"
 _FENCE = re.compile(r"^```(\S*)\s*$")
 
 
@@ -41,6 +43,12 @@ def _doc_files() -> list[pathlib.Path]:
   return [p for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))] if p.exists()]
 
 
+def _params() -> list:
+  return [pytest.param(p, id=str(p.relative_to(ROOT)),
+                       marks=[pytest.mark.slow] if SLOW_MARKER in p.read_text() else [])
+          for p in _doc_files()]
+
+
 def test_block_parser():
   text = ("x\n```python\na = 1\n```\n```bash\nls\n```\n" + SKIP_MARKER
           + "\n\n```python\nslow()\n```\n")
@@ -51,7 +59,7 @@ def test_there_are_docs():
   assert any(python_blocks(p.read_text()) for p in _doc_files())
 
 
-@pytest.mark.parametrize("path", _doc_files(), ids=lambda p: str(p.relative_to(ROOT)))
+@pytest.mark.parametrize("path", _params())
 def test_code_blocks_run(path, tmp_path, monkeypatch):
   blocks = python_blocks(path.read_text())
   if not any(not skipped for _, _, skipped in blocks):
