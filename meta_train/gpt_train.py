@@ -44,7 +44,7 @@ DEFAULT_TRAIN_CONFIG: dict[str, Any] = {
     "steps": 20000, "batch_size": 64, "learning_rate": 4e-4, "warmup_steps": 500,
     "weight_decay": 0.01, "grad_clip": 1.0, "ema_decay": 0.999, "holdout_runs": 32,
     "permute_prob": 0.5, "p_from_init": 0.25, "seed": 0, "log_every": 100,
-    "checkpoint_every": 1000, "eval_every": 1000,
+    "checkpoint_every": 1000, "eval_every": 1000, "time_limit_min": 0.0,
     # model
     "chunk_size": 128, "d_model": 128, "num_layers": 4, "num_heads": 4,
     "num_timesteps": 1000, "schedule": "linear", "predict_delta": True,
@@ -165,7 +165,17 @@ def train_gpt(dataset: str, workdir: str, config: dict[str, Any] | None = None, 
   log(f"gpt_train: {n_params} network params, {model.tokenizer.num_tokens} tokens of "
       f"{model.tokenizer.chunk_size}; {len(train_runs)} train / {len(held_runs)} held-out runs")
   start_step = int(state["step"])
-  t0, last, run_loss = time.time(), start_step, []
+  t0, run_loss = time.time(), []
+
+  def export_weights(state):
+    return save_gpt(workdir_p / "weights", model, state["ema"], stats,
+                    task={"name": data.index["task"], "config": data.index["task_config"]},
+                    best_metric=best,
+                    extra={"dataset": str(pathlib.Path(dataset)), "train_config": cfg,
+                           "steps": int(state["step"]),
+                           "nonfinite_steps": int(state["nonfinite"]),
+                           "heldout_run_ids": data.run_ids[held_runs].tolist()})
+
   with open(workdir_p / "metrics.jsonl", "a") as mf:
     for s in range(start_step, cfg["steps"]):
       key = jax.random.fold_in(jax.random.key(cfg["seed"]), s)
@@ -190,16 +200,15 @@ def train_gpt(dataset: str, workdir: str, config: dict[str, Any] | None = None, 
             f"ETA {rate * (cfg['steps'] - done) / 60:.1f} min")
       if done % cfg["checkpoint_every"] == 0 or done == cfg["steps"]:
         mngr.save(done, args=ocp.args.StandardSave(state))
-        last = done
+        export_weights(state)
+      if cfg["time_limit_min"] and time.time() - t0 > 60 * cfg["time_limit_min"]:
+        log(f"gpt_train: time limit reached at step {done}; stopping")
+        if done % cfg["checkpoint_every"]:
+          mngr.save(done, args=ocp.args.StandardSave(state))
+        break
   mngr.wait_until_finished()
   mngr.close()
-  del last
-  out = save_gpt(workdir_p / "weights", model, state["ema"], stats,
-                 task={"name": data.index["task"], "config": data.index["task_config"]},
-                 best_metric=best,
-                 extra={"dataset": str(pathlib.Path(dataset)), "train_config": cfg,
-                        "steps": int(state["step"]), "nonfinite_steps": int(state["nonfinite"]),
-                        "heldout_run_ids": data.run_ids[held_runs].tolist()})
+  out = export_weights(state)
   if export:
     dst = pathlib.Path(export)
     if dst.exists():

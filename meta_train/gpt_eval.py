@@ -1,0 +1,267 @@
+r"""Evaluate a G.pt model: prompt alignment, one-update training, baselines, novelty.
+
+Command line::
+
+  python -m meta_train.gpt_eval --weights=runs/gpt_digits/weights \
+      --dataset=runs/gpt_digits_data --out=runs/gpt_digits_eval
+
+Writes ``report.json`` and PNG plots to ``--out``. Measured (metric = the
+model's metric, e.g. test loss):
+
+* **prompt alignment** (G.pt, Sec. 5.1): for ``--num_nets`` starting networks (the
+  initializations of runs held out of training) and ``--num_prompts`` prompts
+  evenly spaced from the best value in the training data to the network's own
+  value, the R^2 between prompted and achieved metric after one update, per
+  network, averaged; the same for nearest-metric retrieval.
+* **one update from unseen random inits** (``task.init`` with fresh seeds),
+  prompted with the best value; **recursive prompting**: the metric after
+  1 .. ``--recursive_steps`` updates.
+* **Adam steps to match**: test-loss curves of Adam from the same inits on a
+  learning-rate grid; the fewest steps any learning rate needs (mean curve) to
+  reach G.pt's one-update median.
+* **baselines** (Zeng et al. 2025): retrieval of the training checkpoint whose
+  metric is closest to the prompt, the same plus Gaussian noise at several
+  scales, the average of the k nearest; and **novelty**: the L2 distance of every
+  network to its nearest training checkpoint (performance-vs-novelty plot).
+
+Reference: Peebles et al. 2022, arXiv 2209.12892; Zeng et al. 2025.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import tasks
+from lopt.gpt import load_gpt
+from meta_train._gpt_baselines import (MetricFn, adam_curves, knn_average, nearest_distance,
+                                       r_squared, retrieve, steps_to_reach)
+from meta_train._gpt_data import load_dataset
+
+__all__ = ["evaluate_gpt"]
+
+
+def _plots(out: pathlib.Path, rep: dict[str, Any], align: dict[str, np.ndarray],
+           curves: dict[float, np.ndarray], every: int, novelty: dict[str, Any]) -> list[str]:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  files = []
+  fig, ax = plt.subplots(figsize=(5, 5))
+  for p, a in zip(align["prompts"], align["achieved"]):
+    ax.plot(p, a, ".-", alpha=0.6)
+  lim = [align["prompts"].min(), align["prompts"].max()]
+  ax.plot(lim, lim, "k--", label="prompt = achieved")
+  ax.set(xlabel="prompted test loss", ylabel="achieved test loss after one update",
+         title=f"prompt alignment, mean R^2 = {rep['prompt_alignment']['r2_mean']:.3f}")
+  ax.legend()
+  files.append("prompt_alignment.png")
+  fig.savefig(out / files[-1], dpi=100, bbox_inches="tight")
+  plt.close(fig)
+
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for lr, c in curves.items():
+    ax.plot(np.arange(c.shape[1]) * every, c.mean(0), label=f"Adam lr={lr:g}")
+  ax.axhline(rep["one_update"]["median"], color="k", ls="--", label="G.pt, 1 update (median)")
+  ax.set(yscale="log", xlabel="Adam steps", ylabel="test loss", title="G.pt vs Adam")
+  ax.legend(fontsize=7)
+  files.append("adam_vs_gpt.png")
+  fig.savefig(out / files[-1], dpi=100, bbox_inches="tight")
+  plt.close(fig)
+
+  fig, ax = plt.subplots(figsize=(5, 4))
+  rec = rep["recursive"]["median"]
+  ax.plot(np.arange(len(rec)), rec, "o-")
+  ax.set(yscale="log", xlabel="G.pt updates", ylabel="median test loss",
+         title="recursive prompting")
+  files.append("recursive.png")
+  fig.savefig(out / files[-1], dpi=100, bbox_inches="tight")
+  plt.close(fig)
+
+  fig, ax = plt.subplots(figsize=(6, 4.5))
+  for name, (d, l) in novelty.items():
+    ax.scatter(d, l, s=10, alpha=0.6, label=name)
+  ax.set(yscale="log", xlabel="L2 distance to nearest training checkpoint",
+         ylabel="achieved test loss", title="performance vs novelty (prompt = best)")
+  ax.legend(fontsize=7)
+  files.append("novelty.png")
+  fig.savefig(out / files[-1], dpi=100, bbox_inches="tight")
+  plt.close(fig)
+  return files
+
+
+def evaluate_gpt(weights: str, dataset: str, out: str, *, num_nets: int = 16,
+                 num_prompts: int = 20, num_inits: int = 32, recursive_steps: int = 10,
+                 num_sampling_steps: int = 20, eta: float = 0.0, seed: int = 0,
+                 adam_steps: int = 1000, adam_every: int = 5,
+                 adam_lrs: Sequence[float] = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1),
+                 noise_levels: Sequence[float] = (0.03, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0),
+                 knn: int = 5, log: Callable[[str], None] = print) -> dict[str, Any]:
+  """Runs the evaluation described in the module docstring; returns the report.
+
+  Example::
+
+    rep = evaluate_gpt("runs/gpt_digits/weights", "runs/gpt_digits_data", "runs/eval")
+    rep["prompt_alignment"]["r2_mean"]
+  """
+  t0 = time.time()
+  outp = pathlib.Path(out)
+  outp.mkdir(parents=True, exist_ok=True)
+  m = load_gpt(weights)
+  model, tok, metric = m.model, m.model.tokenizer, m.model.cfg["metric"]
+  data = load_dataset(dataset)
+  if data.index["param_spec"] != tok.spec:
+    raise ValueError(f"the dataset {dataset!r} holds another architecture than the model "
+                     f"{weights!r} was trained for")
+  heldout = set(m.manifest["extra"].get("heldout_run_ids", []))
+  is_held = np.asarray([int(r) in heldout for r in data.run_ids])
+  if is_held.sum() < num_nets:
+    raise ValueError(f"only {is_held.sum()} held-out runs; need num_nets={num_nets}")
+  task = tasks.get(data.index["task"], **data.index["task_config"])
+  mf = MetricFn(task, tok)
+  best = float(m.manifest["best_metric"])
+  bank = data.params[~is_held].reshape(-1, tok.num_params)
+  bank_metric = data.metrics[metric][~is_held].reshape(-1)
+  gen = jax.jit(lambda k, s, ms, mt: model.generate(m.params, m.stats, k, s, ms, mt,
+                                                    num_steps=num_sampling_steps, eta=eta))
+  key = jax.random.key(seed)
+  rep: dict[str, Any] = {"weights": str(weights), "dataset": str(dataset), "metric": metric,
+                         "best_prompt": best, "num_sampling_steps": num_sampling_steps,
+                         "eta": eta}
+
+  # 1. Prompt alignment on held-out runs' initializations.
+  starts = data.params[is_held][:num_nets, 0]
+  own = data.metrics[metric][is_held][:num_nets, 0]
+  prompts = np.stack([np.linspace(best, o, num_prompts) for o in own])
+  s_rep = np.repeat(starts, num_prompts, axis=0)
+  new = np.asarray(gen(jax.random.fold_in(key, 1), jnp.asarray(s_rep),
+                       jnp.asarray(np.repeat(own, num_prompts)), jnp.asarray(prompts.reshape(-1))))
+  achieved = mf(new)[metric].reshape(num_nets, num_prompts)
+  r2 = [r_squared(p, a) for p, a in zip(prompts, achieved)]
+  ret = bank_metric[retrieve(bank_metric, prompts.reshape(-1))[:, 0]].reshape(prompts.shape)
+  rep["prompt_alignment"] = {
+      "r2_mean": float(np.mean(r2)), "r2_per_net": r2,
+      "retrieval_r2_mean": float(np.mean([r_squared(p, a) for p, a in zip(prompts, ret)])),
+      "num_nets": num_nets, "num_prompts": num_prompts}
+  log(f"gpt_eval: prompt alignment R^2 {np.mean(r2):.3f} (retrieval "
+      f"{rep['prompt_alignment']['retrieval_r2_mean']:.3f}) [{time.time() - t0:.0f}s]")
+
+  # 2. One update (and recursive prompting) from unseen random inits.
+  ikeys = jax.random.split(jax.random.key(10_000_019 + seed), num_inits)
+  inits = jax.vmap(task.init)(ikeys)
+  cur = np.asarray(jax.vmap(tok.flatten)(inits))
+  cur_m = mf(cur)[metric]
+  rec = [cur_m]
+  gpt_one = None
+  for r in range(recursive_steps):
+    cur = np.asarray(gen(jax.random.fold_in(key, 100 + r), jnp.asarray(cur), jnp.asarray(cur_m),
+                         jnp.full((num_inits,), best, jnp.float32)))
+    mets = mf(cur)
+    cur_m = mets[metric]
+    rec.append(cur_m)
+    if r == 0:
+      gpt_one, one_mets = cur.copy(), mets
+  rec = np.stack(rec)
+  rep["one_update"] = {"median": float(np.median(rec[1])), "mean": float(np.mean(rec[1])),
+                       "init_median": float(np.median(rec[0])),
+                       "test_error_median": float(np.median(one_mets.get("test_error",
+                                                                          np.nan))),
+                       "per_init": rec[1].tolist()}
+  rep["recursive"] = {"median": np.median(rec, axis=1).tolist(),
+                      "mean": np.mean(rec, axis=1).tolist()}
+  log(f"gpt_eval: one update from unseen inits: median {metric} {rep['one_update']['median']:.4f}"
+      f" (from {rep['one_update']['init_median']:.3f}); recursive "
+      f"{[round(x, 4) for x in rep['recursive']['median']]} [{time.time() - t0:.0f}s]")
+
+  # 3. Adam steps to match G.pt's one-update loss.
+  curves = adam_curves(task, inits, list(adam_lrs), adam_steps, adam_every,
+                       jax.random.fold_in(key, 3))
+  level = rep["one_update"]["median"]
+  per_lr = {f"{lr:g}": steps_to_reach(c.mean(0), level, adam_every) for lr, c in curves.items()}
+  reached = [s for s in per_lr.values() if s is not None]
+  rep["adam"] = {"steps_to_match_per_lr": per_lr,
+                 "steps_to_match": min(reached) if reached else f">{adam_steps}",
+                 "best_final_mean": {f"{lr:g}": float(c.mean(0)[-1]) for lr, c in curves.items()},
+                 "num_steps": adam_steps}
+  log(f"gpt_eval: tuned Adam needs {rep['adam']['steps_to_match']} steps to reach {level:.4f} "
+      f"({per_lr}) [{time.time() - t0:.0f}s]")
+
+  # 4. Baselines at prompt = best, and novelty.
+  pr = np.full((num_inits,), best, np.float32)
+  nk = jax.random.fold_in(key, 4)
+  ridx = retrieve(bank_metric, pr, k=1)[:, 0]
+  retrieved = bank[ridx]
+  leaf_std = tok.detokenize(np.asarray(m.stats["param_scale"]))
+  novelty = {"G.pt (1 update, unseen inits)": (nearest_distance(gpt_one, bank), rec[1])}
+  base = {"retrieval": {"median": float(np.median(bank_metric[ridx])), "distance": 0.0}}
+  knn_p = knn_average(bank, bank_metric, pr[:1], k=knn)
+  base[f"knn_average_k{knn}"] = {"median": float(mf(knn_p)[metric][0]),
+                                 "distance": float(nearest_distance(knn_p, bank)[0])}
+  noisy_curve = []
+  for i, lvl in enumerate(noise_levels):
+    eps = np.asarray(jax.random.normal(jax.random.fold_in(nk, i), retrieved.shape))
+    noisy = retrieved + lvl * leaf_std[None] * eps
+    d, l = nearest_distance(noisy, bank), mf(noisy)[metric]
+    novelty[f"retrieval + noise {lvl:g}"] = (d, l)
+    noisy_curve.append((float(np.median(d)), float(np.median(l))))
+    base[f"retrieval_noise_{lvl:g}"] = {"median": noisy_curve[-1][1],
+                                        "distance": noisy_curve[-1][0]}
+  novelty["retrieval"] = (np.zeros(1), bank_metric[ridx][:1])
+  novelty[f"kNN average (k={knn})"] = (np.asarray([base[f'knn_average_k{knn}']['distance']]),
+                                       np.asarray([base[f'knn_average_k{knn}']['median']]))
+  gd = float(np.median(novelty["G.pt (1 update, unseen inits)"][0]))
+  ds, ls = zip(*sorted(noisy_curve))
+  noisy_at = float(np.interp(gd, ds, ls)) if gd <= ds[-1] else float("nan")
+  rep["baselines"] = base
+  rep["novelty"] = {
+      "gpt_distance_median": gd,
+      "gpt_alignment_distance_median": float(np.median(nearest_distance(new, bank))),
+      "noisy_retrieval_loss_at_gpt_distance": noisy_at,
+      "noisy_retrieval_max_distance": float(ds[-1]),
+      "gpt_not_dominated": bool(np.isnan(noisy_at) or rep["one_update"]["median"] <= noisy_at)}
+  log(f"gpt_eval: baselines {json.dumps(base)}; novelty {json.dumps(rep['novelty'])}")
+  rep["plots"] = _plots(outp, rep, {"prompts": prompts, "achieved": achieved}, curves,
+                        adam_every, novelty)
+  rep["targets"] = {
+      "prompt_alignment_r2>=0.9": rep["prompt_alignment"]["r2_mean"] >= 0.9,
+      "adam_steps_to_match>=100": (not reached) or min(reached) >= 100,
+      "not_dominated_by_noisy_retrieval": rep["novelty"]["gpt_not_dominated"]}
+  rep["seconds"] = time.time() - t0
+  (outp / "report.json").write_text(json.dumps(rep, indent=1))
+  log(f"gpt_eval: targets {rep['targets']}; wrote {outp / 'report.json'}")
+  return rep
+
+
+def main(argv):
+  del argv
+  from absl import flags
+  f = flags.FLAGS
+  evaluate_gpt(f.weights, f.dataset, f.out, num_nets=f.num_nets, num_prompts=f.num_prompts,
+               num_inits=f.num_inits, recursive_steps=f.recursive_steps,
+               num_sampling_steps=f.num_sampling_steps, eta=f.eta, seed=f.seed,
+               adam_steps=f.adam_steps, adam_lrs=[float(x) for x in f.adam_lrs])
+
+
+if __name__ == "__main__":
+  from absl import app, flags
+
+  flags.DEFINE_string("weights", "lopt/weights/gpt_digits_mlp", "G.pt weights directory.")
+  flags.DEFINE_string("dataset", "runs/gpt_digits_data", "Checkpoint dataset directory.")
+  flags.DEFINE_string("out", "runs/gpt_digits_eval", "Output directory.")
+  flags.DEFINE_integer("num_nets", 16, "Held-out starting networks for prompt alignment.")
+  flags.DEFINE_integer("num_prompts", 20, "Prompts per network.")
+  flags.DEFINE_integer("num_inits", 32, "Unseen random inits.")
+  flags.DEFINE_integer("recursive_steps", 10, "Recursive prompting updates.")
+  flags.DEFINE_integer("num_sampling_steps", 20, "Diffusion sampling steps.")
+  flags.DEFINE_float("eta", 0.0, "0 = DDIM, 1 = DDPM.")
+  flags.DEFINE_integer("seed", 0, "Evaluation seed.")
+  flags.DEFINE_integer("adam_steps", 1000, "Adam steps per learning rate.")
+  flags.DEFINE_list("adam_lrs", ["1e-3", "3e-3", "1e-2", "3e-2", "1e-1"], "Adam grid.")
+  app.run(main)

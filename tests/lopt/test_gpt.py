@@ -1,0 +1,163 @@
+"""G.pt model pieces: tokenizer, diffusion, weights IO and the optax wrapper."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import lopt
+from lopt.gpt import GPT, Tokenizer, diffusion_loss, make_schedule, param_spec, sample
+from tests.lopt.contract import check_contract, make_params
+
+TINY = {"chunk_size": 16, "d_model": 16, "num_layers": 1, "num_heads": 2,
+        "num_timesteps": 50}
+
+
+def test_tokenizer_round_trip_exact():
+  params = make_params()
+  tok = Tokenizer.from_params(params, chunk_size=7)
+  flat = tok.flatten(params)
+  assert flat.shape == (tok.num_params,) == (sum(x.size for x in jax.tree.leaves(params)),)
+  tokens = tok.tokenize(flat)
+  assert tokens.shape == (tok.num_tokens, 7)
+  assert np.all(np.asarray(tokens)[~tok.mask] == 0)  # padding is zero
+  np.testing.assert_array_equal(np.asarray(tok.detokenize(tokens)), np.asarray(flat))
+  back = tok.unflatten(tok.detokenize(tokens), like=params)
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+               back, params)
+  # Batched, and nested dicts rebuilt from the spec alone.
+  batch = jnp.stack([flat, -flat])
+  np.testing.assert_array_equal(np.asarray(tok.detokenize(tok.tokenize(batch))),
+                                np.asarray(batch))
+  rebuilt = Tokenizer(param_spec(params), 7).unflatten(flat)
+  assert jax.tree.structure(rebuilt) == jax.tree.structure(params)
+
+
+def test_tokens_never_mix_leaves():
+  tok = Tokenizer([{"path": "a", "shape": [5]}, {"path": "b", "shape": [2, 3]}], chunk_size=4)
+  assert tok.num_tokens == 2 + 2
+  np.testing.assert_array_equal(tok.leaf_of_token, [0, 0, 1, 1])
+
+
+def test_tokenizer_mismatch_names_leaf():
+  params = make_params()
+  tok = Tokenizer.from_params(params, 8)
+  bad = dict(params, dense1={"kernel": jnp.zeros((8, 15)), "bias": jnp.zeros((16,))})
+  with pytest.raises(ValueError, match=r"dense1/kernel.*\(8, 15\).*\(8, 16\)"):
+    tok.check(bad)
+  with pytest.raises(ValueError, match="leaves"):
+    tok.check({"only": jnp.zeros(3)})
+
+
+def test_ddim_with_oracle_denoiser_returns_x0():
+  sched = make_schedule(20)
+  x0 = jax.random.normal(jax.random.key(1), (3, 4, 5))
+  for steps, eta in [(20, 0.0), (7, 1.0)]:
+    out = sample(lambda x, t: x0, sched, jax.random.key(0), x0.shape, num_steps=steps, eta=eta)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(x0), atol=1e-4)
+  with pytest.raises(ValueError, match="num_steps"):
+    sample(lambda x, t: x0, sched, jax.random.key(0), x0.shape, num_steps=0)
+
+
+def test_diffusion_loss_decreases_on_tiny_dataset():
+  spec = [{"path": "Dense_0/bias", "shape": [6]}, {"path": "Dense_0/kernel", "shape": [4, 6]}]
+  gpt = GPT(spec, **TINY)
+  rng = np.random.default_rng(0)
+  starts = rng.normal(size=(16, 30)).astype(np.float32)
+  targets = 0.5 * starts + 0.3  # a learnable map from start to target
+  metric = np.stack([np.full(16, 2.0), np.full(16, 0.5)], axis=1).astype(np.float32)
+  stats = gpt.compute_stats(np.stack([starts, targets], axis=1), metric)
+  tx = optax.adam(1e-2)
+  net = gpt.init(jax.random.key(0))
+  state = tx.init(net)
+  loss_fn = lambda net, key: gpt.loss(net, stats, key, starts, targets, metric[:, 0],
+                                      metric[:, 1])
+  eval_keys = jax.random.split(jax.random.key(123), 4)
+  eval_loss = jax.jit(lambda net: jnp.mean(jax.vmap(lambda k: loss_fn(net, k))(eval_keys)))
+
+  @jax.jit
+  def step(net, state, key):
+    loss, g = jax.value_and_grad(loss_fn)(net, key)
+    upd, state = tx.update(g, state, net)
+    return optax.apply_updates(net, upd), state, loss
+
+  before = float(eval_loss(net))
+  for i in range(60):
+    net, state, _ = step(net, state, jax.random.key(i))
+  after = float(eval_loss(net))
+  assert after < 0.6 * before, (before, after)
+
+
+def test_diffusion_loss_mask_ignores_padding():
+  x0 = jnp.ones((2, 3, 4))
+  mask = jnp.asarray([[1.0] * 4, [1.0] * 4, [0.0] * 4])[None]
+  loss = diffusion_loss(lambda x, t: x0 + 10.0 * (1 - mask), make_schedule(10),
+                        jax.random.key(0), x0, mask)
+  assert float(loss) == 0.0
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory):
+  params = make_params()
+  gpt = GPT(param_spec(params), **TINY)
+  flat = np.asarray(gpt.tokenizer.flatten(params))
+  ckpts = np.stack([flat, flat * 0.5], axis=0)[None].repeat(3, axis=0)
+  stats = gpt.compute_stats(ckpts, np.asarray([[3.0, 1.0]] * 3, np.float32))
+  path = tmp_path_factory.mktemp("gpt") / "w"
+  net = gpt.init(jax.random.key(0))  # the decoder is zero-initialized: perturb it
+  net["dec"]["kernel"] = 0.1 * jax.random.normal(jax.random.key(1), net["dec"]["kernel"].shape)
+  lopt.gpt.save_gpt(path, gpt, net, stats, best_metric=0.1,
+                    task={"name": "contract", "config": {}})
+  return path, params
+
+
+def test_save_load_round_trip(tiny_weights):
+  path, params = tiny_weights
+  m = lopt.gpt.load_gpt(path)
+  assert m.manifest["best_metric"] == pytest.approx(0.1)
+  assert m.model.tokenizer.spec == param_spec(params)
+  fresh = m.model.init(jax.random.key(0))
+  assert jax.tree.structure(m.params) == jax.tree.structure(fresh)
+  np.testing.assert_array_equal(np.asarray(m.params["enc_start"]["kernel"]),
+                                np.asarray(fresh["enc_start"]["kernel"]))
+  with pytest.raises(FileNotFoundError, match="no G.pt weights"):
+    lopt.gpt.load_gpt(path.parent / "missing")
+
+
+def test_optax_contract(tiny_weights):
+  path, params = tiny_weights
+  opt = lopt.get("gpt", weights=str(path), num_sampling_steps=3, seed=1)
+  assert isinstance(opt, optax.GradientTransformationExtraArgs)
+  _, state, _ = check_contract(opt, params)
+  assert isinstance(state, lopt.gpt.GPTState) and int(state.count) == 3
+  chained = optax.chain(optax.identity(), opt)
+  s = chained.init(params)
+  upd, _ = chained.update(params, s, params, loss=jnp.float32(1.0))
+  assert jax.tree.structure(upd) == jax.tree.structure(params)
+
+
+def test_optax_update_is_new_minus_params_and_deterministic(tiny_weights):
+  path, params = tiny_weights
+  opt = lopt.get("gpt", weights=str(path), num_sampling_steps=2, target=0.5)
+  state = opt.init(params)
+  u1, s1 = opt.update(params, state, params, loss=2.0)
+  u2, _ = opt.update(params, state, params, loss=2.0)
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), u1, u2)
+  u3, _ = opt.update(params, s1, params, loss=2.0)  # the key advances with the state
+  assert not np.allclose(np.asarray(u1["conv"]), np.asarray(u3["conv"]))
+
+
+def test_optax_mismatched_tree_and_missing_inputs(tiny_weights):
+  path, params = tiny_weights
+  opt = lopt.get("gpt", weights=str(path), num_sampling_steps=2)
+  other = {"Dense_0": {"kernel": jnp.zeros((4, 3)), "bias": jnp.zeros((3,))}}
+  with pytest.raises(ValueError, match="do not match the G.pt model's task"):
+    opt.init(other)
+  state = opt.init(params)
+  with pytest.raises(ValueError, match="loss"):
+    opt.update(params, state, params)
+  with pytest.raises(ValueError, match="params"):
+    opt.update(params, state, None, loss=1.0)
+  with pytest.raises(ValueError, match="G.pt"):
+    lopt.get("gpt", weights=None)
