@@ -40,8 +40,15 @@ import numpy as np
 
 import tasks
 from lopt.gpt import load_gpt
-from meta_train._gpt_baselines import (MetricFn, adam_curves, knn_average, nearest_distance,
-                                       r_squared, retrieve, steps_to_reach)
+from meta_train._gpt_baselines import (
+  MetricFn,
+  adam_curves,
+  knn_average,
+  nearest_distance,
+  r_squared,
+  retrieve,
+  steps_to_reach,
+)
 from meta_train._gpt_data import load_dataset
 
 __all__ = ["evaluate_gpt"]
@@ -86,8 +93,8 @@ def _plots(out: pathlib.Path, rep: dict[str, Any], align: dict[str, np.ndarray],
   plt.close(fig)
 
   fig, ax = plt.subplots(figsize=(6, 4.5))
-  for name, (d, l) in novelty.items():
-    ax.scatter(d, l, s=10, alpha=0.6, label=name)
+  for name, (d, lo) in novelty.items():
+    ax.scatter(d, lo, s=10, alpha=0.6, label=name)
   ax.set(yscale="log", xlabel="L2 distance to nearest training checkpoint",
          ylabel="achieved test loss", title="performance vs novelty (prompt = best)")
   ax.legend(fontsize=7)
@@ -208,9 +215,9 @@ def evaluate_gpt(weights: str, dataset: str, out: str, *, num_nets: int = 16,
   for i, lvl in enumerate(noise_levels):
     eps = np.asarray(jax.random.normal(jax.random.fold_in(nk, i), retrieved.shape))
     noisy = retrieved + lvl * leaf_std[None] * eps
-    d, l = nearest_distance(noisy, bank), mf(noisy)[metric]
-    novelty[f"retrieval + noise {lvl:g}"] = (d, l)
-    noisy_curve.append((float(np.median(d)), float(np.median(l))))
+    d, lo = nearest_distance(noisy, bank), mf(noisy)[metric]
+    novelty[f"retrieval + noise {lvl:g}"] = (d, lo)
+    noisy_curve.append((float(np.median(d)), float(np.median(lo))))
     base[f"retrieval_noise_{lvl:g}"] = {"median": noisy_curve[-1][1],
                                         "distance": noisy_curve[-1][0]}
   novelty["retrieval"] = (np.zeros(1), bank_metric[ridx][:1])
