@@ -38,7 +38,6 @@ import optax
 
 from lopt._base import LearnedOptimizer, with_checks
 from lopt._per_param_mlp import (
-    DEFAULT_CHUNK,
     TIME_FEATURE_NAMES,
     FlatLayout,
     mlp_forward_t,
@@ -100,7 +99,8 @@ class AdafacMLPLOpt(LearnedOptimizer):
     decays: decays of the momenta and of the factored second moments.
     step_mult: ``c1`` in ``step = d * exp(m * c2) * c1``.
     exp_mult: ``c2``.
-    chunk: rows per iteration of the MLP loop (speed only; not part of the config).
+    chunk: rows per iteration of the MLP loop (speed only; not part of the config);
+      None: cache-sized on CPU, one chunk on accelerators (see ``default_chunk``).
   """
 
   name = "adafac_mlp_lopt"
@@ -108,13 +108,13 @@ class AdafacMLPLOpt(LearnedOptimizer):
 
   def __init__(self, hidden_size: int = 8, hidden_layers: int = 2,
                decays: Sequence[float] = (0.9, 0.99, 0.999), step_mult: float = 1e-3,
-               exp_mult: float = 1e-3, chunk: int = DEFAULT_CHUNK):
+               exp_mult: float = 1e-3, chunk: int | None = None):
     self.hidden_size = int(hidden_size)
     self.hidden_layers = int(hidden_layers)
     self.decays = tuple(float(d) for d in decays)
     self.step_mult = float(step_mult)
     self.exp_mult = float(exp_mult)
-    self.chunk = int(chunk)
+    self.chunk = None if chunk is None else int(chunk)
 
   def config(self) -> dict[str, Any]:
     return {"hidden_size": self.hidden_size, "hidden_layers": self.hidden_layers,

@@ -39,7 +39,6 @@ import optax
 
 from lopt._base import LearnedOptimizer, with_checks
 from lopt._per_param_mlp import (
-    DEFAULT_CHUNK,
     TIME_FEATURE_NAMES,
     FlatLayout,
     mlp_forward_t,
@@ -91,7 +90,8 @@ class MLPLOpt(LearnedOptimizer):
       tensor. Off gives a linear-in-features optimizer (used to reproduce SGD).
     step_mult: ``c1`` in ``step = d * exp(m * c2) * c1``.
     exp_mult: ``c2``.
-    chunk: rows per iteration of the MLP loop (speed only; not part of the config).
+    chunk: rows per iteration of the MLP loop (speed only; not part of the config);
+      None: cache-sized on CPU, one chunk on accelerators (see ``default_chunk``).
   """
 
   name = "mlp_lopt"
@@ -101,7 +101,7 @@ class MLPLOpt(LearnedOptimizer):
                momentum_decays: Sequence[float] = (0.5, 0.9, 0.99, 0.999),
                rms_decays: Sequence[float] = (0.99, 0.999),
                normalize_features: bool = True, step_mult: float = 1e-3,
-               exp_mult: float = 1e-3, chunk: int = DEFAULT_CHUNK):
+               exp_mult: float = 1e-3, chunk: int | None = None):
     self.hidden_size = int(hidden_size)
     self.hidden_layers = int(hidden_layers)
     self.momentum_decays = tuple(float(d) for d in momentum_decays)
@@ -109,7 +109,7 @@ class MLPLOpt(LearnedOptimizer):
     self.normalize_features = bool(normalize_features)
     self.step_mult = float(step_mult)
     self.exp_mult = float(exp_mult)
-    self.chunk = int(chunk)
+    self.chunk = None if chunk is None else int(chunk)
 
   def config(self) -> dict[str, Any]:
     return {"hidden_size": self.hidden_size, "hidden_layers": self.hidden_layers,

@@ -48,11 +48,17 @@ import numpy as np
 from jax import lax
 
 __all__ = ["FlatLayout", "TIME_FEATURE_NAMES", "mlp_apply", "mlp_apply_reference",
-           "mlp_apply_t", "mlp_flops", "mlp_forward", "mlp_forward_t", "mlp_init",
+           "mlp_apply_t", "default_chunk", "mlp_flops", "mlp_forward", "mlp_forward_t", "mlp_init",
            "stack_leaf_features", "time_features"]
 
 DEFAULT_BLOCK = 128
-DEFAULT_CHUNK = 16384
+DEFAULT_CHUNK = 16384          # rows per chunk on CPU: the chunk's activations stay in cache
+ACCELERATOR_CHUNK = 1 << 22    # on GPU/TPU one large chunk (no loop) is fastest
+
+
+def default_chunk() -> int:
+  """Rows per chunk for the default backend: cache-sized on CPU, whole arrays elsewhere."""
+  return DEFAULT_CHUNK if jax.default_backend() == "cpu" else ACCELERATOR_CHUNK
 
 MLPWeights = Sequence[dict[str, jax.Array]]
 
@@ -80,7 +86,7 @@ class FlatLayout:
   num_chunks: int
 
   @staticmethod
-  def from_tree(tree: Any, *, block: int = DEFAULT_BLOCK, max_chunk: int = DEFAULT_CHUNK
+  def from_tree(tree: Any, *, block: int = DEFAULT_BLOCK, max_chunk: int | None = None
                 ) -> "FlatLayout":
     """Builds (or fetches from a cache) the layout of ``tree``'s leaves.
 
@@ -88,7 +94,8 @@ class FlatLayout:
       tree: a pytree of arrays (or ``jax.ShapeDtypeStruct``); only shapes, dtypes
         and structure are read, so traced arrays are fine.
       block: rows per block (leaf padding granularity).
-      max_chunk: the largest number of rows processed per loop iteration.
+      max_chunk: the largest number of rows processed per loop iteration; None
+        picks :func:`default_chunk` for the default backend.
 
     Returns:
       A hashable :class:`FlatLayout`.
@@ -96,6 +103,8 @@ class FlatLayout:
     leaves, treedef = jax.tree.flatten(tree)
     shapes = tuple(tuple(int(d) for d in np.shape(x)) for x in leaves)
     dtypes = tuple(jnp.dtype(x.dtype).name for x in leaves)
+    if max_chunk is None:
+      max_chunk = default_chunk()
     return _make_layout(treedef, shapes, dtypes, block, max_chunk)
 
   # ---- sizes --------------------------------------------------------------------
