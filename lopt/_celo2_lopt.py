@@ -56,7 +56,7 @@ import optax
 
 from lopt import _per_tensor as pt
 from lopt._base import LearnedOptimizer, with_checks
-from lopt._per_param_mlp import TIME_FEATURE_NAMES, FlatLayout, mlp_forward, time_features
+from lopt._per_param_mlp import TIME_FEATURE_NAMES, FlatLayout, mlp_forward_t, time_features
 
 __all__ = ["Celo2LOpt", "Celo2LOptState", "newton_schulz"]
 
@@ -98,8 +98,8 @@ class Celo2LOptState(NamedTuple):
 
   Attributes:
     step: number of updates taken (int32).
-    mom: ``(num_rows, 3)`` momenta, one column per decay.
-    rms: ``(num_rows,)`` moving average of squared gradients.
+    mom: ``(num_chunks, K, chunk)`` momenta (feature-major chunks of the rows).
+    rms: ``(num_chunks, chunk)`` moving average of squared gradients.
   """
 
   step: jax.Array
@@ -180,45 +180,58 @@ class Celo2LOpt(LearnedOptimizer):
   def transform(self, meta_params: Any, num_steps: int | None = None
                 ) -> optax.GradientTransformationExtraArgs:
     """Returns the optimizer for a ``num_steps`` horizon (None: the schedule assumes 10,000)."""
-    decays = jnp.asarray(self.momentum_decays, jnp.float32)[None, :]
+    k, nf = len(self.momentum_decays), self.num_features
+    decays = jnp.asarray(self.momentum_decays, jnp.float32)[:, None]  # (K, 1)
     b2 = self.rms_decay
+
+    def features(g, p, m, v):
+      """Feature-major per-parameter features ``(F, rows)`` of one chunk."""
+      rsqrt = jax.lax.rsqrt(v + 1e-12)
+      return jnp.concatenate([g[None], jnp.clip(g, -0.1, 0.1)[None], p[None], m, v[None],
+                              m * rsqrt[None], (g * rsqrt)[None]], axis=0)
 
     def init_fn(params):
       layout = FlatLayout.from_tree(params)
-      n = layout.num_rows
       return Celo2LOptState(jnp.zeros((), jnp.int32),
-                            jnp.zeros((n, decays.shape[1]), jnp.float32),
-                            jnp.zeros((n,), jnp.float32))
+                            jnp.zeros((layout.num_chunks, k, layout.chunk), jnp.float32),
+                            jnp.zeros((layout.num_chunks, layout.chunk), jnp.float32))
 
     def update_fn(updates, state, params=None, *, loss=None, **extra):
       del loss, extra
       layout = FlatLayout.from_tree(params if params is not None else updates)
-      g = layout.flatten(updates)
-      p = layout.flatten(params) if params is not None else jnp.zeros_like(g)
+      nb, blk = layout.chunk // layout.block, layout.block
+      g = layout.chunked(layout.flatten(updates))
+      p = layout.chunked(layout.flatten(params)) if params is not None else jnp.zeros_like(g)
       step = optax.safe_increment(state.step)
-      mom = state.mom * decays + (1.0 - decays) * g[:, None]
-      rms = b2 * state.rms + (1.0 - b2) * jnp.square(g)
-      rsqrt = jax.lax.rsqrt(rms + 1e-12)
-      x = jnp.concatenate([g[:, None], jnp.clip(g, -0.1, 0.1)[:, None], p[:, None], mom,
-                           rms[:, None], mom * rsqrt[:, None], (g * rsqrt)[:, None]], axis=1)
-      inv = jax.lax.rsqrt(layout.tensor_mean(jnp.square(x)) + 1e-16)
-      nb, blk, f = layout.chunk // layout.block, layout.block, x.shape[1]
 
-      def chunk_fn(xc, inv_c):
-        xc = (xc.reshape(nb, blk, f) * inv_c[:, None, :]).reshape(nb * blk, f)
-        return mlp_forward(meta_params["mlp"], xc)[:, 0]
+      # Pass 1, chunk by chunk: accumulators and per-block sums of squared features.
+      def accumulate(g_c, p_c, m_c, v_c):
+        m_c = decays * m_c + (1.0 - decays) * g_c[None]
+        v_c = b2 * v_c + (1.0 - b2) * jnp.square(g_c)
+        x = features(g_c, p_c, m_c, v_c)
+        return m_c, v_c, jnp.square(x).reshape(nf, nb, blk).sum(-1)
 
-      d = layout.unchunk(layout.map_chunks(
-          chunk_fn, layout.chunked(x), layout.chunked_blocks(layout.per_block(inv))))
-      d = d * pt.row_mask(layout)
-      d = d / pt.tensor_rows(layout, pt.tensor_rms(layout, d, 1e-12))
+      mom, rms, sums = layout.map_chunks(accumulate, g, p, state.mom, state.rms)
+      inv = jax.lax.rsqrt(layout.tensor_mean_from_blocks(
+          sums.transpose(0, 2, 1).reshape(layout.num_blocks, nf)) + 1e-16)  # (T, F)
+
+      # Pass 2, chunk by chunk: normalized features -> MLP direction d, and sum(d^2).
+      def chunk_step(g_c, p_c, m_c, v_c, inv_c, valid_c):
+        x = features(g_c, p_c, m_c, v_c)
+        x = (x.reshape(nf, nb, blk) * inv_c.T[:, :, None]).reshape(nf, nb * blk)
+        d = mlp_forward_t(meta_params["mlp"], x)[0] * pt.chunk_mask(valid_c, blk)
+        return d, jnp.square(d).reshape(nb, blk).sum(-1)
+
+      d, sq = layout.map_chunks(chunk_step, g, p, mom, rms,
+                                layout.chunked_blocks(layout.per_block(inv)),
+                                layout.chunked_blocks(jnp.asarray(pt.block_valid(layout))))
+      d_rms = pt.tensor_rms_from_blocks(layout, sq.reshape(layout.num_blocks), 1e-12)  # (T,)
 
       lr = self.learning_rate(meta_params["schedule"], step, num_steps)
       mult_1d = jnp.exp(meta_params["log_mult_1d"])
-      leaves_d = jax.tree.leaves(layout.unflatten(d, dtype=jnp.float32))
-      leaves_p = (jax.tree.leaves(layout.unflatten(p, dtype=jnp.float32))
-                  if params is not None else [None] * len(leaves_d))
-      out = [u * mult_1d for u in leaves_d]
+      leaves_d = layout.treedef.flatten_up_to(
+          layout.unflatten(layout.unchunk(d), dtype=jnp.float32))
+      out = [u * (mult_1d / d_rms[i]) for i, u in enumerate(leaves_d)]  # unit rms per tensor
       groups: dict[tuple[int, int], list[int]] = {}
       for i, shape in enumerate(layout.shapes):
         if self.orthogonalize and len(shape) >= 2:
@@ -229,7 +242,9 @@ class Celo2LOpt(LearnedOptimizer):
         for j, i in enumerate(idx):
           out[i] = mats[j].reshape(layout.shapes[i])
       if self.weight_decay and params is not None:
-        out = [u + self.weight_decay * q if u.ndim >= 2 else u for u, q in zip(out, leaves_p)]
+        leaves_p = layout.treedef.flatten_up_to(params)
+        out = [u + self.weight_decay * q.astype(jnp.float32) if u.ndim >= 2 else u
+               for u, q in zip(out, leaves_p)]
       out = [(-lr * u).astype(dt) for u, dt in zip(out, layout.dtypes)]
       return layout.treedef.unflatten(out), Celo2LOptState(step, mom, rms)
 

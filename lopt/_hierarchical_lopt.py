@@ -41,7 +41,7 @@ import optax
 
 from lopt import _per_tensor as pt
 from lopt._base import LearnedOptimizer, with_checks
-from lopt._per_param_mlp import TIME_FEATURE_NAMES, FlatLayout, mlp_forward, time_features
+from lopt._per_param_mlp import TIME_FEATURE_NAMES, FlatLayout, mlp_forward_t, time_features
 
 __all__ = ["HierarchicalLOpt", "HierarchicalLOptState", "tensor_lstm"]
 
@@ -49,12 +49,12 @@ _EPS = 1e-12
 
 
 class HierarchicalLOptState(NamedTuple):
-  """State of ``hierarchical_lopt``; row arrays use the params' :class:`FlatLayout`.
+  """State of ``hierarchical_lopt``; per-parameter arrays use the params' :class:`FlatLayout`.
 
   Attributes:
     step: number of updates taken (int32).
-    mom: ``(num_rows, K)`` momenta, one column per decay.
-    rms: ``(num_rows,)`` moving average of squared gradients.
+    mom: ``(num_chunks, K, chunk)`` momenta (feature-major chunks of the rows).
+    rms: ``(num_chunks, chunk)`` moving average of squared gradients.
     lstm_c: ``(num_tensors, hidden)`` LSTM cell state, one row per tensor.
     lstm_h: ``(num_tensors, hidden)`` LSTM hidden state, one row per tensor.
     update_rms: ``(num_tensors,)`` root-mean-square of each tensor's last update.
@@ -203,62 +203,75 @@ class HierarchicalLOpt(LearnedOptimizer):
   def transform(self, meta_params: Any, num_steps: int | None = None
                 ) -> optax.GradientTransformationExtraArgs:
     """Returns the optimizer for a ``num_steps`` horizon (None: no training-fraction features)."""
-    decays = jnp.asarray(self.momentum_decays, jnp.float32)[None, :]
-    b2 = self.rms_decay
-    hidden = self.lstm_hidden
+    k = len(self.momentum_decays)
+    decays = jnp.asarray(self.momentum_decays, jnp.float32)[:, None]  # (K, 1)
+    b2, c1, c2 = self.rms_decay, self.step_mult, self.exp_mult
+    hidden, nf = self.lstm_hidden, self.num_param_features
+
+    def features(g, p, m, v):
+      """Feature-major per-parameter features ``(F, rows)`` of one chunk."""
+      rsqrt = jax.lax.rsqrt(v + 1e-12)
+      return jnp.concatenate([g[None], p[None], m, jnp.sqrt(v + 1e-30)[None],
+                              m * rsqrt[None], (g * rsqrt)[None]], axis=0)
 
     def init_fn(params):
       layout = FlatLayout.from_tree(params)
-      n, t = layout.num_rows, layout.num_leaves
+      nc, chunk, t = layout.num_chunks, layout.chunk, layout.num_leaves
       zeros_th = lambda: jnp.zeros((t, hidden), jnp.float32)  # distinct buffers (donation)
       return HierarchicalLOptState(
-          step=jnp.zeros((), jnp.int32), mom=jnp.zeros((n, decays.shape[1]), jnp.float32),
-          rms=jnp.zeros((n,), jnp.float32), lstm_c=zeros_th(), lstm_h=zeros_th(),
+          step=jnp.zeros((), jnp.int32), mom=jnp.zeros((nc, k, chunk), jnp.float32),
+          rms=jnp.zeros((nc, chunk), jnp.float32), lstm_c=zeros_th(), lstm_h=zeros_th(),
           update_rms=jnp.zeros((t,), jnp.float32), loss_stats=pt.init_loss_stats())
 
     def update_fn(updates, state, params=None, *, loss=None, **extra):
       del extra
       layout = FlatLayout.from_tree(params if params is not None else updates)
-      g = layout.flatten(updates)
-      p = layout.flatten(params) if params is not None else jnp.zeros_like(g)
+      nb, blk = layout.chunk // layout.block, layout.block
+      g = layout.chunked(layout.flatten(updates))
+      p = layout.chunked(layout.flatten(params)) if params is not None else jnp.zeros_like(g)
       step = state.step + 1
-      mom = state.mom * decays + (1.0 - decays) * g[:, None]
-      rms = b2 * state.rms + (1.0 - b2) * jnp.square(g)
       loss_stats = pt.update_loss_stats(state.loss_stats, loss)
 
-      # Features of the per-parameter MLP; one reduction gives every per-tensor mean.
-      rsqrt = jax.lax.rsqrt(rms + 1e-12)
-      x = jnp.concatenate([g[:, None], p[:, None], mom, jnp.sqrt(rms + 1e-30)[:, None],
-                           mom * rsqrt[:, None], (g * rsqrt)[:, None]], axis=1)
-      means = layout.tensor_mean(jnp.concatenate([jnp.square(x), g[:, None] * mom], axis=1))
-      inv = jax.lax.rsqrt(means[:, :x.shape[1]] + 1e-16)
+      # Pass 1, chunk by chunk: accumulators and per-block sums for per-tensor means
+      # of [x**2 for every MLP input x] and [g * m_k].
+      def accumulate(g_c, p_c, m_c, v_c):
+        m_c = decays * m_c + (1.0 - decays) * g_c[None]
+        v_c = b2 * v_c + (1.0 - b2) * jnp.square(g_c)
+        stats = jnp.concatenate([jnp.square(features(g_c, p_c, m_c, v_c)), g_c[None] * m_c])
+        return m_c, v_c, stats.reshape(nf + k, nb, blk).sum(-1)
+
+      mom, rms, sums = layout.map_chunks(accumulate, g, p, state.mom, state.rms)
+      means = layout.tensor_mean_from_blocks(
+          sums.transpose(0, 2, 1).reshape(layout.num_blocks, nf + k))  # (T, F + K)
+      inv = jax.lax.rsqrt(means[:, :nf] + 1e-16)
 
       # Per-tensor LSTM, all tensors in one call.
       tfeat = self._tensor_features(layout, means, state.update_rms, step, num_steps,
                                     loss_stats, loss)
       (lstm_c, lstm_h), ctrl = tensor_lstm(meta_params["lstm"], (state.lstm_c, state.lstm_h),
                                            tfeat)
-      log_scale = jnp.clip(ctrl[:, 0], -10.0, 5.0)
+      scale = c1 * jnp.exp(jnp.clip(ctrl[:, 0], -10.0, 5.0))  # (T,)
       first_bias = ctrl[:, 1:] @ meta_params["ctrl"]  # (T, mlp_hidden)
+      per_block = lambda a: layout.chunked_blocks(layout.per_block(a))
 
-      # Per-parameter MLP in chunks; per-tensor normalizers and biases per block.
-      scale = self.step_mult * jnp.exp(log_scale)
-      block_args = [layout.chunked_blocks(layout.per_block(a))
-                    for a in (inv, first_bias, scale[:, None])]
-      nb, blk, f = layout.chunk // layout.block, layout.block, x.shape[1]
+      # Pass 2, chunk by chunk: normalized features, MLP (controls as a per-block
+      # first-layer bias), step, and per-block sums of squares of the step.
+      def chunk_step(g_c, p_c, m_c, v_c, inv_c, bias_c, scale_c, valid_c):
+        x = features(g_c, p_c, m_c, v_c)
+        x = (x.reshape(nf, nb, blk) * inv_c.T[:, :, None]).reshape(nf, nb * blk)
+        fb = jnp.broadcast_to(bias_c.T[:, :, None], (bias_c.shape[1], nb, blk))
+        out = mlp_forward_t(meta_params["mlp"], x, first_bias=fb.reshape(-1, nb * blk))
+        s = out[0] * jnp.exp(c2 * out[1]) * pt.chunk_mask(valid_c, blk)
+        s = -(s.reshape(nb, blk) * scale_c[:, None])
+        return s.reshape(nb * blk), jnp.square(s).sum(-1)
 
-      def chunk_fn(xc, inv_c, bias_c, scale_c):
-        xc = (xc.reshape(nb, blk, f) * inv_c[:, None, :]).reshape(nb * blk, f)
-        hb = jnp.broadcast_to(bias_c[:, None, :], (nb, blk, bias_c.shape[-1]))
-        out = mlp_forward(meta_params["mlp"], xc, first_bias=hb.reshape(nb * blk, -1))
-        mag = jnp.exp(self.exp_mult * out[:, 1]).reshape(nb, blk) * scale_c
-        return -(out[:, 0].reshape(nb, blk) * mag).reshape(nb * blk)
-
-      step_rows = layout.unchunk(layout.map_chunks(chunk_fn, layout.chunked(x), *block_args))
-      step_rows = step_rows * pt.row_mask(layout)
+      steps, sq = layout.map_chunks(chunk_step, g, p, mom, rms, per_block(inv),
+                                    per_block(first_bias), per_block(scale),
+                                    layout.chunked_blocks(jnp.asarray(pt.block_valid(layout))))
+      update_rms = pt.tensor_rms_from_blocks(layout, sq.reshape(layout.num_blocks), _EPS)
       new_state = HierarchicalLOptState(
           step=step, mom=mom, rms=rms, lstm_c=lstm_c, lstm_h=lstm_h,
-          update_rms=pt.tensor_rms(layout, step_rows, _EPS), loss_stats=loss_stats)
-      return layout.unflatten(step_rows), new_state
+          update_rms=update_rms, loss_stats=loss_stats)
+      return layout.unflatten(layout.unchunk(steps)), new_state
 
     return with_checks(optax.GradientTransformationExtraArgs(init_fn, update_fn), self.name)

@@ -169,14 +169,14 @@ class LayerwiseComboLOpt(LearnedOptimizer):
       mu_hat = mu / (1.0 - b1 ** t)
       nu_hat = nu / (1.0 - b2 ** t)
       adam = mu_hat / (jnp.sqrt(jnp.maximum(nu_hat, 1e-36)) + eps)  # safe gradient at 0
-      dirs = -jnp.stack([g, trace, adam, jnp.sign(mu)], axis=1)  # (num_rows, 4)
 
       loss_stats = pt.update_loss_stats(state.loss_stats, loss)
       log = lambda x: 0.1 * jnp.log(x + 1e-12)
       p = layout.flatten(params) if params is not None else jnp.zeros_like(g)
-      # One reduction: per-tensor mean squares of g, m, trace, adam, p and mean of g * m.
-      cols = jnp.stack([g, mu, trace, adam, p], axis=1)
-      means = layout.tensor_mean(jnp.concatenate([jnp.square(cols), (g * mu)[:, None]], axis=1))
+      # Per-tensor mean squares of g, m, trace, adam, p and mean of g * m; each on a
+      # contiguous (num_rows,) vector (row-major (num_rows, 6) stacks are slow on CPU).
+      means = jnp.stack([layout.tensor_mean(x) for x in (
+          g * g, mu * mu, trace * trace, adam * adam, p * p, g * mu)], axis=1)  # (T, 6)
       rms = jnp.sqrt(means[:, :5] + 1e-20)  # (T, 5)
       cos = means[:, 5:] / (rms[:, 0:1] * rms[:, 1:2] + 1e-12)
       stats = jnp.concatenate(
@@ -192,7 +192,8 @@ class LayerwiseComboLOpt(LearnedOptimizer):
         coef = coef + meta_params["layer_bias"]
       coef = coef * jnp.exp(meta_params["log_lr"])  # (T, 4)
 
-      step_rows = jnp.sum(dirs * pt.tensor_rows(layout, coef), axis=1)
+      c = [pt.tensor_rows(layout, coef[:, i]) for i in range(len(BASE_DIRECTIONS))]
+      step_rows = -(c[0] * g + c[1] * trace + c[2] * adam + c[3] * jnp.sign(mu))
       new_state = LayerwiseComboLOptState(step, trace, mu, nu, loss_stats)
       return layout.unflatten(step_rows), new_state
 

@@ -5,7 +5,7 @@ Parameters live in the padded row space of :class:`lopt._per_param_mlp.FlatLayou
 statistics are one reduction over all rows (:meth:`FlatLayout.tensor_mean`), and
 per-tensor values (an LSTM's output, a layer's combination weights) reach every
 row of their tensor through one per-block gather (:func:`tensor_rows`). This
-module adds that broadcast, a padding mask, scale-free loss features and a
+module adds that broadcast, padding masks, scale-free loss features and a
 single-draw initializer for small dense layers.
 
 Used by :mod:`lopt._hierarchical_lopt`, :mod:`lopt._layerwise_combo_lopt` and
@@ -23,9 +23,9 @@ import numpy as np
 
 from lopt._per_param_mlp import FlatLayout
 
-__all__ = ["DEFAULT_NUM_STEPS", "LOSS_FEATURE_NAMES", "LossStats", "dense_init", "horizon",
-           "init_loss_stats", "loss_features", "row_mask", "tensor_rms", "tensor_rows",
-           "update_loss_stats"]
+__all__ = ["DEFAULT_NUM_STEPS", "LOSS_FEATURE_NAMES", "LossStats", "block_valid",
+           "chunk_mask", "dense_init", "horizon", "init_loss_stats", "loss_features",
+           "tensor_rms", "tensor_rms_from_blocks", "tensor_rows", "update_loss_stats"]
 
 NUM_LOSS_FEATURES = 3
 LOSS_FEATURE_NAMES = ("loss_fast/first", "loss_slow/first", "loss/loss_slow")
@@ -67,16 +67,35 @@ def tensor_rows(layout: FlatLayout, per_tensor: jax.Array) -> jax.Array:
 
 
 @functools.lru_cache(maxsize=256)
-def _row_mask(layout: FlatLayout) -> np.ndarray:
-  mask = np.zeros((layout.num_rows,), np.float32)
+def _block_valid(layout: FlatLayout) -> np.ndarray:
+  valid = np.zeros((layout.num_blocks,), np.int32)
   for off, size in zip(layout.offsets, layout.sizes):
-    mask[off:off + size] = 1.0
-  return mask
+    first, full = off // layout.block, size // layout.block
+    valid[first:first + full] = layout.block
+    if size % layout.block:
+      valid[first + full] = size % layout.block
+  return valid
 
 
-def row_mask(layout: FlatLayout) -> np.ndarray:
-  """``(num_rows,)`` float32 constant: 1 on rows holding a real parameter, 0 on padding."""
-  return _row_mask(layout)
+def block_valid(layout: FlatLayout) -> np.ndarray:
+  """``(num_blocks,)`` int32 constant: how many leading rows of each block are real."""
+  return _block_valid(layout)
+
+
+def chunk_mask(valid: jax.Array, block: int) -> jax.Array:
+  """``(nb * block,)`` float32 mask of real rows, from one chunk's ``(nb,)`` valid counts.
+
+  Built inside the chunk loop from :func:`block_valid` (``num_rows / block``
+  integers), so no ``num_rows``-sized constant enters the program.
+  """
+  rows = jnp.arange(block, dtype=jnp.int32)[None, :] < valid[:, None]
+  return rows.astype(jnp.float32).reshape(-1)
+
+
+def tensor_rms_from_blocks(layout: FlatLayout, block_sq_sums: jax.Array,
+                           eps: float = 1e-12) -> jax.Array:
+  """Per-tensor root-mean-square from per-block sums of squares ``(num_blocks, ...)``."""
+  return jnp.sqrt(layout.tensor_mean_from_blocks(block_sq_sums) + eps)
 
 
 def horizon(num_steps: int | None) -> int:
