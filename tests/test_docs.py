@@ -74,3 +74,17 @@ def test_code_blocks_run(path, tmp_path, monkeypatch):
     except Exception as e:
       raise AssertionError(f"code block at {path.relative_to(ROOT)}:{line} failed: "
                            f"{type(e).__name__}: {e}") from e
+
+
+def test_api_page_lists_every_public_name():
+  import importlib
+  import importlib.util
+
+  spec = importlib.util.spec_from_file_location("gen_api", ROOT / "docs" / "gen_api.py")
+  gen_api = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(gen_api)
+  text = gen_api.render()
+  for pkg in gen_api.PACKAGES:
+    assert f"## {pkg}" in text
+    for name in importlib.import_module(pkg).__all__:
+      assert f"| `{name}" in text, (pkg, name)
