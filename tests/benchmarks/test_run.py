@@ -110,3 +110,20 @@ def test_suites_resolve():
   assert [e.label for e in benchmarks.parse_tasks("digits_cnn,quadratic", steps=7)] == [
       "digits_cnn", "quadratic"]
   assert all(e.steps == 7 for e in benchmarks.parse_tasks("heldout", steps=7))
+
+
+def test_optimizer_tied_to_another_architecture_is_not_applicable():
+  from benchmarks._benchmark import not_applicable_reason
+
+  expected = {"x": np.zeros(3, np.float32)}
+  base = optax.sgd(0.1)
+
+  def init(params):  # like G.pt: only one parameter tree is accepted
+    lopt.check_trees(params, expected, "params", "the model's parameters")
+    return base.init(params)
+
+  tied = optax.GradientTransformationExtraArgs(init, base.update)
+  key = jax.random.key(0)
+  assert not_applicable_reason(tied, tasks.get("quadratic", dim=3), key) is None
+  why = not_applicable_reason(tied, tasks.get("quadratic", dim=5), key)
+  assert "shape" in why
