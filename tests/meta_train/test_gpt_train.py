@@ -1,0 +1,111 @@
+"""G.pt training: runs, resumes, skips non-finite steps, exports weights usable by lopt.get."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import lopt
+import tasks
+from lopt.gpt import GPT, param_spec
+from meta_train.gpt_train import _make_step, split_runs, train_gpt
+
+CFG = {"steps": 4, "batch_size": 4, "holdout_runs": 2, "d_model": 16, "num_layers": 1,
+       "num_heads": 2, "chunk_size": 64, "num_timesteps": 20, "warmup_steps": 1,
+       "log_every": 2, "checkpoint_every": 4, "eval_every": 4}
+
+
+def _write_dataset(path, task, runs=6, ckpts=3):
+  """A synthetic dataset in the on-disk format (no training needed)."""
+  spec = param_spec(task.init(jax.random.key(0)))
+  n = sum(int(np.prod(s["shape"])) for s in spec)
+  rng = np.random.default_rng(0)
+  init = rng.normal(size=(runs, 1, n)).astype(np.float32) * 0.1
+  params = init * np.linspace(1.0, 0.5, ckpts)[None, :, None]
+  loss = np.linspace(2.3, 0.3, ckpts)[None].repeat(runs, 0).astype(np.float32)
+  path.mkdir()
+  np.savez(path / "shard_00000.npz", params=params, run_ids=np.arange(runs, dtype=np.int32),
+           test_loss=loss, train_loss=loss)
+  index = {"format_version": 1, "task": "digits_mlp", "task_config": {"hidden": [4]},
+           "param_spec": spec, "num_params": n, "steps": list(range(ckpts)),
+           "metrics": ["test_loss", "train_loss"], "seed": 0,
+           "shards": [{"file": "shard_00000.npz", "optimizer": "adam", "runs": []}]}
+  (path / "index.json").write_text(json.dumps(index))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  root = tmp_path_factory.mktemp("gpt_train")
+  task = tasks.get("digits_mlp", hidden=(4,))
+  _write_dataset(root / "data", task)
+  logs = []
+  weights = train_gpt(str(root / "data"), str(root / "work"), CFG, log=logs.append)
+  return root, task, weights, logs
+
+
+def test_trains_logs_and_exports(trained):
+  root, _, weights, logs = trained
+  lines = [json.loads(x) for x in (root / "work" / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in lines] == [2, 4] and "heldout_loss" in lines[-1]
+  assert all(np.isfinite(r["loss"]) for r in lines)
+  assert any("ETA" in msg for msg in logs)
+  manifest = lopt.gpt.read_gpt_manifest(weights)
+  assert manifest["best_metric"] == pytest.approx(0.3) and manifest["extra"]["steps"] == 4
+  split = json.loads((root / "work" / "split.json").read_text())
+  assert len(split["heldout_run_ids"]) == 2 and len(split["train_run_ids"]) == 4
+
+
+@pytest.mark.slow
+def test_resumes_from_checkpoint(trained):
+  root, _, _, _ = trained
+  logs = []
+  train_gpt(str(root / "data"), str(root / "work"), {**CFG, "steps": 6}, log=logs.append)
+  assert "resumed from step 4" in logs[0]
+  text = (root / "work" / "metrics.jsonl").read_text()
+  steps = [json.loads(x)["step"] for x in text.splitlines()]
+  assert steps == [2, 4, 6]
+
+
+def test_weights_work_as_optimizer_and_reject_other_trees(trained):
+  _, task, weights, _ = trained
+  params = task.init(jax.random.key(5))
+  opt = lopt.get("gpt", weights=str(weights), num_sampling_steps=2)
+  state = opt.init(params)
+  updates, state = jax.jit(opt.update)(params, state, params, loss=jnp.float32(2.3))
+  new = optax.apply_updates(params, updates)
+  assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(new))
+  other = tasks.get("digits_mlp", hidden=(5,)).init(jax.random.key(0))
+  with pytest.raises(ValueError, match="Dense_0/bias.*\\(5,\\).*\\(4,\\)"):
+    opt.init(other)
+
+
+@pytest.mark.slow
+def test_nonfinite_step_is_skipped_and_counted():
+  spec = [{"path": "Dense_0/bias", "shape": [3]}, {"path": "Dense_0/kernel", "shape": [2, 3]}]
+  model = GPT(spec, chunk_size=4, d_model=8, num_layers=1, num_heads=1, num_timesteps=10)
+  stats = {k: jnp.asarray(v) for k, v in model.compute_stats(
+      np.ones((2, 2, 9), np.float32), np.ones((2, 2), np.float32)).items()}
+  tx = optax.adam(1e-3)
+  net = model.init(jax.random.key(0))
+  state = {"params": net, "ema": net, "opt_state": tx.init(net),
+           "step": jnp.zeros((), jnp.int32), "nonfinite": jnp.zeros((), jnp.int32)}
+  step = _make_step(model, tx, 0.9)
+  bad = (jnp.full((2, 9), jnp.nan), jnp.ones((2, 9)), jnp.ones(2), jnp.ones(2))
+  new, m = step(state, stats, jax.random.key(0), bad)
+  assert not bool(m["finite"]) and int(new["nonfinite"]) == 1 and int(new["step"]) == 1
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+               new["params"], net)
+
+
+def test_bad_dataset_and_split(tmp_path):
+  with pytest.raises(FileNotFoundError, match="no G.pt checkpoint dataset"):
+    train_gpt(str(tmp_path / "missing"), str(tmp_path / "w"), CFG)
+  with pytest.raises(ValueError, match="unknown config"):
+    train_gpt(str(tmp_path / "missing"), str(tmp_path / "w"), {"stepz": 1})
+  tr, ho = split_runs(np.arange(10), 3, 0)
+  assert len(ho) == 3 and not set(tr) & set(ho)
+  with pytest.raises(ValueError, match="holdout_runs"):
+    split_runs(np.arange(3), 3, 0)
