@@ -19,6 +19,8 @@ from meta_train._estimators import make_estimator as make_estimator
 from meta_train._families import MixtureFamily as MixtureFamily
 from meta_train._families import available_families as available_families
 from meta_train._families import get_family as get_family
+from meta_train._gpt_data import CheckpointDataset as CheckpointDataset
+from meta_train._gpt_data import load_dataset as load_gpt_dataset
 from meta_train._trainer import TrainConfig as TrainConfig
 from meta_train._trainer import TrainResult as TrainResult
 from meta_train._trainer import export_weights as export_weights
@@ -32,9 +34,11 @@ from meta_train._unroll import reset_if_done as reset_if_done
 from meta_train._unroll import unroll as unroll
 
 __all__ = [
+    "CheckpointDataset",
     "ES", "ESTIMATORS", "InnerState", "MixtureFamily", "PES", "PESState", "TrainConfig",
     "TrainResult", "TruncatedBackprop", "UnrollConfig", "UnrollOutput", "available_families",
     "export_weights",
+    "load_gpt_dataset",
     "get_family", "init_inner_state", "make_estimator", "make_outer_step", "reset_if_done",
     "train", "unroll",
 ]
