@@ -144,6 +144,14 @@ class Celo2LOpt(LearnedOptimizer):
   def num_features(self) -> int:
     return len(self.feature_names)
 
+  # The per-parameter MLP runs on feature-major chunks (read by benchmarks.speed).
+  feature_major = True
+
+  @property
+  def mlp_sizes(self) -> tuple[int, ...]:
+    """Layer sizes of the per-parameter MLP (input first)."""
+    return (self.num_features,) + (self.hidden,) * self.hidden_layers + (1,)
+
   def config(self) -> dict[str, Any]:
     return {"hidden": self.hidden, "hidden_layers": self.hidden_layers,
             "momentum_decays": list(self.momentum_decays), "rms_decay": self.rms_decay,
@@ -156,7 +164,7 @@ class Celo2LOpt(LearnedOptimizer):
     The schedule starts at ``lr = 1e-3`` with a 2 % warmup and a cosine decay to
     10 % of the peak.
     """
-    sizes = (self.num_features,) + (self.hidden,) * self.hidden_layers + (1,)
+    sizes = self.mlp_sizes
     schedule = {"log_lr": jnp.asarray(np.log(1e-3), jnp.float32),
                 "warmup": jnp.asarray(np.log(0.2 / 0.8), jnp.float32),  # w = 0.02
                 "final": jnp.asarray(np.log(0.1 / 0.9), jnp.float32),  # a = 0.1

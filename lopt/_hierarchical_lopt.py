@@ -151,6 +151,14 @@ class HierarchicalLOpt(LearnedOptimizer):
   def num_param_features(self) -> int:
     return len(self.param_feature_names)
 
+  # The per-parameter MLP runs on feature-major chunks (read by benchmarks.speed).
+  feature_major = True
+
+  @property
+  def mlp_sizes(self) -> tuple[int, ...]:
+    """Layer sizes of the per-parameter MLP (input first)."""
+    return (self.num_param_features,) + (self.mlp_hidden,) * self.mlp_layers + (2,)
+
   @property
   def num_tensor_features(self) -> int:
     return len(self.tensor_feature_names)
@@ -168,7 +176,7 @@ class HierarchicalLOpt(LearnedOptimizer):
     "ctrl": (num_controls, mlp_hidden)}``; every dense layer is ``{"w", "b"}``.
     """
     f, h, c = self.num_tensor_features, self.lstm_hidden, self.num_controls
-    sizes = (self.num_param_features,) + (self.mlp_hidden,) * self.mlp_layers + (2,)
+    sizes = self.mlp_sizes
     mlp_shapes = list(zip(sizes[:-1], sizes[1:]))
     shapes = [(f, h), (f, h), (2 * h, 4 * h), (h, 1 + c), (max(c, 1), self.mlp_hidden)]
     layers = pt.dense_init(key, shapes + mlp_shapes,
