@@ -21,14 +21,14 @@ Per-tensor quantities (feature normalizers, per-tensor features) are reduced wit
 
 API::
 
-  layout = FlatLayout.from_tree(params)          # cached per (structure, shapes, dtypes)
+  layout = FlatLayout.from_tree(params)          # cached; chunk from default_chunk()
   g = layout.flatten(grads)                       # (num_rows,) float32, one concatenate
   x = stack_leaf_features([grads, params], layout)  # (num_rows, F)
   w = mlp_init(key, (F, 32, 32, 2))              # [{"w": (F, 32), "b": (32,)}, ...]
   y = mlp_apply(w, x)                             # chunked; == mlp_apply_reference(w, x)
   step = layout.unflatten(y[:, 0])                # leaf shapes and dtypes (bf16 ok)
-  # fused: compute features *inside* the chunk loop
-  y = layout.map_chunks(lambda c: mlp_forward(w, features(*c)), layout.chunked(g), ...)
+  # fused, feature-major (what mlp_lopt does): features (F, chunk) built in the loop
+  y = layout.map_chunks(lambda g_c: mlp_forward_t(w, feats(g_c)), layout.chunked(g))
 
 Features are computed in float32 whatever the parameter dtype; :meth:`unflatten`
 casts each leaf back to its parameter's dtype. Everything here is pure, jit-able,
@@ -107,7 +107,6 @@ class FlatLayout:
       max_chunk = default_chunk()
     return _make_layout(treedef, shapes, dtypes, block, max_chunk)
 
-  # ---- sizes --------------------------------------------------------------------
   @property
   def sizes(self) -> tuple[int, ...]:
     return tuple(math.prod(s) for s in self.shapes)
@@ -222,8 +221,7 @@ class FlatLayout:
     With a single chunk the loop is skipped.
     """
     if self.num_chunks == 1:
-      out = fn(*jax.tree.map(lambda a: a[0], chunked_args))
-      return jax.tree.map(lambda a: a[None], out)
+      return jax.tree.map(lambda a: a[None], fn(*jax.tree.map(lambda a: a[0], chunked_args)))
     return lax.map(lambda args: fn(*args), chunked_args)
 
 
@@ -263,7 +261,6 @@ def stack_leaf_features(feature_trees: Sequence[Any], layout: FlatLayout) -> jax
   return jnp.stack([layout.flatten(t) for t in feature_trees], axis=-1)
 
 
-# ----------------------------------------------------------------------------------
 # The MLP: plain init/apply functions over a list of {"w", "b"} layers.
 
 def mlp_init(key: jax.Array, sizes: Sequence[int], *, final_scale: float = 1.0
@@ -373,7 +370,6 @@ def mlp_flops(sizes: Sequence[int], num_rows: int) -> int:
   return 2 * num_rows * sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
 
 
-# ----------------------------------------------------------------------------------
 # Row-constant features: the training-step embedding shared by per-parameter LOs.
 
 FRACTION_SCALES = (1.0, 3.0, 10.0, 30.0, 100.0)

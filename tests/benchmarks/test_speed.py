@@ -20,6 +20,6 @@ def test_speed_run_and_markdown():
 
 def test_mlp_shaped_params_sizes():
   for n in (10 ** 4, 10 ** 5):
-    p = speed.mlp_shaped_params(n, jax.random.key(0))
+    p = jax.eval_shape(lambda n=n: speed.mlp_shaped_params(n, jax.random.key(0)))
     total = sum(x.size for x in jax.tree.leaves(p))
     assert abs(total - n) / n < 0.05
