@@ -48,6 +48,16 @@ def test_shapes_dtypes_determinism_and_cheap_state():
     assert np.all(np.isfinite(np.asarray(a, np.float32)))
     np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
   assert jax.tree.structure(s1) == jax.tree.structure(state)
+
+  def train_step(p, s):
+    u, s = opt.update(jax.grad(_quad)(p), s, p)
+    return optax.apply_updates(p, u), s
+
+  train_step = jax.jit(train_step, donate_argnums=(0, 1))  # buffer donation
+  p, s = jax.tree.map(jnp.copy, params), opt.init(params)
+  for _ in range(2):
+    p, s = train_step(p, s)
+  assert int(s.count) == 2 and p["w"].dtype == jnp.bfloat16
   n = sum(x.size for x in jax.tree.leaves(params))
   state_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
   assert state_bytes / n < 20  # 3 momenta = 12 B/param + padding + factored rows/cols
