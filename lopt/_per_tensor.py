@@ -132,7 +132,8 @@ def update_loss_stats(stats: LossStats, loss: jax.Array | None) -> LossStats:
   first = jnp.where(stats.seen, stats.first, loss)
   fast = jnp.where(stats.seen, 0.7 * stats.fast + 0.3 * loss, loss)
   slow = jnp.where(stats.seen, 0.95 * stats.slow + 0.05 * loss, loss)
-  return LossStats(first, fast, slow, jnp.ones((), jnp.bool_))
+  # Derived from the input (not a constant) so its sharding / manual-axis type is kept.
+  return LossStats(first, fast, slow, jnp.logical_or(stats.seen, True))
 
 
 def loss_features(stats: LossStats, loss: jax.Array | None) -> jax.Array:
