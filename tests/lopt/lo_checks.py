@@ -86,3 +86,33 @@ def check_donatable_state(opt, params):
   leaves = jax.tree.leaves(opt.init(params))
   pointers = [x.unsafe_buffer_pointer() for x in leaves]
   assert len(set(pointers)) == len(pointers), "state shares a buffer between fields"
+
+
+def check_scan_under_shard_map(lo, meta_params, steps: int = 2):
+  """Unrolls ``steps`` updates in a ``lax.scan`` over task instances sharded with
+  ``jax.shard_map``, the optimizer state passed in (as meta-training does): the
+  state, a scan carry varying over the mesh axis, must keep that type every step."""
+  n = jax.device_count()
+  mesh = jax.make_mesh((n,), ("tasks",))
+  opt = lo.transform(meta_params, 10)
+  params = jax.tree.map(lambda *xs: jnp.stack(xs),
+                        *[tiny_params(jax.random.key(i + 1)) for i in range(n)])
+  states = jax.vmap(opt.init)(params)
+
+  def per_device(p, s):
+    p, s = jax.tree.map(lambda x: x[0], (p, s))
+
+    def body(carry, _):
+      p, s = carry
+      loss, g = jax.value_and_grad(tiny_loss)(p)
+      u, s = opt.update(g, s, p, loss=loss)
+      return (optax.apply_updates(p, u), s), loss
+
+    _, losses = jax.lax.scan(body, (p, s), None, length=steps)
+    return losses[None]
+
+  spec = jax.sharding.PartitionSpec("tasks")
+  params, states = jax.device_put((params, states), jax.sharding.NamedSharding(mesh, spec))
+  losses = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(spec, spec),
+                                 out_specs=spec))(params, states)
+  assert losses.shape == (n, steps) and np.all(np.isfinite(np.asarray(losses)))

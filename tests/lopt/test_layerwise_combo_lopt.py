@@ -9,7 +9,11 @@ import pytest
 import lopt
 from lopt._layerwise_combo_lopt import BASE_DIRECTIONS, LayerwiseComboLOpt
 from tests.lopt.contract import check_contract, make_params, quad_loss
-from tests.lopt.lo_checks import check_donatable_state, check_meta_grad_vmapped
+from tests.lopt.lo_checks import (
+  check_donatable_state,
+  check_meta_grad_vmapped,
+  check_scan_under_shard_map,
+)
 
 LR = 0.05
 REFERENCES = {
@@ -94,3 +98,9 @@ def test_meta_grad_and_vmap():
 def test_state_is_donatable():
   lo = LayerwiseComboLOpt()
   check_donatable_state(lo.transform(lo.init(jax.random.key(0)), 10), make_params())
+
+
+def test_scan_under_shard_map():
+  """Regression: the loss statistics in the state keep their varying type under shard_map."""
+  lo = LayerwiseComboLOpt()
+  check_scan_under_shard_map(lo, lo.init(jax.random.key(0)))
