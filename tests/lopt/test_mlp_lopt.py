@@ -64,14 +64,15 @@ def test_chunked_mlp_matches_reference():
 
 # ---- mlp_lopt ---------------------------------------------------------------------
 
-def _sgd_meta_params(lo, lr):
-  """Weights making the MLP output d = lr * g / step_mult and m = 0.
+def _identity_meta_params(lo, feature, lr):
+  """Weights making the MLP output d = lr * x[feature] / step_mult and m = 0.
 
-  The gradient (feature 0) passes through the ReLU layers as relu(g) - relu(-g).
+  The feature passes through the ReLU layers as relu(x) - relu(-x).
   """
+  col = lo.feature_names.index(feature)
   mp = jax.tree.map(jnp.zeros_like, lo.init(jax.random.key(0)))
   mlp = mp["mlp"]
-  mlp[0]["w"] = mlp[0]["w"].at[0, 0].set(1.0).at[0, 1].set(-1.0)
+  mlp[0]["w"] = mlp[0]["w"].at[col, 0].set(1.0).at[col, 1].set(-1.0)
   for layer in mlp[1:-1]:
     layer["w"] = layer["w"].at[0, 0].set(1.0).at[1, 1].set(1.0)
   scale = lr / lo.step_mult
@@ -79,18 +80,24 @@ def _sgd_meta_params(lo, lr):
   return mp
 
 
-def test_reproduces_sgd():
-  """With ``normalize_features=False`` and identity weights mlp_lopt is SGD.
+@pytest.mark.parametrize("feature,reference,atol", [
+    ("g", optax.sgd(0.05), 1e-6),
+    ("m0.9/rms", optax.adam(0.05, b1=0.9, b2=0.999, eps=1e-8), 1e-5),
+], ids=["sgd", "adam"])
+def test_reproduces_sgd_and_adam(feature, reference, atol):
+  """With ``normalize_features=False`` and identity weights mlp_lopt is SGD (or Adam).
 
   Per-tensor feature normalization makes the gradient feature ``g / rms(g)``, which
   is not linear in ``g``, so the reference uses the config switch that turns it
-  off; identity through the ReLU hidden layers is built as relu(g) - relu(-g).
-  Tolerance: rtol 1e-5, atol 1e-7 over 5 steps (float32 rounding of the MLP).
+  off; identity through the ReLU hidden layers is built as relu(x) - relu(-x).
+  Routing the gradient column gives SGD; routing the bias-corrected
+  ``m0.9 / (sqrt(v0.999) + 1e-8)`` column gives Adam(0.9, 0.999, 1e-8).
+  Tolerance on the parameters over 5 steps (float32): rtol 1e-5 plus atol 1e-6 for
+  SGD, 1e-5 for Adam (2e-4 of its 0.05 step: the step is scaled by lr / step_mult =
+  50 inside the MLP and back by step_mult, and Adam's division amplifies rounding).
   """
-  lr = 0.05
   lo = lopt.learned("mlp_lopt", normalize_features=False, chunk=256)
-  opt = lo.transform(_sgd_meta_params(lo, lr), num_steps=5)
-  ref = optax.sgd(lr)
+  opt = lo.transform(_identity_meta_params(lo, feature, 0.05), num_steps=5)
   params = _params()
 
   def make_step(tx):
@@ -99,13 +106,13 @@ def test_reproduces_sgd():
       return optax.apply_updates(p, u), s
     return jax.jit(step)
 
-  step, ref_step = make_step(opt), make_step(ref)
-  p, s, pr, sr = params, opt.init(params), params, ref.init(params)
+  step, ref_step = make_step(opt), make_step(reference)
+  p, s, pr, sr = params, opt.init(params), params, reference.init(params)
   for _ in range(5):
     p, s = step(p, s)
     pr, sr = ref_step(pr, sr)
     for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(pr)):
-      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=atol)
 
 
 def _unroll_loss(lo, mp, params, steps=5):
