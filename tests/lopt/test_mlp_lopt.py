@@ -133,7 +133,8 @@ def test_unroll_meta_gradient_matches_finite_differences():
   """d/d(eps) of the 5-step unroll loss along a random direction, vs central differences.
 
   float32; step_mult=0.1 so the meta-parameters move the final loss measurably;
-  eps=1e-2 on a unit direction. Tolerance: 2 % relative.
+  eps=3e-3 on a unit direction (measured agreement ~1e-4 relative; 4.5e-3 at
+  eps=1e-2, where curvature dominates). Tolerance: 1 % relative.
   """
   lo = lopt.learned("mlp_lopt", hidden_size=8, step_mult=0.1, chunk=128)
   mp = lo.init(jax.random.key(2))
@@ -148,12 +149,12 @@ def test_unroll_meta_gradient_matches_finite_differences():
   grad = jax.jit(jax.grad(lambda m: _unroll_loss(lo, m, params)))(mp)
   assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grad))
   analytic = sum(jnp.sum(g * d) for g, d in zip(jax.tree.leaves(grad), jax.tree.leaves(direction)))
-  eps = 1e-2
+  eps = 3e-3
   plus = f(jax.tree.map(lambda m, d: m + eps * d, mp, direction))
   minus = f(jax.tree.map(lambda m, d: m - eps * d, mp, direction))
   numeric = (plus - minus) / (2 * eps)
   assert abs(float(analytic)) > 1e-3
-  np.testing.assert_allclose(float(analytic), float(numeric), rtol=2e-2)
+  np.testing.assert_allclose(float(analytic), float(numeric), rtol=1e-2)
 
 
 def test_vmap_over_meta_params_and_tasks():
