@@ -13,7 +13,8 @@ Measures, after compilation and in one process:
   is ``2 * num_tasks * trunc_length`` inner steps.
 * **plain**: the same ``2 * num_tasks`` instances trained by the same learned
   optimizer with no estimator: ``jax.vmap(meta_train.unroll)`` at fixed
-  meta-params (no perturbation, no gradient).
+  meta-params (no perturbation, no gradient), with the meta-params shared by the
+  instances and tiled per instance; per round the faster of the two is the baseline.
 * **reference**: Adam training one instance with ``tasks.train`` (a load-independent
   yardstick: learned_optimization's PES on this configuration ran at about 0.12x
   of it).
@@ -84,11 +85,21 @@ def measure(lo_name: str = "mlp_lopt", num_tasks: int = 8, trunc_length: int = 2
   pes_args = jax.block_until_ready(pes_call(*pes_args))
   pes_compile = time.perf_counter() - t
 
-  plain = jax.jit(jax.vmap(lambda st: unroll(task, lo, theta, st, cfg)[0]))
-  plain_args = (jax.jit(jax.vmap(lambda k: init_inner_state(task, lo, theta, k, cfg)))(keys),)
-  t = time.perf_counter()
-  plain_args = jax.block_until_ready((plain(*plain_args),))
-  plain_compile = time.perf_counter() - t
+  # plain, two ways: meta-params shared by the instances (in_axes=None), and tiled
+  # per instance (in_axes=0, the layout PES uses); the faster is the baseline.
+  shared_step = jax.jit(jax.vmap(lambda th, st: unroll(task, lo, th, st, cfg)[0],
+                                 in_axes=(None, 0)))
+  tiled_step = jax.jit(jax.vmap(lambda th, st: unroll(task, lo, th, st, cfg)[0]))
+  tiled_theta = jax.tree.map(lambda x: jax.numpy.broadcast_to(x, (2 * num_tasks,) + x.shape),
+                             theta)
+  plain_fns = {"shared": lambda st: (shared_step(theta, st),),
+               "tiled": lambda st: (tiled_step(tiled_theta, st),)}
+  init = jax.jit(jax.vmap(lambda k: init_inner_state(task, lo, theta, k, cfg)))
+  plain_args, plain_compile = {}, {}
+  for name, fn in plain_fns.items():
+    t = time.perf_counter()
+    plain_args[name] = jax.block_until_ready(fn(init(keys)))
+    plain_compile[name] = time.perf_counter() - t
 
   adam = lopt.get("adam", learning_rate=1e-3)
   adam_steps = calls * trunc_length * 4
@@ -100,15 +111,19 @@ def measure(lo_name: str = "mlp_lopt", num_tasks: int = 8, trunc_length: int = 2
     return time.perf_counter() - t
 
   inner_per_call = 2 * num_tasks * trunc_length
-  pes_t, plain_t, adam_t = [], [], []
+  pes_t, adam_t, plain_t = [], [], {name: [] for name in plain_fns}
   for _ in range(repeats):  # interleave so all see the same background load
     adam_t.append(adam_round())
     t, pes_args = _time_round(pes_call, pes_args, calls)
     pes_t.append(t)
-    t, plain_args = _time_round(lambda s: (plain(s),), plain_args, calls)
-    plain_t.append(t)
+    for name, fn in plain_fns.items():
+      t, plain_args[name] = _time_round(fn, plain_args[name], calls)
+      plain_t[name].append(t)
   rate = lambda ts: [inner_per_call * calls / t for t in ts]
-  pes_r, plain_r = rate(pes_t), rate(plain_t)
+  pes_r = rate(pes_t)
+  plain_all = {name: rate(ts) for name, ts in plain_t.items()}
+  best_plain = max(plain_all, key=lambda n: statistics.median(plain_all[n]))
+  plain_r = [max(rs) for rs in zip(*plain_all.values())]  # per round, the faster layout
   ratios = [a / b for a, b in zip(pes_r, plain_r)]
   adam_r = [adam_steps / t for t in adam_t]
   return {
@@ -122,7 +137,8 @@ def measure(lo_name: str = "mlp_lopt", num_tasks: int = 8, trunc_length: int = 2
       "pes_steps_per_s": {"median": statistics.median(pes_r), "best": max(pes_r),
                           "all": pes_r},
       "plain_steps_per_s": {"median": statistics.median(plain_r), "best": max(plain_r),
-                            "all": plain_r},
+                            "all": plain_r, "faster_layout": best_plain,
+                            "by_layout": plain_all},
       "ratio_pes_over_plain": {"median": statistics.median(ratios),
                                "best_over_best": max(pes_r) / max(plain_r)},
       "adam_1_instance_steps_per_s": {"median": statistics.median(adam_r), "best": max(adam_r),
@@ -136,11 +152,15 @@ def main(argv):
   r = measure(FLAGS.lopt, FLAGS.num_tasks, FLAGS.trunc_length, FLAGS.horizon, FLAGS.calls,
               FLAGS.repeats)
   print("configuration:", json.dumps(r["config"]))
-  print(f"compile: PES {r['compile_s']['pes']:.1f} s, plain {r['compile_s']['plain']:.1f} s")
+  c = r["compile_s"]
+  print(f"compile: PES {c['pes']:.1f} s, plain shared {c['plain']['shared']:.1f} s, "
+        f"plain tiled {c['plain']['tiled']:.1f} s")
   for name in ("pes", "plain"):
     s = r[f"{name}_steps_per_s"]
     print(f"{name:>5}: median {s['median']:8.0f} inner steps/s, best {s['best']:8.0f}  "
           f"(rounds: {', '.join(f'{x:.0f}' for x in s['all'])})")
+  for name, rs in r["plain_steps_per_s"]["by_layout"].items():
+    print(f"  plain, meta-params {name}: rounds {', '.join(f'{x:.0f}' for x in rs)}")
   q = r["ratio_pes_over_plain"]
   print(f"ratio PES / plain: median {q['median']:.2f}, best/best {q['best_over_best']:.2f}")
   a = r["adam_1_instance_steps_per_s"]
