@@ -1,4 +1,10 @@
-"""Tests of celo2_lopt: contract, Newton-Schulz, orthogonalized routing, schedule, meta-level."""
+"""Tests of celo2_lopt: contract, Newton-Schulz, orthogonalized routing, schedule, meta-level.
+
+The optimizer contract (jit, no retrace on step two, state structure and dtypes,
+float32 and bfloat16 params, finite updates, optax.chain, MultiSteps, nnx) runs for
+every registered learned optimizer in tests/lopt/test_contract.py; here are the
+checks specific to this optimizer.
+"""
 
 import jax
 import jax.numpy as jnp
@@ -7,14 +13,8 @@ import pytest
 
 import lopt
 from lopt._celo2_lopt import Celo2LOpt, newton_schulz
-from tests.lopt.contract import check_contract, make_params, quad_loss
+from tests.lopt.contract import make_params, quad_loss
 from tests.lopt.lo_checks import check_donatable_state, check_meta_grad_vmapped
-
-
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
-def test_contract(dtype):
-  lo = Celo2LOpt(weight_decay=1e-2)
-  check_contract(lo.transform(lo.init(jax.random.key(0)), 100), make_params(dtype))
 
 
 def test_registered():

@@ -1,4 +1,10 @@
-"""Tests of layerwise_combo_lopt: contract, one-hot references against optax, meta-level."""
+"""Tests of layerwise_combo_lopt: contract, one-hot references against optax, meta-level.
+
+The optimizer contract (jit, no retrace on step two, state structure and dtypes,
+float32 and bfloat16 params, finite updates, optax.chain, MultiSteps, nnx) runs for
+every registered learned optimizer in tests/lopt/test_contract.py; here are the
+checks specific to this optimizer.
+"""
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +14,7 @@ import pytest
 
 import lopt
 from lopt._layerwise_combo_lopt import BASE_DIRECTIONS, LayerwiseComboLOpt
-from tests.lopt.contract import check_contract, make_params, quad_loss
+from tests.lopt.contract import make_params, quad_loss
 from tests.lopt.lo_checks import (
   check_donatable_state,
   check_meta_grad_vmapped,
@@ -27,12 +33,6 @@ REFERENCES = {
 def _apply(opt, params, state):
   u, state = opt.update(jax.grad(quad_loss)(params), state, params)
   return optax.apply_updates(params, u), state
-
-
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
-def test_contract(dtype):
-  lo = LayerwiseComboLOpt()
-  check_contract(lo.transform(lo.init(jax.random.key(0)), num_steps=100), make_params(dtype))
 
 
 def test_registered():
