@@ -1,18 +1,19 @@
 """``layerwise_combo_lopt``: per-layer learned mixtures of base optimizer directions.
 
 A cheap learned optimizer in the spirit of "Narrowing the Focus: Learned
-Optimizers for Pretrained Models" (Gupta et al., arXiv 2408.09310): the update of
+Optimizers for Pretrained Models" (arXiv 2408.09310): the update of
 tensor ``t`` is a learned linear combination of ``K = 4`` base update directions
 computed with the usual accumulators,
 
-  ====== ================================ ============================
-  name   direction ``u_k``                reproduces (one-hot weights)
-  ====== ================================ ============================
-  sgd    ``-g``                           ``optax.sgd(lr)``
-  momentum ``-tr``, ``tr <- beta tr + g`` ``optax.sgd(lr, momentum=beta)``
-  adam   ``-m_hat / (sqrt(v_hat) + eps)`` ``optax.adam(lr, b1, b2, eps)``
-  sign   ``-sign(m)``                     ``trace(b1)``, ``scale_by_sign()``, ``scale(-lr)``
-  ====== ================================ ============================
+  ======== ================================ ====================================
+  name     direction ``u_k``                reproduces (one-hot weights)
+  ======== ================================ ====================================
+  sgd      ``-g``                           ``optax.sgd(lr)``
+  momentum ``-tr``, ``tr <- beta tr + g``   ``optax.sgd(lr, momentum=beta)``
+  adam     ``-m_hat / (sqrt(v_hat) + eps)`` ``optax.adam(lr, b1, b2, eps)``
+  sign     ``-sign(m)``                     ``trace(b1)``, ``scale_by_sign()``,
+                                            ``scale(-lr)`` chained
+  ======== ================================ ====================================
 
 ::
 
@@ -27,10 +28,11 @@ Its output layer starts at zero and ``bias`` starts one-hot on ``adam`` with
 another one-hot vector and ``log_lr`` to ``log(lr)`` selects exactly one base
 optimizer (:meth:`LayerwiseComboLOpt.one_hot`). ``layer_bias`` (one row per
 tensor) exists only when the constructor is given ``num_layers``, since it ties
-the meta-parameters to one parameter tree. Unlike the paper, which combines
-base optimizers' full updates with per-layer scalars learned on one target
-task, the weights here also depend on the features, so they can change during
-training and transfer across tasks.
+the meta-parameters to one parameter tree. The paper specializes the optimizer
+to one model and dataset; here the per-tensor weights come from a network over
+per-tensor features (plus the optional per-layer bias), so they can change
+during training and the same meta-parameters apply to other parameter trees.
+The features and the network are this library's choices, not the paper's.
 
 Example::
 
