@@ -93,8 +93,13 @@ def _plots(out: pathlib.Path, rep: dict[str, Any], align: dict[str, np.ndarray],
   plt.close(fig)
 
   fig, ax = plt.subplots(figsize=(6, 4.5))
+  noisy = [n for n in novelty if n.startswith("retrieval + noise")]
+  colors = dict(zip(noisy, plt.cm.viridis(np.linspace(0, 0.9, max(len(noisy), 1)))))
   for name, (d, lo) in novelty.items():
-    ax.scatter(d, lo, s=10, alpha=0.6, label=name)
+    style = ({"color": "red", "marker": "*", "s": 40} if name.startswith("G.pt")
+             else {"color": colors[name], "s": 10} if name in colors
+             else {"color": "black", "marker": "D", "s": 30})
+    ax.scatter(d, lo, alpha=0.7, label=name, **style)
   ax.set(yscale="log", xlabel="L2 distance to nearest training checkpoint",
          ylabel="achieved test loss", title="performance vs novelty (prompt = best)")
   ax.legend(fontsize=7)

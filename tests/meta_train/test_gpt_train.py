@@ -11,6 +11,7 @@ import pytest
 import lopt
 import tasks
 from lopt.gpt import GPT, param_spec
+from meta_train.gpt_eval import evaluate_gpt
 from meta_train.gpt_train import _make_step, split_runs, train_gpt
 
 CFG = {"steps": 4, "batch_size": 4, "holdout_runs": 2, "d_model": 16, "num_layers": 1,
@@ -109,3 +110,17 @@ def test_bad_dataset_and_split(tmp_path):
   assert len(ho) == 3 and not set(tr) & set(ho)
   with pytest.raises(ValueError, match="holdout_runs"):
     split_runs(np.arange(3), 3, 0)
+
+
+@pytest.mark.slow
+def test_eval_writes_report_and_plots(trained):
+  root, _, weights, _ = trained
+  rep = evaluate_gpt(str(weights), str(root / "data"), str(root / "eval"), num_nets=2,
+                     num_prompts=3, num_inits=2, recursive_steps=2, num_sampling_steps=2,
+                     adam_steps=10, adam_lrs=(1e-2,), noise_levels=(0.1, 1.0),
+                     log=lambda msg: None)
+  assert set(rep["targets"]) == {"prompt_alignment_r2>=0.9", "adam_steps_to_match>=100",
+                                 "not_dominated_by_noisy_retrieval"}
+  assert len(rep["recursive"]["median"]) == 3
+  for f in rep["plots"] + ["report.json"]:
+    assert (root / "eval" / f).stat().st_size > 0
