@@ -81,6 +81,7 @@ def gpt_from_loaded(loaded: LoadedGPT, *, target: float | None = None,
 
 def gpt(weights: Any = "pretrained", target: float | None = None, *,
         num_sampling_steps: int = 20, eta: float = 0.0, seed: int = 0,
+        prompt: float | None = None, num_steps: int | None = None,
         **unused: Any) -> optax.GradientTransformationExtraArgs:
   """The G.pt generative optimizer, ``lopt.get("gpt", ...)``.
 
@@ -100,14 +101,22 @@ def gpt(weights: Any = "pretrained", target: float | None = None, *,
     num_sampling_steps: diffusion sampling steps per update.
     eta: 0 for DDIM, 1 for DDPM sampling.
     seed: seed of the sampling key kept in the state.
+    prompt: an alias of ``target`` (give one of them).
+    num_steps: accepted for symmetry with learned optimizers and ignored (each
+      update is one sample, whatever the horizon).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params``
     and ``loss=`` and raises ``ValueError`` for a parameter tree that does not
     match the model's task.
   """
+  del num_steps
   if unused:
     raise TypeError(f"gpt() got unexpected arguments {sorted(unused)}")
+  if prompt is not None:
+    if target is not None:
+      raise ValueError("give target= or its alias prompt=, not both")
+    target = prompt
   if isinstance(weights, LoadedGPT):
     loaded = weights
   else:

@@ -163,3 +163,7 @@ def test_optax_mismatched_tree_and_missing_inputs(tiny_weights):
     opt.update(params, state, None, loss=1.0)
   with pytest.raises(ValueError, match="G.pt"):
     lopt.get("gpt", weights=None)
+  with pytest.raises(ValueError, match="not both"):
+    lopt.get("gpt", weights=str(path), target=0.1, prompt=0.2)
+  with pytest.raises(TypeError, match="unexpected"):
+    lopt.get("gpt", weights=str(path), learning_rate=3)
