@@ -71,18 +71,18 @@ def knn_average(bank_params: np.ndarray, bank_metric: np.ndarray, prompts: np.nd
   return bank_params[idx].mean(axis=1)
 
 
+@jax.jit
+def _min_dist(xc, bank, bank_sq):
+  d2 = jnp.sum(xc ** 2, axis=1)[:, None] - 2 * xc @ bank.T + bank_sq[None, :]
+  return jnp.sqrt(jnp.maximum(jnp.min(d2, axis=1), 0.0))
+
+
 def nearest_distance(x: np.ndarray, bank: np.ndarray, chunk: int = 64) -> np.ndarray:
   """L2 distance from each row of ``x`` to its nearest row of ``bank``."""
-  bank_j = jnp.asarray(bank)
+  bank_j = jnp.asarray(bank, jnp.float32)
   bank_sq = jnp.sum(bank_j ** 2, axis=1)
-
-  @jax.jit
-  def dist(xc):
-    d2 = jnp.sum(xc ** 2, axis=1)[:, None] - 2 * xc @ bank_j.T + bank_sq[None, :]
-    return jnp.sqrt(jnp.maximum(jnp.min(d2, axis=1), 0.0))
-
   x = np.asarray(x, np.float32)
-  return np.concatenate([np.asarray(dist(jnp.asarray(x[i:i + chunk])))
+  return np.concatenate([np.asarray(_min_dist(jnp.asarray(x[i:i + chunk]), bank_j, bank_sq))
                          for i in range(0, len(x), chunk)])
 
 

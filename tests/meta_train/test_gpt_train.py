@@ -124,3 +124,25 @@ def test_eval_writes_report_and_plots(trained):
   assert len(rep["recursive"]["median"]) == 3
   for f in rep["plots"] + ["report.json"]:
     assert (root / "eval" / f).stat().st_size > 0
+
+
+def test_baseline_helpers():
+  from meta_train._gpt_baselines import (
+    knn_average,
+    nearest_distance,
+    r_squared,
+    retrieve,
+    steps_to_reach,
+  )
+  rng = np.random.default_rng(0)
+  bank, x = rng.normal(size=(50, 7)).astype(np.float32), rng.normal(size=(5, 7))
+  ref = np.sqrt(((x[:, None] - bank[None]) ** 2).sum(-1)).min(1)
+  np.testing.assert_allclose(nearest_distance(x, bank, chunk=2), ref, rtol=1e-4, atol=1e-4)
+  assert r_squared([1.0, 2.0, 3.0], [1.0, 2.0, 3.0]) == pytest.approx(1.0)
+  assert r_squared([1.0, 2.0, 3.0], [3.0, 2.0, 1.0]) < 0
+  metric = np.asarray([0.1, 0.5, 0.9])
+  assert retrieve(metric, np.asarray([0.45, 1.0]))[:, 0].tolist() == [1, 2]
+  np.testing.assert_allclose(knn_average(np.eye(3), metric, np.asarray([0.2]), k=2),
+                             [[0.5, 0.5, 0.0]])
+  assert steps_to_reach(np.asarray([3.0, 2.0, 1.0]), 1.5, every=5) == 10
+  assert steps_to_reach(np.asarray([3.0, 2.0]), 0.5, every=5) is None
