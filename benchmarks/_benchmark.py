@@ -177,7 +177,7 @@ def _benchmark_task(entry: SuiteTask, optimizers: Sequence[str], keys: jax.Array
     out = _tune_adam(entry, task, keys, lrs, ema_decay, eval_key, progress)
   else:
     out = {**previous, "optimizers": {}, "not_applicable": {}}
-    progress(f"{entry.label}: adam (reused)", 0)
+    progress(f"{entry.label}: adam (reused)", len(lrs) * keys.shape[0])
   ema_decay = out["ema_decay"]
   envelope = np.array([np.inf if x is None else x for x in out["adam"]["envelope_full"]])
   for spec in optimizers:
@@ -185,14 +185,14 @@ def _benchmark_task(entry: SuiteTask, optimizers: Sequence[str], keys: jax.Array
     if previous is not None and spec in previous["optimizers"] and ":" not in spec \
         and name not in lopt.available_learned():
       out["optimizers"][spec] = previous["optimizers"][spec]   # deterministic: same seeds
-      progress(f"{entry.label}: {spec} (reused)", 0)
+      progress(f"{entry.label}: {spec} (reused)", keys.shape[0])
       continue
     tx = build_optimizer(spec, entry.steps)
     why = not_applicable_reason(tx, task, keys[0])
     if why is not None:
       out["not_applicable"][spec] = why
       print(f"note: {spec} does not apply to {entry.label}: {why}", flush=True)
-      progress(f"{entry.label}: {spec} (n/a)", 0)
+      progress(f"{entry.label}: {spec} (n/a)", keys.shape[0])
       continue
     runs = train_runs(task, tx, entry.steps, keys)
     test = evaluate_runs(task, runs.params, eval_key)
@@ -209,7 +209,7 @@ def _cost(steps: int, runs: int) -> float:
 
 def _print_progress(done: float, total: float, start: float, what: str) -> None:
   elapsed = time.perf_counter() - start
-  eta = elapsed / done * (total - done) if done else float("nan")
+  eta = max(0.0, elapsed / done * (total - done)) if done else float("nan")
   print(f"[{100 * done / total:5.1f}%] {what:<40s} elapsed {elapsed:6.0f}s  ETA {eta:6.0f}s",
         flush=True)
 

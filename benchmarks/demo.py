@@ -23,11 +23,16 @@ from benchmarks._benchmark import build_optimizer, has_pretrained_gpt, run_bench
 from benchmarks._report import markdown, save_results
 from benchmarks._suites import parse_tasks
 
-_OUT = flags.DEFINE_string("out", "demo_out", "Where to write the table and plots.")
-_SEEDS = flags.DEFINE_integer("seeds", 2, "Seeds per optimizer and learning rate.", lower_bound=1)
-_STEPS = flags.DEFINE_integer("steps", None, "Override the suite's horizons.", lower_bound=2)
-
 HAND_DESIGNED = ("sgd", "momentum", "adam", "lion")
+
+
+def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+  """Defines the demo's flags on ``fv`` (when run as a script, not on import)."""
+  flags.DEFINE_string("out", "demo_out", "Where to write the table and plots.", flag_values=fv)
+  flags.DEFINE_integer("seeds", 2, "Seeds per optimizer and learning rate.", lower_bound=1,
+                       flag_values=fv)
+  flags.DEFINE_integer("steps", None, "Override the suite's horizons.", lower_bound=2,
+                       flag_values=fv)
 
 
 def demo_optimizers() -> tuple[list[str], dict[str, str]]:
@@ -60,13 +65,14 @@ def main(argv: list[str]) -> None:
   specs, notes = demo_optimizers()
   for name, why in sorted(notes.items()):
     print(f"note: learned optimizer {name!r} left out: {why}", flush=True)
-  entries = parse_tasks("embedded", steps=_STEPS.value)
+  fv = flags.FLAGS
+  entries = parse_tasks("embedded", steps=fv.steps)
   print(f"lopt demo: {', '.join(specs)} vs Adam tuned over 15 learning rates on "
-        f"{', '.join(e.label for e in entries)} ({_SEEDS.value} seeds)", flush=True)
-  results = run_benchmark(specs, entries, num_seeds=_SEEDS.value)
+        f"{', '.join(e.label for e in entries)} ({fv.seeds} seeds)", flush=True)
+  results = run_benchmark(specs, entries, num_seeds=fv.seeds)
   results["config"]["command"] = "make demo"
   results["skipped"].update({n: w for n, w in notes.items()})
-  paths = save_results(results, _OUT.value)
+  paths = save_results(results, fv.out)
   print()
   print(markdown(results))
   print(f"Plots: {', '.join(str(p) for p in paths['plots'])}")
@@ -75,4 +81,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -7,7 +7,6 @@ import numpy as np
 import optax
 import pytest
 from absl import flags
-from absl.testing import flagsaver
 
 import benchmarks
 import lopt
@@ -81,9 +80,10 @@ def test_run_benchmark_writes_json_markdown_and_plots(tmp_path, capsys):
 def test_command_line(tmp_path, capsys):
   argv = ["run", "--optimizers=sgd", "--tasks=quadratic_tiny", "--steps=20", "--seeds=1",
           "--num_lrs=3", f"--out={tmp_path}"]
-  with flagsaver.flagsaver():
-    flags.FLAGS(argv)
-    run_cli.main(argv[:1])
+  fv = flags.FlagValues()
+  run_cli.define_flags(fv)
+  fv(argv)
+  run_cli.run_from_flags(fv)
   out = capsys.readouterr().out
   assert "| sgd |" in out and str(tmp_path) in out
   results = json.loads((tmp_path / "results.json").read_text())
