@@ -47,12 +47,12 @@ DEFAULT_TRAIN_CONFIG: dict[str, Any] = {
     "checkpoint_every": 1000, "eval_every": 1000, "time_limit_min": 0.0,
     # model
     "chunk_size": 128, "d_model": 128, "num_layers": 4, "num_heads": 4,
-    "num_timesteps": 1000, "schedule": "linear", "predict_delta": True,
+    "num_timesteps": 1000, "schedule": "linear", "predict_delta": True, "skip": False,
     "metric": "test_loss",
 }
 
 _MODEL_KEYS = ("chunk_size", "d_model", "num_layers", "num_heads", "num_timesteps",
-               "schedule", "predict_delta", "metric")
+               "schedule", "predict_delta", "skip", "metric")
 
 
 def split_runs(run_ids: np.ndarray, holdout: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -6,6 +6,9 @@ starting parameters, one for noisy future parameters) and its own linear decoder
 as in G.pt; scalars enter through sinusoidal features and a small MLP. The
 outputs at the noisy-token positions predict the clean future parameters
 (normalized), or, with ``predict_delta``, the normalized change from the start.
+With ``skip`` the output is read as :math:`x_0 = \\sqrt{\\bar\\alpha_t} x_t +
+\\sqrt{1-\\bar\\alpha_t} F` (v-prediction, Salimans & Ho 2022), so the denoiser is the
+identity at low noise without having to learn it.
 
 :class:`GPT` bundles the Flax module, the tokenizer and the diffusion schedule,
 and offers ``loss`` (training) and ``generate`` (sampling new parameters).
@@ -32,7 +35,7 @@ __all__ = ["GPT", "GPTNet", "DEFAULT_CONFIG"]
 DEFAULT_CONFIG: dict[str, Any] = {
     "chunk_size": 128, "d_model": 192, "num_layers": 4, "num_heads": 4, "mlp_ratio": 4,
     "num_timesteps": 1000, "schedule": "linear", "predict_delta": True,
-    "metric": "test_loss", "log_metric": True,
+    "metric": "test_loss", "log_metric": True, "skip": False,
 }
 
 
@@ -203,6 +206,9 @@ class GPT:
     def model_fn(x_t, t):
       t01 = t.astype(jnp.float32) / T
       out = self.net.apply({"params": net_params}, x_t, t01, x_start, ms, mt)
+      if self.cfg["skip"]:  # x0 = sqrt(a) x_t + sqrt(1 - a) F: v-prediction in x0 form
+        a = self.schedule.alphas_cumprod[t][:, None, None]
+        out = jnp.sqrt(a) * x_t + jnp.sqrt(1.0 - a) * out
       return out * self.mask[None]
 
     return model_fn

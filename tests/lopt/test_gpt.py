@@ -90,6 +90,19 @@ def test_diffusion_loss_decreases_on_tiny_dataset():
   assert after < 0.6 * before, (before, after)
 
 
+def test_skip_parameterization_is_identity_at_low_noise():
+  spec = [{"path": "w", "shape": [20]}]
+  gpt = GPT(spec, **{**TINY, "skip": True})
+  stats = gpt.compute_stats(np.ones((2, 2, 20), np.float32), np.ones((2, 2), np.float32))
+  fn = gpt._denoiser(gpt.init(jax.random.key(0)), stats, jnp.zeros((1, 20)), jnp.ones(1),
+                     jnp.ones(1))  # zero-initialized decoder: F = 0
+  x = jnp.ones((1, gpt.tokenizer.num_tokens, 16)) * gpt.mask[None]
+  out = fn(x, jnp.zeros((1,), jnp.int32))
+  a0 = float(gpt.schedule.alphas_cumprod[0])
+  assert a0 > 0.99
+  np.testing.assert_allclose(np.asarray(out), np.sqrt(a0) * np.asarray(x), rtol=1e-5)
+
+
 def test_diffusion_loss_mask_ignores_padding():
   x0 = jnp.ones((2, 3, 4))
   mask = jnp.asarray([[1.0] * 4, [1.0] * 4, [0.0] * 4])[None]
