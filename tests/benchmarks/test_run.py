@@ -127,3 +127,27 @@ def test_optimizer_tied_to_another_architecture_is_not_applicable():
   assert not_applicable_reason(tied, tasks.get("quadratic", dim=3), key) is None
   why = not_applicable_reason(tied, tasks.get("quadratic", dim=5), key)
   assert "shape" in why
+
+
+def test_gpt_runs_on_its_architecture_and_is_not_applicable_elsewhere(tmp_path, capsys):
+  # An untrained, tiny G.pt model for the 4-d quadratic's parameter tree.
+  from lopt.gpt import GPT, param_spec
+
+  task4 = benchmarks.SuiteTask("quad4", "quadratic", {"dim": 4}, 6)
+  task5 = benchmarks.SuiteTask("quad5", "quadratic", {"dim": 5}, 6)
+  params = task4.build().init(jax.random.key(0))
+  gpt = GPT(param_spec(params), chunk_size=4, d_model=8, num_layers=1, num_heads=2,
+            num_timesteps=20)
+  flat = np.asarray(gpt.tokenizer.flatten(params))
+  stats = gpt.compute_stats(np.stack([flat, 0.5 * flat])[None].repeat(2, axis=0),
+                            np.asarray([[3.0, 1.0]] * 2, np.float32))
+  lopt.gpt.save_gpt(tmp_path / "w", gpt, gpt.init(jax.random.key(1)), stats, best_metric=0.1,
+                    task={"name": "quadratic", "config": {"dim": 4}})
+  spec = f"gpt:{tmp_path / 'w'}"
+  results = benchmarks.run_benchmark([spec], [task4, task5], num_seeds=1,
+                                     learning_rates=np.array([0.1]))
+  assert spec in results["tasks"]["quad4"]["optimizers"]
+  assert spec in results["tasks"]["quad5"]["not_applicable"]
+  assert results["summary"][spec]["num_tasks"] == 1
+  assert "n/a" in benchmarks.markdown(results)
+  assert f"note: {spec} does not apply to quad5" in capsys.readouterr().out
