@@ -22,7 +22,7 @@ def _curve(values: list) -> np.ndarray:
 def plot_curves(label: str, t: dict[str, Any], path: str | pathlib.Path) -> pathlib.Path:
   """Plots one task's smoothed loss curves: each Adam learning rate (faint), the
   tuned-Adam lower envelope (black, dashed) and each optimizer."""
-  fig, ax = plt.subplots(figsize=(6.4, 4.2))
+  fig, ax = plt.subplots(figsize=(8.6, 4.2))
   a = t["adam"]
   steps = np.array(a["envelope_steps"])
   env = _curve(a["envelope"])
@@ -50,7 +50,7 @@ def plot_curves(label: str, t: dict[str, Any], path: str | pathlib.Path) -> path
   ax.set_xlabel("step")
   ax.set_ylabel("training loss (EMA, mean over seeds)")
   ax.set_title(f"{label}: {t['task']}")
-  ax.legend(fontsize=7, loc="upper right")
+  ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
   ax.grid(alpha=0.3)
   fig.tight_layout()
   path = pathlib.Path(path)
