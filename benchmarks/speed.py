@@ -256,15 +256,24 @@ def to_markdown(result: dict[str, Any]) -> str:
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("optimizers", None,
-                  "optimizers to time; default: adam, sgd and every learned optimizer")
-flags.DEFINE_list("sizes", ["1e4", "1e5", "1e6", "1e7"], "approximate parameter counts")
-flags.DEFINE_integer("repeats", 3, "timed repetitions per round (best kept)")
-flags.DEFINE_integer("rounds", 3, "interleaved rounds over all measurements")
-flags.DEFINE_list("peak_sizes", ["1024", "2048"], "sides of the square matmuls for the peak")
-flags.DEFINE_float("reference_max_size", 1e6,
-                   "largest size at which the straightforward MLP is timed")
-flags.DEFINE_string("out", "bench_out/speed", "output directory for speed.json / speed.md")
+
+
+def define_flags(fv: flags.FlagValues = FLAGS) -> None:
+  """Defines this command's flags on ``fv`` (only when run as a script, so that
+  importing the module defines nothing)."""
+  flags.DEFINE_list("optimizers", None,
+                    "optimizers to time; default: adam, sgd and every learned optimizer",
+                    flag_values=fv)
+  flags.DEFINE_list("sizes", ["1e4", "1e5", "1e6", "1e7"], "approximate parameter counts",
+                    flag_values=fv)
+  flags.DEFINE_integer("repeats", 3, "timed repetitions per round (best kept)", flag_values=fv)
+  flags.DEFINE_integer("rounds", 3, "interleaved rounds over all measurements", flag_values=fv)
+  flags.DEFINE_list("peak_sizes", ["1024", "2048"], "sides of the square matmuls for the peak",
+                    flag_values=fv)
+  flags.DEFINE_float("reference_max_size", 1e6,
+                     "largest size at which the straightforward MLP is timed", flag_values=fv)
+  flags.DEFINE_string("out", "bench_out/speed", "output directory for speed.json / speed.md",
+                      flag_values=fv)
 
 
 def main(argv: Sequence[str]) -> None:
@@ -283,4 +292,5 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -21,9 +21,15 @@ from absl import app, flags
 import lopt
 import tasks
 
-_STEPS = flags.DEFINE_integer("steps", 2000, "Training steps per timed run.", lower_bound=10)
-_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs per loop kind (best is kept).",
-                                lower_bound=1)
+FLAGS = flags.FLAGS
+
+
+def define_flags(fv: flags.FlagValues = FLAGS) -> None:
+  """Defines this command's flags (only when run as a script)."""
+  flags.DEFINE_integer("steps", 2000, "Training steps per timed run.", lower_bound=10,
+                       flag_values=fv)
+  flags.DEFINE_integer("repeats", 3, "Timed runs per loop kind (best is kept).", lower_bound=1,
+                       flag_values=fv)
 
 
 def measure(steps: int, repeats: int) -> dict:
@@ -68,8 +74,8 @@ def measure(steps: int, repeats: int) -> dict:
 
 def main(argv):
   del argv
-  r = measure(_STEPS.value, _REPEATS.value)
-  print(f"{r['task']}, {r['optimizer']}, {r['steps']} steps, best of {_REPEATS.value}, "
+  r = measure(FLAGS.steps, FLAGS.repeats)
+  print(f"{r['task']}, {r['optimizer']}, {r['steps']} steps, best of {FLAGS.repeats}, "
         f"backend {r['backend']}")
   print(f"| loop | steps/s |\n|---|---|\n| lax.scan (tasks.train) | {r['scan_steps_per_s']:,.0f} |"
         f"\n| Python loop of jitted step | {r['python_loop_steps_per_s']:,.0f} |")
@@ -78,4 +84,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
