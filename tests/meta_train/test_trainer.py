@@ -166,3 +166,14 @@ def test_worker_config_is_valid():
   with pytest.raises(ValueError, match="valid"):
     TrainConfig(estimator="bogus")
   assert jnp.isfinite(TinyLOpt().init(None)["log_lr"])
+
+
+def test_mixed_family_samples_both_members_and_unknown_names_list_choices():
+  import meta_train
+  fam = meta_train.get_family("mixed")
+  cfgs = [fam.sample(jax.random.key(i)) for i in range(12)]
+  assert {c["family"] for c in cfgs} == {"digits_mlp_wide", "quadratic_wide"}
+  assert isinstance(fam.task(cfgs[0]), tasks.Task)
+  assert "mixed" in meta_train.available_families()
+  with pytest.raises(KeyError, match="digits_mlp"):
+    meta_train.get_family("nope")
