@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 
-from absl import app, flags
+from absl import app, flags, logging
 
 import lopt
 from benchmarks._benchmark import build_optimizer, has_pretrained_gpt, run_benchmark
@@ -61,6 +61,8 @@ def demo_optimizers() -> tuple[list[str], dict[str, str]]:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:  # keep orbax's and jax's INFO lines out of the table
+    logging.set_verbosity(logging.WARNING)
   start = time.perf_counter()
   specs, notes = demo_optimizers()
   for name, why in sorted(notes.items()):

@@ -20,7 +20,7 @@ import json
 import pathlib
 from typing import Any
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from benchmarks._benchmark import run_benchmark
 from benchmarks._report import markdown, save_results
@@ -82,6 +82,8 @@ def run_from_flags(fv: flags.FlagValues = flags.FLAGS) -> dict[str, Any]:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:  # keep orbax's and jax's INFO lines out of the table
+    logging.set_verbosity(logging.WARNING)
   run_from_flags(flags.FLAGS)
 
 
