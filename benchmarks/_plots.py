@@ -15,6 +15,14 @@ import numpy as np  # noqa: E402
 __all__ = ["plot_curves", "plot_results", "plot_speedups"]
 
 
+# Matplotlib's tab10 without its gray (C7), which the per-learning-rate Adam curves use.
+_COLORS = [f"C{i}" for i in (0, 1, 2, 3, 4, 5, 6, 8, 9)]
+
+
+def _color(i: int) -> str:
+  return _COLORS[i % len(_COLORS)]
+
+
 def _curve(values: list) -> np.ndarray:
   return np.array([np.nan if v is None else v for v in values], np.float64)
 
@@ -34,8 +42,8 @@ def plot_curves(label: str, t: dict[str, Any], path: str | pathlib.Path) -> path
   ax.plot([], [], color="0.6", lw=0.6, label="adam, each lr")
   ax.plot(steps, env, "k--", lw=1.8,
           label=f"tuned adam envelope (best lr {a['best_learning_rate']:.1g})")
-  for name, r in t["optimizers"].items():
-    ax.plot(np.array(r["curve_steps"]), _curve(r["curve"]), lw=1.4,
+  for i, (name, r) in enumerate(t["optimizers"].items()):
+    ax.plot(np.array(r["curve_steps"]), _curve(r["curve"]), lw=1.4, color=_color(i),
             label=f"{name} (speedup {r['speedup']:.2f})")
   # Keep the interesting range: from the best loss to a bit above the initial one.
   hi = np.nanmax(env[: max(1, len(env) // 20)])
@@ -75,7 +83,7 @@ def plot_speedups(results: dict[str, Any], path: str | pathlib.Path) -> pathlib.
     s = results["summary"][name]
     vals.append(s["iqm_speedup"])
     pos = x + (i - (len(names) - 1) / 2) * width
-    ax.bar(pos, np.fmax(vals, 1e-3), width, label=name, color=f"C{i}")
+    ax.bar(pos, np.fmax(vals, 1e-3), width, label=name, color=_color(i))
     ax.errorbar(pos[-1], s["iqm_speedup"], fmt="none", ecolor="k", capsize=2, lw=1,
                 yerr=[[s["iqm_speedup"] - s["ci95"][0]], [s["ci95"][1] - s["iqm_speedup"]]])
   ax.axhline(1.0, color="k", ls="--", lw=1)
