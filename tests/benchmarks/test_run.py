@@ -129,6 +129,7 @@ def test_optimizer_tied_to_another_architecture_is_not_applicable():
   assert "shape" in why
 
 
+@pytest.mark.slow  # ~25 s: compiles G.pt's sampler inside the training scan
 def test_gpt_runs_on_its_architecture_and_is_not_applicable_elsewhere(tmp_path, capsys):
   # An untrained, tiny G.pt model for the 4-d quadratic's parameter tree.
   from lopt.gpt import GPT, param_spec
