@@ -11,8 +11,8 @@ from lopt._base import with_checks
 __all__ = ["HAND_DESIGNED"]
 
 
-def _wrap(name: str, factory: Callable[..., optax.GradientTransformation],
-          default_lr: float, **defaults: Any) -> Callable[..., optax.GradientTransformationExtraArgs]:
+def _wrap(name: str, factory: Callable[..., optax.GradientTransformation], default_lr: float,
+          **defaults: Any) -> Callable[..., optax.GradientTransformationExtraArgs]:
   def make(learning_rate: float | optax.Schedule = default_lr, **kwargs: Any):
     return with_checks(factory(learning_rate, **{**defaults, **kwargs}), name)
   make.__name__ = name
