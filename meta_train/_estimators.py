@@ -138,6 +138,22 @@ class TruncatedBackprop(_Estimator):
     return grads, new, _metrics(out, new)
 
 
+def _antithetic_pair(est, meta_params, eps, pos, neg, was_reset):
+  """Unrolls ``meta_params + eps`` from ``pos`` and ``meta_params - eps`` from ``neg``.
+
+  Shared by ES and PES. Returns the two advanced states, the antithetic
+  coefficient ``(L+ - L-) / (2 sigma^2)`` and the pair's merged unroll output.
+  """
+  pos, out_p = unroll(est.task, est.lo, _axpy(1.0, eps, meta_params), pos, est.cfg,
+                      reset=False)
+  neg, out_n = unroll(est.task, est.lo, _axpy(-1.0, eps, meta_params), neg, est.cfg,
+                      reset=False)
+  coef = (out_p.meta_loss - out_n.meta_loss) / (2.0 * est.sigma**2)
+  out = out_p._replace(meta_loss=0.5 * (out_p.meta_loss + out_n.meta_loss),
+                       losses=jnp.concatenate([out_p.losses, out_n.losses]), was_reset=was_reset)
+  return pos, neg, coef, out
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class ES(_Estimator):
   """Antithetic evolution strategies over one truncation (see module docstring).
@@ -152,14 +168,8 @@ class ES(_Estimator):
   def _grad_one(self, meta_params, state, raw_key):
     eps = _sample_like(jax.random.wrap_key_data(raw_key), meta_params, self.sigma)
     state, was_reset = reset_if_done(self.task, self.lo, meta_params, state, self.cfg)
-    pos, out_p = unroll(self.task, self.lo, _axpy(1.0, eps, meta_params), state, self.cfg,
-                        reset=False)
-    _, out_n = unroll(self.task, self.lo, _axpy(-1.0, eps, meta_params), state, self.cfg,
-                      reset=False)
-    coef = (out_p.meta_loss - out_n.meta_loss) / (2.0 * self.sigma**2)
+    pos, _, coef, out = _antithetic_pair(self, meta_params, eps, state, state, was_reset)
     grads = jax.tree.map(lambda e: coef.astype(e.dtype) * e, eps)
-    out = out_p._replace(meta_loss=0.5 * (out_p.meta_loss + out_n.meta_loss),
-                         losses=jnp.concatenate([out_p.losses, out_n.losses]), was_reset=was_reset)
     return grads, pos, _metrics(out, pos)
 
 
@@ -187,14 +197,8 @@ class PES(_Estimator):
     neg = jax.tree.map(lambda a, b: jnp.where(done, a, b), pos, state.neg)
     accum = jax.tree.map(lambda a, e: jnp.where(done, 0.0, a).astype(a.dtype) + e,
                          state.accum, eps)
-    pos, out_p = unroll(self.task, self.lo, _axpy(1.0, eps, meta_params), pos, self.cfg,
-                        reset=False)
-    neg, out_n = unroll(self.task, self.lo, _axpy(-1.0, eps, meta_params), neg, self.cfg,
-                        reset=False)
-    coef = (out_p.meta_loss - out_n.meta_loss) / (2.0 * self.sigma**2)
+    pos, neg, coef, out = _antithetic_pair(self, meta_params, eps, pos, neg, done)
     grads = jax.tree.map(lambda a: coef.astype(a.dtype) * a, accum)
-    out = out_p._replace(meta_loss=0.5 * (out_p.meta_loss + out_n.meta_loss),
-                         losses=jnp.concatenate([out_p.losses, out_n.losses]), was_reset=done)
     return grads, PESState(pos, neg, accum), _metrics(out, pos)
 
 
