@@ -118,6 +118,17 @@ class Celo2LOpt(LearnedOptimizer):
     orthogonalize: apply Newton-Schulz to matrix (``ndim >= 2``) updates.
     ns_iters: Newton-Schulz iterations.
     weight_decay: decoupled weight decay on matrices, scaled by the schedule.
+    init: how :meth:`init` sets the MLP. ``"momentum"`` (default): the MLP
+      passes the first momentum feature through unchanged (two ReLU units,
+      ``relu(m) - relu(-m)``) and its other units start small with zero output
+      weight, so the untrained optimizer *is* Muon-style orthogonalized momentum
+      on matrices and normalized momentum on vectors, under the learned
+      schedule -- a strong prior that meta-training refines. ``"random"``:
+      LeCun-normal layers (the direction starts as noise).
+    init_lr: peak step size of the initial schedule.
+
+  ``init`` and ``init_lr`` only shape :meth:`init`; they are not part of
+  :meth:`config` (weights trained from either start load into any instance).
   """
 
   name = "celo2_lopt"
@@ -125,7 +136,15 @@ class Celo2LOpt(LearnedOptimizer):
   def __init__(self, *, hidden: int = 8, hidden_layers: int = 2,
                momentum_decays: tuple[float, ...] = (0.9, 0.99, 0.999),
                rms_decay: float = 0.95, orthogonalize: bool = True, ns_iters: int = 5,
-               weight_decay: float = 0.0):
+               weight_decay: float = 0.0, init: str = "momentum", init_lr: float = 3e-3):
+    if init not in ("momentum", "random"):
+      raise ValueError(f"unknown init {init!r}; valid: 'momentum', 'random'")
+    if init == "momentum" and hidden_layers > 0 and hidden < 2:
+      raise ValueError("init='momentum' needs hidden >= 2 (two ReLU units pass the momentum)")
+    if not init_lr > 0:
+      raise ValueError(f"init_lr must be > 0, got {init_lr}")
+    self.init_kind = init
+    self.init_lr = float(init_lr)
     self.hidden = int(hidden)
     self.hidden_layers = int(hidden_layers)
     self.momentum_decays = tuple(float(d) for d in momentum_decays)
@@ -161,17 +180,48 @@ class Celo2LOpt(LearnedOptimizer):
   def init(self, key: jax.Array) -> dict[str, Any]:
     """Returns ``{"mlp": [...], "log_mult_1d": (), "schedule": {...}}``.
 
-    The schedule starts at ``lr = 1e-3`` with a 2 % warmup and a cosine decay to
-    10 % of the peak.
+    The schedule starts at ``lr = init_lr`` with a 2 % warmup and a cosine decay
+    to 10 % of the peak; the MLP starts as described by ``init`` (see the class).
     """
     sizes = self.mlp_sizes
-    schedule = {"log_lr": jnp.asarray(np.log(1e-3), jnp.float32),
+    schedule = {"log_lr": jnp.asarray(np.log(self.init_lr), jnp.float32),
                 "warmup": jnp.asarray(np.log(0.2 / 0.8), jnp.float32),  # w = 0.02
                 "final": jnp.asarray(np.log(0.1 / 0.9), jnp.float32),  # a = 0.1
                 "corr": jnp.zeros((len(TIME_FEATURE_NAMES),), jnp.float32)}
     mlp = pt.dense_init(key, list(zip(sizes[:-1], sizes[1:])))
+    if self.init_kind == "momentum":
+      mlp = self._momentum_init(mlp)
     return {"mlp": mlp, "log_mult_1d": jnp.zeros((), jnp.float32),
             "schedule": schedule}
+
+  def _momentum_init(self, mlp: list[dict[str, jax.Array]], noise: float = 0.1
+                     ) -> list[dict[str, jax.Array]]:
+    """Rewrites LeCun layers so the MLP outputs exactly the first momentum feature.
+
+    Units 0 and 1 of every hidden layer carry ``relu(m)`` and ``relu(-m)``; the
+    output is their difference. The other units keep ``noise`` times their random
+    weights but have no path into units 0/1 or to the output, so they change
+    nothing until meta-training gives them an output weight.
+    """
+    i = self.feature_names.index(f"m{self.momentum_decays[0]:g}")
+    out = []
+    for n, layer in enumerate(mlp):
+      w = np.asarray(layer["w"]) * noise
+      if len(mlp) == 1:  # no hidden layer: a linear read-out of the feature
+        w = np.zeros_like(w)
+        w[i, 0] = 1.0
+      elif n == len(mlp) - 1:  # output layer
+        w = np.zeros_like(w)
+        w[0, 0], w[1, 0] = 1.0, -1.0
+      elif n == 0:
+        w[:, :2] = 0.0
+        w[i, 0], w[i, 1] = 1.0, -1.0
+      else:
+        w[:2, :] = 0.0
+        w[:, :2] = 0.0
+        w[0, 0] = w[1, 1] = 1.0
+      out.append({"w": jnp.asarray(w, jnp.float32), "b": jnp.zeros_like(layer["b"])})
+    return out
 
   @staticmethod
   def learning_rate(schedule: dict[str, jax.Array], step: jax.Array,

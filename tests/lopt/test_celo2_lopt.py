@@ -9,6 +9,7 @@ checks specific to this optimizer.
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import lopt
@@ -63,7 +64,7 @@ def test_update_routing_and_weight_decay():
 
 def test_learned_schedule():
   """Default schedule: warmup over 2 % of the horizon, cosine to 10 % of the peak."""
-  lo = Celo2LOpt()
+  lo = Celo2LOpt(init_lr=1e-3)
   sched = lo.init(jax.random.key(0))["schedule"]
   lr = lambda t: float(lo.learning_rate(sched, jnp.asarray(t), 1000))
   assert lr(1) < lr(10) < lr(20)
@@ -89,3 +90,43 @@ def test_meta_grad_and_vmap():
 def test_state_is_donatable():
   lo = Celo2LOpt()
   check_donatable_state(lo.transform(lo.init(jax.random.key(0)), 10), make_params())
+
+
+def _muon_reference(grads_seq, params, lrs, decay):
+  """Orthogonalized EMA momentum on matrices, unit-rms momentum on vectors (numpy)."""
+  m = jax.tree.map(np.zeros_like, params)
+  for g, lr in zip(grads_seq, lrs):
+    m = jax.tree.map(lambda a, b: decay * a + (1 - decay) * np.asarray(b), m, g)
+    upd = {}
+    for k, x in m.items():
+      if x.ndim >= 2:
+        r, c = int(np.prod(x.shape[:-1])), x.shape[-1]
+        o = np.asarray(newton_schulz(jnp.asarray(x.reshape(r, c)))) * np.sqrt(max(r, c))
+        upd[k] = -lr * o.reshape(x.shape)
+      else:
+        upd[k] = -lr * x / np.sqrt(np.mean(x ** 2))
+    params = jax.tree.map(lambda p, u: p + u, params, upd)
+  return params
+
+
+def test_momentum_init_is_muon():
+  """The default init is orthogonalized momentum (Muon) under the schedule: three
+  updates equal a numpy reference with the same momentum and step sizes."""
+  lo = Celo2LOpt()
+  mp = lo.init(jax.random.key(3))
+  rng = np.random.default_rng(0)
+  params = {"w": rng.normal(size=(6, 4)).astype(np.float32),
+            "b": rng.normal(size=(4,)).astype(np.float32)}
+  grads_seq = [jax.tree.map(lambda p: rng.normal(size=p.shape).astype(np.float32), params)
+               for _ in range(3)]
+  opt = lo.transform(mp, 50)
+  state, p = opt.init(params), params
+  for g in grads_seq:
+    u, state = opt.update(g, state, p)
+    p = optax.apply_updates(p, u)
+  lrs = [float(lo.learning_rate(mp["schedule"], jnp.asarray(t), 50)) for t in (1, 2, 3)]
+  ref = _muon_reference(grads_seq, params, lrs, lo.momentum_decays[0])
+  for k in params:
+    np.testing.assert_allclose(np.asarray(p[k]), ref[k], rtol=1e-4, atol=1e-6)
+  with pytest.raises(ValueError, match="valid: 'momentum', 'random'"):
+    Celo2LOpt(init="adam")
