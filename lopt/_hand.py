@@ -16,9 +16,10 @@ def _wrap(name: str, factory: Callable[..., optax.GradientTransformation], defau
   def make(learning_rate: float | optax.Schedule = default_lr, **kwargs: Any):
     return with_checks(factory(learning_rate, **{**defaults, **kwargs}), name)
   make.__name__ = name
-  make.__doc__ = (f"``optax.{factory.__name__}`` (default learning rate {default_lr}) "
+  module = "optax.contrib" if factory.__module__.startswith("optax.contrib") else "optax"
+  make.__doc__ = (f"``{module}.{factory.__name__}`` (default learning rate {default_lr}) "
                   f"as an ``optax.GradientTransformationExtraArgs`` accepting ``loss=``.\n\n"
-                  f"Keyword arguments are forwarded to ``optax.{factory.__name__}``.")
+                  f"Keyword arguments are forwarded to ``{module}.{factory.__name__}``.")
   return make
 
 
@@ -31,4 +32,7 @@ HAND_DESIGNED: dict[str, Callable[..., optax.GradientTransformationExtraArgs]] =
     "rmsprop": _wrap("rmsprop", optax.rmsprop, 1e-3),
     "adafactor": _wrap("adafactor", optax.adafactor, 1e-2),
     "lion": _wrap("lion", optax.lion, 1e-4),
+    # Muon (Jordan et al. 2024): Newton-Schulz-orthogonalized Nesterov momentum on
+    # 2-D weights, Adam (same learning rate) on everything else, conv kernels included.
+    "muon": _wrap("muon", optax.contrib.muon, 0.02),
 }

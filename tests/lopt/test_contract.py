@@ -14,7 +14,7 @@ from tests.lopt.contract import check_contract, make_params, quad_loss
 # own contract tests next to their implementation.
 NEEDS_TASK_TREE = {"gpt"}
 NAMES = [n for n in lopt.available() if n not in NEEDS_TASK_TREE]
-HAND = ["sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adafactor", "lion"]
+HAND = ["sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adafactor", "lion", "muon"]
 
 
 def _get(name):
@@ -88,7 +88,8 @@ def test_hand_designed_match_optax(name):
   ref = {"sgd": optax.sgd(0.1), "momentum": optax.sgd(0.05, momentum=0.9),
          "nesterov": optax.sgd(0.05, momentum=0.9, nesterov=True), "adam": optax.adam(1e-3),
          "adamw": optax.adamw(1e-3, weight_decay=1e-4), "rmsprop": optax.rmsprop(1e-3),
-         "adafactor": optax.adafactor(1e-2), "lion": optax.lion(1e-4)}[name]
+         "adafactor": optax.adafactor(1e-2), "lion": optax.lion(1e-4),
+         "muon": optax.contrib.muon(0.02)}[name]
   opt, params = lopt.get(name), make_params()
   s1, s2 = opt.init(params), ref.init(params)
   for _ in range(3):
