@@ -226,8 +226,14 @@ class Celo2LOpt(LearnedOptimizer):
   @staticmethod
   def learning_rate(schedule: dict[str, jax.Array], step: jax.Array,
                     num_steps: int | None) -> jax.Array:
-    """The learned step size at ``step`` (1-based) of a ``num_steps`` horizon."""
-    f = step.astype(jnp.float32) / float(pt.horizon(num_steps))
+    """The learned step size at ``step`` (1-based) of a ``num_steps`` horizon.
+
+    ``num_steps`` may be a traced integer (meta-training gives each instance its
+    own horizon), so the schedule is learned on the horizons it is used with.
+    """
+    horizon = (float(pt.horizon(num_steps)) if num_steps is None or isinstance(num_steps, int)
+               else jnp.maximum(jnp.asarray(num_steps, jnp.float32), 1.0))  # traced in meta-training
+    f = step.astype(jnp.float32) / horizon
     warm = 0.1 * jax.nn.sigmoid(schedule["warmup"])
     final = jax.nn.sigmoid(schedule["final"])
     cosine = 0.5 * (1.0 + jnp.cos(jnp.pi * jnp.minimum(f, 1.0)))

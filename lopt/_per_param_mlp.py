@@ -394,6 +394,7 @@ def time_features(count: jax.Array, num_steps: int | None) -> jax.Array:
   if num_steps is None:
     frac = jnp.zeros((len(FRACTION_SCALES),), jnp.float32)
   else:
-    frac = jnp.tanh(step / float(num_steps) * jnp.asarray(FRACTION_SCALES) - 1.0)
+    frac = jnp.tanh(step / jnp.asarray(num_steps, jnp.float32) * jnp.asarray(FRACTION_SCALES)
+                    - 1.0)  # num_steps may be traced (per-instance horizons in meta-training)
   absolute = jnp.tanh(step / jnp.asarray(STEP_TIMESCALES) - 1.0)
   return jnp.concatenate([frac, absolute])
