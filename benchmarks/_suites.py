@@ -28,10 +28,11 @@ class SuiteTask(NamedTuple):
     return tasks.get(self.task, **self.cfg)
 
 
-# Tasks outside the meta-training distribution. The learned optimizers are
-# meta-trained on the digits-MLP family (width 32-128, depth 1-2, relu/tanh/gelu)
-# and on quadratics; every entry below differs in architecture, activation or
-# modality.
+# Tasks outside the meta-training distribution. celo2_lopt is meta-trained on
+# meta_train's "mlp_quad" family (digits MLPs of width 16-128, depth 1-3,
+# relu/tanh/gelu, and quadratics); every entry below differs in architecture,
+# activation or modality. (mlp_lopt's "mixed" family also has elu/swish MLPs; its
+# run drew a (16,) swish MLP, so digits_mlp_swish is not fully held out for it.)
 _HELDOUT = (
     SuiteTask("digits_cnn", "digits_cnn", {"channels": (16, 32)}, 500),
     SuiteTask("digits_mlp_wide", "digits_mlp", {"hidden": (256, 256, 128)}, 500),
