@@ -5,6 +5,9 @@ Command line::
   python -m meta_train.gpt_train --dataset=runs/gpt_digits_data --workdir=runs/gpt_digits \
       --steps=20000
 
+The shipped model ``lopt/weights/gpt_digits_mlp`` was trained with
+``--flagfile=meta_train/configs/gpt_digits_mlp.flags`` (see ``docs/gpt.md``).
+
 The run is resumable: orbax checkpoints of the network, its EMA, the optimizer
 state and the step go to ``<workdir>/checkpoints`` every ``--checkpoint_every``
 steps; rerunning the same command continues from the latest one with the same
@@ -46,13 +49,14 @@ DEFAULT_TRAIN_CONFIG: dict[str, Any] = {
     "permute_prob": 0.5, "p_from_init": 0.25, "seed": 0, "log_every": 100,
     "checkpoint_every": 1000, "eval_every": 1000, "time_limit_min": 0.0,
     # model
-    "chunk_size": 128, "d_model": 128, "num_layers": 4, "num_heads": 4,
+    "chunk_size": 128, "d_model": 128, "num_layers": 4, "num_heads": 4, "mlp_ratio": 4,
     "num_timesteps": 1000, "schedule": "linear", "predict_delta": True, "skip": False,
-    "metric": "test_loss",
+    "metric": "test_loss", "layout": "chunk", "fuse_start": False, "metric_max_freq": 1000.0,
 }
 
-_MODEL_KEYS = ("chunk_size", "d_model", "num_layers", "num_heads", "num_timesteps",
-               "schedule", "predict_delta", "skip", "metric")
+_MODEL_KEYS = ("chunk_size", "d_model", "num_layers", "num_heads", "mlp_ratio", "num_timesteps",
+               "schedule", "predict_delta", "skip", "metric", "layout", "fuse_start",
+               "metric_max_freq")
 
 
 def split_runs(run_ids: np.ndarray, holdout: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -10,6 +10,14 @@ With ``skip`` the output is read as :math:`x_0 = \\sqrt{\\bar\\alpha_t} x_t +
 \\sqrt{1-\\bar\\alpha_t} F` (v-prediction, Salimans & Ho 2022), so the denoiser is the
 identity at low noise without having to learn it.
 
+With ``layout="neuron"`` (one token per hidden unit, see
+:class:`~lopt.gpt.Tokenizer`) tokens of one group share their encoders, decoder
+and position embedding, which makes the denoiser equivariant to permutations of
+hidden units. With ``fuse_start`` the start and noisy encodings of a token are
+summed into one token (half the sequence) and the conditioning is added to every
+token; ``metric_max_freq`` bounds the sinusoidal frequencies of the loss
+embeddings (a low value embeds the prompt smoothly).
+
 :class:`GPT` bundles the Flax module, the tokenizer and the diffusion schedule,
 and offers ``loss`` (training) and ``generate`` (sampling new parameters).
 
@@ -36,23 +44,36 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "chunk_size": 128, "d_model": 192, "num_layers": 4, "num_heads": 4, "mlp_ratio": 4,
     "num_timesteps": 1000, "schedule": "linear", "predict_delta": True,
     "metric": "test_loss", "log_metric": True, "skip": False,
+    "layout": "chunk", "fuse_start": False, "metric_max_freq": 1000.0,
 }
 
 
 class PerTokenLinear(nn.Module):
-  """A separate dense layer for every token position: ``(B, N, i) -> (B, N, o)``."""
+  """A dense layer per token group: ``(B, N, i) -> (B, N, o)``.
+
+  ``groups[n]`` is the group of token ``n``; tokens of one group share weights.
+  With one group per token (the ``chunk`` layout) every position has its own.
+  """
   num_tokens: int
   features: int
   zero_init: bool = False
+  groups: tuple[int, ...] | None = None
 
   @nn.compact
   def __call__(self, x):
     fan_in = x.shape[-1]
     init = (nn.initializers.zeros if self.zero_init
             else nn.initializers.normal(1.0 / math.sqrt(fan_in)))
-    w = self.param("kernel", init, (self.num_tokens, fan_in, self.features))
-    b = self.param("bias", nn.initializers.zeros, (self.num_tokens, self.features))
-    return jnp.einsum("bni,nio->bno", x, w) + b[None]
+    groups = np.arange(self.num_tokens) if self.groups is None else np.asarray(self.groups)
+    g = int(groups.max()) + 1
+    w = self.param("kernel", init, (g, fan_in, self.features))
+    b = self.param("bias", nn.initializers.zeros, (g, self.features))
+    if g == self.num_tokens and np.array_equal(groups, np.arange(g)):
+      return jnp.einsum("bni,nio->bno", x, w) + b[None]
+    # Shared weights: one matmul per group over all of its tokens.
+    order = np.argsort(groups, kind="stable")
+    parts = [x[:, order[groups[order] == k]] @ w[k] + b[k][None, None] for k in range(g)]
+    return jnp.concatenate(parts, axis=1)[:, np.argsort(order)]
 
 
 class ScalarEmbed(nn.Module):
@@ -97,21 +118,39 @@ class GPTNet(nn.Module):
   num_layers: int = 4
   num_heads: int = 4
   mlp_ratio: int = 4
+  groups: tuple[int, ...] | None = None
+  fuse_start: bool = False
+  metric_max_freq: float = 1000.0
 
   @nn.compact
   def __call__(self, x_t, t, x_start, m_start, m_target):
     n, d = self.num_tokens, self.d_model
+    groups = tuple(range(n)) if self.groups is None else tuple(self.groups)
+    g = max(groups) + 1
     cond = jnp.stack([ScalarEmbed(d, name="embed_t")(t),
-                      ScalarEmbed(d, name="embed_metric_start")(m_start),
-                      ScalarEmbed(d, name="embed_metric_target")(m_target)], axis=1)
-    h = jnp.concatenate([cond, PerTokenLinear(n, d, name="enc_start")(x_start),
-                         PerTokenLinear(n, d, name="enc_noisy")(x_t)], axis=1)
-    pos = self.param("pos_embed", nn.initializers.normal(0.02), (3 + 2 * n, d))
-    h = h + pos[None]
+                      ScalarEmbed(d, max_freq=self.metric_max_freq,
+                                  name="embed_metric_start")(m_start),
+                      ScalarEmbed(d, max_freq=self.metric_max_freq,
+                                  name="embed_metric_target")(m_target)], axis=1)
+    enc_s = PerTokenLinear(n, d, groups=groups, name="enc_start")(x_start)
+    enc_n = PerTokenLinear(n, d, groups=groups, name="enc_noisy")(x_t)
+    if self.fuse_start:
+      # One token per parameter token (start and noisy summed), plus the conditioning
+      # added to every token; positions are per group, so exchangeable tokens stay so.
+      pos = self.param("pos_embed", nn.initializers.normal(0.02), (3 + g, d))
+      pos = pos[np.concatenate([np.arange(3), 3 + np.asarray(groups)])]
+      tokens = enc_s + enc_n + jnp.sum(cond, axis=1, keepdims=True)
+      h = jnp.concatenate([cond, tokens], axis=1) + pos[None]
+      first = 3
+    else:
+      h = jnp.concatenate([cond, enc_s, enc_n], axis=1)
+      pos = self.param("pos_embed", nn.initializers.normal(0.02), (3 + 2 * n, d))
+      h = h + pos[None]
+      first = 3 + n
     for i in range(self.num_layers):
       h = Block(d, self.num_heads, self.mlp_ratio, name=f"block_{i}")(h)
-    h = nn.LayerNorm(name="final_norm")(h[:, 3 + n:])
-    return PerTokenLinear(n, self.chunk_size, zero_init=True, name="dec")(h)
+    h = nn.LayerNorm(name="final_norm")(h[:, first:])
+    return PerTokenLinear(n, self.chunk_size, zero_init=True, groups=groups, name="dec")(h)
 
 
 class GPT:
@@ -138,9 +177,13 @@ class GPT:
       raise ValueError(f"unknown G.pt config keys {sorted(unknown)}; valid: "
                        f"{sorted(DEFAULT_CONFIG)}")
     self.cfg = {**DEFAULT_CONFIG, **config}
-    self.tokenizer = Tokenizer(spec, self.cfg["chunk_size"])
-    self.net = GPTNet(self.tokenizer.num_tokens, self.cfg["chunk_size"], self.cfg["d_model"],
-                      self.cfg["num_layers"], self.cfg["num_heads"], self.cfg["mlp_ratio"])
+    self.tokenizer = Tokenizer(spec, self.cfg["chunk_size"], self.cfg["layout"])
+    tok = self.tokenizer
+    self.net = GPTNet(tok.num_tokens, tok.chunk_size, self.cfg["d_model"],
+                      self.cfg["num_layers"], self.cfg["num_heads"], self.cfg["mlp_ratio"],
+                      groups=tuple(int(x) for x in tok.token_group),
+                      fuse_start=bool(self.cfg["fuse_start"]),
+                      metric_max_freq=float(self.cfg["metric_max_freq"]))
     self.schedule = diff.make_schedule(self.cfg["num_timesteps"], self.cfg["schedule"])
     self.mask = jnp.asarray(self.tokenizer.mask, jnp.float32)
 
@@ -153,7 +196,8 @@ class GPT:
     n, c = self.tokenizer.num_tokens, self.tokenizer.chunk_size
     x = jnp.zeros((1, n, c), jnp.float32)
     s = jnp.zeros((1,), jnp.float32)
-    return self.net.init(key, x, s, x, s, s)["params"]
+    # One compiled call: an eager init dispatches (and compiles) every op separately.
+    return jax.jit(lambda k: self.net.init(k, x, s, x, s, s)["params"])(key)
 
   # -------------------------------------------------------------------- stats
   def compute_stats(self, params: np.ndarray, metric: np.ndarray) -> dict[str, np.ndarray]:

@@ -7,6 +7,14 @@ chunks of ``chunk_size`` values; a leaf whose size is not a multiple of
 so token position ``i`` always holds the same part of the same layer, and the
 model can give each position its own linear encoder and decoder.
 
+With ``layout="neuron"`` (dense stacks only) a token is one hidden unit instead:
+its incoming weights and bias and, for the last hidden layer, its outgoing
+weights; the output layer's bias forms the last token(s). Tokens of one hidden
+layer then form a *group* that a model can treat as exchangeable (shared
+encoder, decoder and position embedding), which makes it exactly equivariant to
+the permutation symmetry of hidden units instead of learning it from
+augmentation.
+
 The structure is described by a JSON-able *spec*, a list of
 ``{"path": "Dense_0/kernel", "shape": [64, 32]}`` in ``jax.tree`` leaf order,
 so a tokenizer can be rebuilt from a saved manifest without the task.
@@ -14,13 +22,17 @@ so a tokenizer can be rebuilt from a saved manifest without the task.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["Tokenizer", "param_spec"]
+__all__ = ["LAYOUTS", "Tokenizer", "dense_stack", "param_spec"]
+
+#: Token layouts: fixed-size chunks of each leaf, or one token per hidden unit.
+LAYOUTS = ("chunk", "neuron")
 
 
 def _key_name(k: Any) -> str:
@@ -45,6 +57,61 @@ def param_spec(params: Any) -> list[dict[str, Any]]:
   return out
 
 
+def dense_stack(spec: Sequence[dict[str, Any]]) -> list[tuple[int, int]] | None:
+  """``[(kernel_leaf, bias_leaf), ...]`` in layer order if ``spec`` is a dense stack, else None.
+
+  A dense stack has leaves ``<Name>_<k>/kernel`` (2-D) and ``<Name>_<k>/bias``
+  whose shapes chain: the output width of layer ``k`` is the input of ``k + 1``.
+  """
+  layers: dict[int, dict[str, int]] = {}
+  for i, s in enumerate(spec):
+    m = re.fullmatch(r"(?:.*/)?[A-Za-z]+_(\d+)/(kernel|bias)", s["path"])
+    if m is None:
+      return None
+    layers.setdefault(int(m.group(1)), {})[m.group(2)] = i
+  out = []
+  for k in sorted(layers):
+    if set(layers[k]) != {"kernel", "bias"}:
+      return None
+    out.append((layers[k]["kernel"], layers[k]["bias"]))
+  for kk, bb in out:
+    if len(spec[kk]["shape"]) != 2 or list(spec[bb]["shape"]) != [spec[kk]["shape"][1]]:
+      return None
+  for (k0, _), (k1, _) in zip(out, out[1:]):
+    if spec[k0]["shape"][1] != spec[k1]["shape"][0]:
+      return None
+  return out or None
+
+
+def _neuron_tokens(spec, offsets) -> tuple[list[list[int]], list[int]]:
+  """Flat-index lists and group ids of the tokens of the ``neuron`` layout."""
+  layers = dense_stack(spec)
+  if layers is None:
+    raise ValueError("layout='neuron' needs a stack of dense layers (<Name>_<k>/kernel and "
+                     f"/bias); got leaves {[s['path'] for s in spec][:6]}")
+  toks, groups = [], []
+  n_hidden = max(len(layers) - 1, 1)
+  for layer in range(n_hidden):
+    k, b = layers[layer]
+    fan_in, width = spec[k]["shape"]
+    for j in range(width):
+      idx = [int(offsets[k]) + i * width + j for i in range(fan_in)] + [int(offsets[b]) + j]
+      if layer == len(layers) - 2:  # the last hidden layer also carries its outgoing weights
+        k2 = layers[-1][0]
+        out = spec[k2]["shape"][1]
+        idx += [int(offsets[k2]) + j * out + o for o in range(out)]
+      toks.append(idx)
+      groups.append(layer)
+  if len(layers) > 1:
+    b = layers[-1][1]
+    width = max(len(t) for t in toks)
+    size = spec[b]["shape"][0]
+    for c in range(0, size, width):
+      toks.append(list(range(int(offsets[b]) + c, int(offsets[b]) + min(c + width, size))))
+      groups.append(n_hidden + c // width)
+  return toks, groups
+
+
 class Tokenizer:
   """Maps a parameter pytree of a fixed structure to ``(num_tokens, chunk_size)``.
 
@@ -61,41 +128,63 @@ class Tokenizer:
 
   Args:
     spec: a structure spec from :func:`param_spec` (or a loaded manifest).
-    chunk_size: values per token.
+    chunk_size: values per token (``layout="chunk"``); ignored by the
+      ``neuron`` layout, whose token width is the longest unit's.
+    layout: ``"chunk"`` or ``"neuron"`` (see the module docstring).
   """
 
-  def __init__(self, spec: Sequence[dict[str, Any]], chunk_size: int):
+  def __init__(self, spec: Sequence[dict[str, Any]], chunk_size: int, layout: str = "chunk"):
+    if layout not in LAYOUTS:
+      raise ValueError(f"unknown token layout {layout!r}; valid: {LAYOUTS}")
     if chunk_size < 1:
       raise ValueError(f"chunk_size must be positive, got {chunk_size}")
     self.spec = [{"path": str(s["path"]), "shape": [int(d) for d in s["shape"]]} for s in spec]
-    self.chunk_size = int(chunk_size)
+    self.layout = layout
     self.sizes = [int(np.prod(s["shape"], dtype=np.int64)) for s in self.spec]
     self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
     self.num_params = int(self.offsets[-1])
-    gather, leaf_of_token = [], []
-    for li, (off, size) in enumerate(zip(self.offsets[:-1], self.sizes)):
-      n = -(-size // self.chunk_size)
-      idx = np.full((n * self.chunk_size,), -1, np.int64)
-      idx[:size] = np.arange(off, off + size)
-      gather.append(idx.reshape(n, self.chunk_size))
-      leaf_of_token += [li] * n
-    self._gather = np.concatenate(gather) if gather else np.zeros((0, chunk_size), np.int64)
+    leaf_of_entry = np.repeat(np.arange(len(self.sizes)), self.sizes)
+    if layout == "chunk":
+      self.chunk_size = int(chunk_size)
+      gather, groups = [], []
+      for off, size in zip(self.offsets[:-1], self.sizes):
+        n = -(-size // self.chunk_size)
+        idx = np.full((n * self.chunk_size,), -1, np.int64)
+        idx[:size] = np.arange(off, off + size)
+        gather.append(idx.reshape(n, self.chunk_size))
+      self._gather = (np.concatenate(gather) if gather
+                      else np.zeros((0, self.chunk_size), np.int64))
+      groups = list(range(self._gather.shape[0]))
+    else:
+      toks, groups = _neuron_tokens(self.spec, self.offsets)
+      self.chunk_size = max(len(t) for t in toks)
+      self._gather = np.full((len(toks), self.chunk_size), -1, np.int64)
+      for r, t in enumerate(toks):
+        self._gather[r, :len(t)] = t
+      if sorted(self._gather[self._gather >= 0].tolist()) != list(range(self.num_params)):
+        raise AssertionError("neuron layout does not cover every parameter exactly once")
     #: ``(num_tokens, chunk_size)`` bool: which token entries hold a parameter (not padding).
     self.mask = self._gather >= 0
-    #: ``(num_tokens,)`` index of the spec leaf each token belongs to.
-    self.leaf_of_token = np.asarray(leaf_of_token, np.int32)
+    #: ``(num_tokens,)`` index of the spec leaf of each token's first entry.
+    self.leaf_of_token = leaf_of_entry[self._gather[:, 0]].astype(np.int32)
+    #: ``(num_tokens,)`` group of each token: tokens of one group are exchangeable
+    #: (``chunk``: every token its own group; ``neuron``: one group per hidden layer).
+    self.token_group = np.asarray(groups, np.int32)
+    self.num_groups = int(self.token_group.max()) + 1 if len(groups) else 0
     self.num_tokens = int(self._gather.shape[0])
     self._safe_gather = np.where(self.mask, self._gather, 0)
-    self._scatter = np.flatnonzero(self.mask.reshape(-1))  # flat param i -> token entry
+    entries = np.flatnonzero(self.mask.reshape(-1))
+    # flat param i -> its token entry
+    self._scatter = entries[np.argsort(self._gather.reshape(-1)[entries], kind="stable")]
 
   @classmethod
-  def from_params(cls, params: Any, chunk_size: int) -> "Tokenizer":
+  def from_params(cls, params: Any, chunk_size: int, layout: str = "chunk") -> "Tokenizer":
     """Builds the tokenizer of ``params``'s structure."""
-    return cls(param_spec(params), chunk_size)
+    return cls(param_spec(params), chunk_size, layout)
 
   def config(self) -> dict[str, Any]:
     """JSON-able constructor arguments."""
-    return {"spec": self.spec, "chunk_size": self.chunk_size}
+    return {"spec": self.spec, "chunk_size": self.chunk_size, "layout": self.layout}
 
   def check(self, params: Any, name: str = "params") -> None:
     """Raises ValueError naming the first leaf where ``params`` differs from the spec."""
