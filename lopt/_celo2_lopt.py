@@ -205,22 +205,17 @@ class Celo2LOpt(LearnedOptimizer):
     """
     i = self.feature_names.index(f"m{self.momentum_decays[0]:g}")
     out = []
-    for n, layer in enumerate(mlp):
-      w = np.asarray(layer["w"]) * noise
+    for n, layer in enumerate(mlp):  # jnp only: init is traced by eval_shape/jit/vmap
+      w = layer["w"].astype(jnp.float32) * noise
       if len(mlp) == 1:  # no hidden layer: a linear read-out of the feature
-        w = np.zeros_like(w)
-        w[i, 0] = 1.0
+        w = jnp.zeros_like(w).at[i, 0].set(1.0)
       elif n == len(mlp) - 1:  # output layer
-        w = np.zeros_like(w)
-        w[0, 0], w[1, 0] = 1.0, -1.0
+        w = jnp.zeros_like(w).at[0, 0].set(1.0).at[1, 0].set(-1.0)
       elif n == 0:
-        w[:, :2] = 0.0
-        w[i, 0], w[i, 1] = 1.0, -1.0
+        w = w.at[:, :2].set(0.0).at[i, 0].set(1.0).at[i, 1].set(-1.0)
       else:
-        w[:2, :] = 0.0
-        w[:, :2] = 0.0
-        w[0, 0] = w[1, 1] = 1.0
-      out.append({"w": jnp.asarray(w, jnp.float32), "b": jnp.zeros_like(layer["b"])})
+        w = w.at[:2, :].set(0.0).at[:, :2].set(0.0).at[0, 0].set(1.0).at[1, 1].set(1.0)
+      out.append({"w": w, "b": jnp.zeros_like(layer["b"])})
     return out
 
   @staticmethod

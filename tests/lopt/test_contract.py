@@ -140,3 +140,15 @@ def test_mismatched_state():
 def test_register_and_duplicate():
   with pytest.raises(ValueError, match="already registered"):
     lopt.register("adam", lambda **kw: lopt.get("sgd"))
+
+
+@pytest.mark.parametrize("name", lopt.available_learned())
+def test_learned_init_is_traceable(name):
+  """``init`` works under jit and vmap (save_weights and meta-training trace it)."""
+  lo = lopt.learned(name)
+  key = jax.random.key(0)
+  eager = lo.init(key)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+               eager, jax.jit(lo.init)(key))
+  batched = jax.vmap(lo.init)(jax.random.split(key, 2))
+  assert jax.tree.structure(batched) == jax.tree.structure(eager)
