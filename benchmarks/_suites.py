@@ -43,6 +43,17 @@ _HELDOUT = (
               300),
 )
 
+# Validation: tasks from the space of meta_train's "mlp_quad" family but not among
+# the configurations the celo2_lopt run drew (see its flagfile), at the held-out
+# horizon. Used to choose between meta-training checkpoints without looking at
+# the held-out suite.
+_VALIDATION = (
+    SuiteTask("val_mlp_128_relu", "digits_mlp", {"hidden": (128,), "activation": "relu"}, 500),
+    SuiteTask("val_mlp_32x3_gelu", "digits_mlp",
+              {"hidden": (32, 32, 32), "activation": "gelu", "batch_size": 64}, 500),
+    SuiteTask("val_quadratic", "quadratic", {"dim": 100, "condition": 100.0, "noise": 0.1}, 500),
+)
+
 # A quick suite of embedded tasks for `make demo` (a few minutes on 2 CPU cores).
 _EMBEDDED = (
     SuiteTask("digits_mlp", "digits_mlp", {"hidden": (32,)}, 300),  # G.pt's architecture
@@ -57,6 +68,7 @@ _SMOKE = (
 
 SUITES: dict[str, tuple[SuiteTask, ...]] = {
     "heldout": _HELDOUT,
+    "validation": _VALIDATION,
     "embedded": _EMBEDDED,
     "smoke": _SMOKE,
 }

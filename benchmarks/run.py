@@ -41,7 +41,7 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
       "Optimizers to compare with tuned Adam: lopt.get specs, 'name' or 'name:weights'.",
       flag_values=fv)
   flags.DEFINE_string(
-      "tasks", "heldout", "A suite (heldout, embedded, smoke) or a comma list of suite "
+      "tasks", "heldout", "A suite (heldout, validation, embedded, smoke) or a comma list of suite "
       "labels or registry task names.", flag_values=fv)
   flags.DEFINE_string("out", "bench_out", "Output directory.", flag_values=fv)
   flags.DEFINE_integer("seeds", 3, "Seeds per optimizer and learning rate.", lower_bound=1,

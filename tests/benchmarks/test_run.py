@@ -115,6 +115,10 @@ def test_suites_resolve():
   assert [e.label for e in benchmarks.parse_tasks("digits_cnn,quadratic", steps=7)] == [
       "digits_cnn", "quadratic"]
   assert all(e.steps == 7 for e in benchmarks.parse_tasks("heldout", steps=7))
+  # Checkpoints are chosen on "validation", so it must not share a task with "heldout".
+  key = lambda e: (e.task, repr(sorted(e.cfg.items())))
+  assert not {key(e) for e in benchmarks.suite("validation")} & {
+      key(e) for e in benchmarks.suite("heldout")}
 
 
 def test_optimizer_tied_to_another_architecture_is_not_applicable():
