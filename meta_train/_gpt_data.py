@@ -12,7 +12,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-__all__ = ["FORMAT_VERSION", "CheckpointDataset", "load_dataset", "read_index", "shard_name"]
+__all__ = ["FORMAT_VERSION", "RUN_ID_STRIDE", "CheckpointDataset", "load_dataset", "read_index",
+           "shard_name"]
 
 #: Version of the on-disk layout; bumped on incompatible changes.
 FORMAT_VERSION = 1
@@ -66,9 +67,20 @@ def read_index(path: str | pathlib.Path) -> dict[str, Any]:
   return index
 
 
+#: Run ids of the ``k``-th dataset of a comma-separated list are offset by ``k * RUN_ID_STRIDE``.
+RUN_ID_STRIDE = 1_000_000
+
+
 def load_dataset(path: str | pathlib.Path, *, drop_nonfinite: bool = True,
                  allow_partial: bool = False) -> CheckpointDataset:
   """Loads a checkpoint dataset written by :mod:`meta_train.gpt_dataset`.
+
+  ``path`` may list several datasets separated by commas (e.g. long runs and
+  densely checkpointed short runs of the same task); their runs are concatenated.
+  They must share the task, parameter spec, metrics and number of checkpoints;
+  the run ids of the ``k``-th are offset by ``k * RUN_ID_STRIDE`` to stay unique,
+  and ``steps`` and ``index`` are the first one's (``index["datasets"]`` lists
+  all indices).
 
   Example::
 
@@ -77,7 +89,7 @@ def load_dataset(path: str | pathlib.Path, *, drop_nonfinite: bool = True,
     data.metrics["test_loss"]  # (runs, checkpoints)
 
   Args:
-    path: the dataset directory.
+    path: the dataset directory, or several separated by commas.
     drop_nonfinite: drop runs with any non-finite parameter or metric (diverged).
     allow_partial: load the finished shards of an unfinished dataset instead of
       raising.
@@ -88,7 +100,26 @@ def load_dataset(path: str | pathlib.Path, *, drop_nonfinite: bool = True,
   Raises:
     FileNotFoundError: no dataset at ``path``, or (unless ``allow_partial``) a
       shard is missing.
+    ValueError: listed datasets that do not match.
   """
+  parts = [p for p in str(path).split(",") if p] if "," in str(path) else [path]
+  if len(parts) > 1:
+    loaded = [load_dataset(p, drop_nonfinite=drop_nonfinite, allow_partial=allow_partial)
+              for p in parts]
+    first = loaded[0]
+    for p, d in zip(parts[1:], loaded[1:]):
+      for key in ("task", "task_config", "param_spec"):
+        if d.index[key] != first.index[key]:
+          raise ValueError(f"dataset {p!r} has another {key} than {parts[0]!r}")
+      if sorted(d.metrics) != sorted(first.metrics) or d.params.shape[1] != first.params.shape[1]:
+        raise ValueError(f"dataset {p!r} has other metrics or another number of checkpoints "
+                         f"than {parts[0]!r}")
+    return CheckpointDataset(
+        np.concatenate([d.params for d in loaded]),
+        {m: np.concatenate([d.metrics[m] for d in loaded]) for m in first.metrics},
+        first.steps,
+        np.concatenate([d.run_ids + k * RUN_ID_STRIDE for k, d in enumerate(loaded)]),
+        {**first.index, "datasets": [d.index for d in loaded]})
   path = pathlib.Path(path)
   index = read_index(path)
   params, metrics, run_ids = [], {m: [] for m in index["metrics"]}, []

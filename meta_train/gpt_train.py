@@ -118,7 +118,8 @@ def train_gpt(dataset: str, workdir: str, config: dict[str, Any] | None = None, 
     opt = lopt.get("gpt", weights=str(path))
 
   Args:
-    dataset: a checkpoint dataset directory (:mod:`meta_train.gpt_dataset`).
+    dataset: a checkpoint dataset directory (:mod:`meta_train.gpt_dataset`), or several
+      separated by commas (see :func:`meta_train._gpt_data.load_dataset`).
     workdir: output directory (checkpoints, metrics, weights, split).
     config: overrides of :data:`DEFAULT_TRAIN_CONFIG`.
     export: also copy the final weights directory here.
@@ -143,7 +144,8 @@ def train_gpt(dataset: str, workdir: str, config: dict[str, Any] | None = None, 
            model.compute_stats(data.params[train_runs], metric[train_runs]).items()}
   best = float(metric[train_runs].min() if is_loss else metric[train_runs].max())
   (workdir_p / "split.json").write_text(json.dumps(
-      {"dataset": str(pathlib.Path(dataset).resolve()), "seed": cfg["seed"],
+      {"dataset": ",".join(str(pathlib.Path(p).resolve()) for p in str(dataset).split(",")),
+       "seed": cfg["seed"],
        "train_run_ids": data.run_ids[train_runs].tolist(),
        "heldout_run_ids": data.run_ids[held_runs].tolist()}))
   (workdir_p / "config.json").write_text(json.dumps(cfg, indent=1))

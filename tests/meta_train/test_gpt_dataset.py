@@ -69,6 +69,23 @@ def test_errors(dataset, tmp_path):
     generate(tmp_path / "x", **{**ARGS, "steps_per_run": 5})
 
 
+def test_comma_separated_datasets_concatenate(dataset, tmp_path):
+  import shutil
+
+  other = tmp_path / "other"
+  shutil.copytree(dataset, other)
+  one, both = load_dataset(dataset), load_dataset(f"{dataset},{other}")
+  assert both.params.shape == (8,) + one.params.shape[1:]
+  np.testing.assert_array_equal(both.params[4:], one.params)
+  assert both.run_ids.tolist() == [0, 1, 2, 3, 1_000_000, 1_000_001, 1_000_002, 1_000_003]
+  assert len(both.index["datasets"]) == 2
+  index = json.loads((other / "index.json").read_text())
+  index["task_config"] = {"hidden": [5]}
+  (other / "index.json").write_text(json.dumps(index))
+  with pytest.raises(ValueError, match="task_config"):
+    load_dataset(f"{dataset},{other}")
+
+
 def test_permutation_augmentation_keeps_the_function():
   task = tasks.get("digits_mlp", hidden=(6, 5))
   params = task.init(jax.random.key(0))
