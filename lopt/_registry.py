@@ -111,13 +111,14 @@ def available_learned() -> list[str]:
 def load_meta_params(lo: Any, weights: Any, *, seed: int = 0) -> Any:
   """Resolves ``weights`` for learned optimizer ``lo`` to a meta-params pytree.
 
-  ``None`` initializes fresh meta-params from ``seed``; ``"pretrained"`` loads
-  the shipped weights; a string or path loads saved weights (orbax + manifest);
-  anything else is taken as a meta-params pytree.
+  ``None`` (or the string ``"fresh"``, for ``"name:fresh"`` specs) initializes
+  fresh meta-params from ``seed``; ``"pretrained"`` loads the shipped weights; a
+  string or path loads saved weights (orbax + manifest); anything else is taken
+  as a meta-params pytree.
   """
   import jax
 
-  if weights is None:
+  if weights is None or (isinstance(weights, str) and weights == "fresh"):
     return lo.init(jax.random.key(seed))
   if isinstance(weights, str) and weights == "pretrained":
     if not has_pretrained(lo.name):

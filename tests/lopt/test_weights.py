@@ -76,3 +76,16 @@ def test_saving_a_wrong_tree_is_an_error(tmp_path):
   bad = lopt.learned("mlp_lopt", hidden_size=4).init(jax.random.key(0))
   with pytest.raises(ValueError, match="shape"):
     lopt.save_weights(tmp_path / "bad", lo, bad)
+
+
+def test_fresh_spec_is_a_fresh_init():
+  """``"name:fresh"`` is ``weights=None``: the untrained init, even when weights ship."""
+  lo = lopt.learned("celo2_lopt")
+  fresh = lopt.load_meta_params(lo, "fresh", seed=3)
+  for a, b in zip(jax.tree.leaves(fresh), jax.tree.leaves(lo.init(jax.random.key(3)))):
+    np.testing.assert_array_equal(a, b)
+  params = {"w": np.ones((3, 2), np.float32)}
+  a, b = lopt.get("celo2_lopt:fresh", num_steps=10), lopt.get("celo2_lopt", weights=None,
+                                                                 num_steps=10)
+  np.testing.assert_array_equal(a.update(params, a.init(params), params)[0]["w"],
+                                b.update(params, b.init(params), params)[0]["w"])
