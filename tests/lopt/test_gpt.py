@@ -180,3 +180,85 @@ def test_optax_mismatched_tree_and_missing_inputs(tiny_weights):
     lopt.get("gpt", weights=str(path), target=0.1, prompt=0.2)
   with pytest.raises(TypeError, match="unexpected"):
     lopt.get("gpt", weights=str(path), learning_rate=3)
+
+
+MLP_SPEC = [{"path": "Dense_0/bias", "shape": [5]}, {"path": "Dense_0/kernel", "shape": [3, 5]},
+            {"path": "Dense_1/bias", "shape": [4]}, {"path": "Dense_1/kernel", "shape": [5, 4]}]
+
+
+def _unit_permutation(perm):
+  """Flat gather index permuting MLP_SPEC's 5 hidden units by ``perm``."""
+  tok = Tokenizer(MLP_SPEC, 4)
+  idx = np.arange(tok.num_params)
+  views = [idx[o:o + n].reshape(s["shape"]) for o, n, s in
+           zip(tok.offsets[:-1], tok.sizes, tok.spec)]
+  out = np.concatenate([views[0][perm], views[1][:, perm].ravel(), views[2],
+                        views[3][perm].ravel()])
+  return out
+
+
+def test_neuron_layout_tokens_are_units_and_round_trip():
+  tok = Tokenizer(MLP_SPEC, 999, layout="neuron")
+  assert (tok.num_tokens, tok.chunk_size) == (5 + 1, 3 + 1 + 4)
+  np.testing.assert_array_equal(tok.token_group, [0, 0, 0, 0, 0, 1])
+  flat = np.arange(tok.num_params, dtype=np.float32) + 1
+  tokens = np.asarray(tok.tokenize(flat))
+  tree = tok.unflatten(flat)
+  j = 2
+  np.testing.assert_array_equal(tokens[j], np.concatenate(
+      [tree["Dense_0"]["kernel"][:, j], [tree["Dense_0"]["bias"][j]],
+       tree["Dense_1"]["kernel"][j]]))
+  np.testing.assert_array_equal(tokens[5, :4], tree["Dense_1"]["bias"])
+  assert np.all(tokens[~tok.mask] == 0)
+  np.testing.assert_array_equal(np.asarray(tok.detokenize(tokens)), flat)
+  # Permuting hidden units permutes the unit tokens.
+  perm = np.asarray([3, 0, 4, 1, 2])
+  permuted = np.asarray(tok.tokenize(flat[_unit_permutation(perm)]))
+  np.testing.assert_array_equal(permuted[:5], tokens[perm])
+  with pytest.raises(ValueError, match="dense layers"):
+    Tokenizer([{"path": "w", "shape": [3]}], 4, layout="neuron")
+  with pytest.raises(ValueError, match="layout"):
+    Tokenizer(MLP_SPEC, 4, layout="rows")
+
+
+def test_neuron_model_is_equivariant_to_hidden_unit_permutations():
+  gpt = GPT(MLP_SPEC, **{**TINY, "layout": "neuron", "fuse_start": True, "skip": True})
+  net = gpt.init(jax.random.key(0))
+  net["dec"]["kernel"] = 0.1 * jax.random.normal(jax.random.key(1), net["dec"]["kernel"].shape)
+  rng = np.random.default_rng(0)
+  n = gpt.tokenizer.num_params
+  ckpts = rng.normal(size=(4, 2, n)).astype(np.float32)
+  stats = gpt.compute_stats(ckpts, np.ones((4, 2), np.float32))
+  idx = _unit_permutation(np.asarray([3, 0, 4, 1, 2]))
+  # Per-entry scales are per leaf, so they are permutation invariant: permuting the
+  # start's units and the noisy tokens permutes the denoiser's output tokens.
+  perm_tok = np.asarray([3, 0, 4, 1, 2, 5])
+  x = jax.random.normal(jax.random.key(3), (2,) + gpt.mask.shape) * gpt.mask[None]
+
+  @jax.jit
+  def both(start, x):
+    ms, mt = jnp.full((2,), 2.0), jnp.full((2,), 0.5)
+    t = jnp.full((2,), 7, jnp.int32)
+    return (gpt._denoiser(net, stats, start, ms, mt)(x, t),
+            gpt._denoiser(net, stats, start[:, idx], ms, mt)(x[:, perm_tok], t))
+
+  out, out_p = both(jnp.asarray(ckpts[:2, 0]), x)
+  np.testing.assert_allclose(np.asarray(out_p), np.asarray(out)[:, perm_tok], atol=1e-5)
+
+
+def test_shipped_weights_one_update_trains_an_unseen_digits_mlp():
+  import tasks
+
+  path = lopt.gpt.pretrained_gpt_path()
+  assert (path / "manifest.json").exists(), f"the shipped G.pt weights are missing at {path}"
+  manifest = lopt.gpt.read_gpt_manifest(path)
+  task = tasks.get(manifest["task"]["name"], **manifest["task"]["config"])
+  test = task.full_batch("test")
+  params = task.init(jax.random.key(20_261_126))  # a seed the dataset never used
+  opt = lopt.get("gpt", weights="pretrained", num_sampling_steps=10)
+  loss = task.metrics(params, jax.random.key(0), test)["loss"]
+  updates, state = jax.jit(opt.update)(params, opt.init(params), params, loss=loss)
+  new = optax.apply_updates(params, updates)
+  new_loss = float(task.metrics(new, jax.random.key(0), test)["loss"])
+  assert int(state.count) == 1
+  assert new_loss < 0.5 * float(loss), (float(loss), new_loss)
