@@ -5,7 +5,8 @@ Command line::
   python -m meta_train.gpt_eval --weights=runs/gpt_digits/weights \
       --dataset=runs/gpt_digits_data --out=runs/gpt_digits_eval
 
-Writes ``report.json`` and PNG plots to ``--out``. Measured (metric = the
+``--dataset`` may list several datasets separated by commas (the training
+data of the model). Writes ``report.json`` and PNG plots to ``--out``. Measured (metric = the
 model's metric, e.g. test loss):
 
 * **prompt alignment** (G.pt, Sec. 5.1): for ``--num_nets`` starting networks (the
