@@ -266,7 +266,8 @@ if __name__ == "__main__":
   from absl import app, flags
 
   flags.DEFINE_string("weights", "lopt/weights/gpt_digits_mlp", "G.pt weights directory.")
-  flags.DEFINE_string("dataset", "runs/gpt_digits_data", "Checkpoint dataset directory.")
+  flags.DEFINE_string("dataset", "runs/gpt_digits_data,runs/gpt_digits_data_early",
+                      "Checkpoint dataset directory (or several, comma-separated).")
   flags.DEFINE_string("out", "runs/gpt_digits_eval", "Output directory.")
   flags.DEFINE_integer("num_nets", 16, "Held-out starting networks for prompt alignment.")
   flags.DEFINE_integer("num_prompts", 20, "Prompts per network.")
