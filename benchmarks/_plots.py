@@ -17,10 +17,13 @@ __all__ = ["plot_curves", "plot_results", "plot_speedups"]
 
 # Matplotlib's tab10 without its gray (C7), which the per-learning-rate Adam curves use.
 _COLORS = [f"C{i}" for i in (0, 1, 2, 3, 4, 5, 6, 8, 9)]
+# Past nine optimizers, distinct colors from tab20 (no grey: Adam's grid is grey).
+_MORE_COLORS = [matplotlib.colormaps["tab20"](i) for i in (1, 3, 5, 7, 9, 11, 13, 17, 19)]
 
 
-def _color(i: int) -> str:
-  return _COLORS[i % len(_COLORS)]
+def _color(i: int):
+  pool = _COLORS + _MORE_COLORS
+  return pool[i % len(pool)]
 
 
 def _curve(values: list) -> np.ndarray:
@@ -50,6 +53,9 @@ def plot_curves(label: str, t: dict[str, Any], path: str | pathlib.Path) -> path
   best = min([np.nanmin(env)] + [np.nanmin(_curve(r["curve"])) for r in t["optimizers"].values()
                                   if np.isfinite(_curve(r["curve"])).any()])
   if log:
+    if best <= 0:  # a curve reached 0 (stored curves are rounded): floor at the smallest > 0
+      pos = [c[c > 0] for c in [env] + [_curve(r["curve"]) for r in t["optimizers"].values()]]
+      best = min(float(np.min(c)) for c in pos if c.size)
     ax.set_yscale("log")
     ax.set_ylim(best / 1.3, hi * 1.3)
   else:
