@@ -42,7 +42,8 @@ def pretrained_gpt_path(name: str = PRETRAINED) -> pathlib.Path:
 
 def gpt_from_loaded(loaded: LoadedGPT, *, target: float | None = None,
                     num_sampling_steps: int = 20, eta: float = 0.0,
-                    seed: int = 0) -> optax.GradientTransformationExtraArgs:
+                    seed: int = 0, max_updates: int | None = None
+                    ) -> optax.GradientTransformationExtraArgs:
   """Builds the optimizer from an already loaded model (see :func:`gpt`)."""
   model, net_params, stats = loaded.model, loaded.params, loaded.stats
   tok = model.tokenizer
@@ -67,13 +68,21 @@ def gpt_from_loaded(loaded: LoadedGPT, *, target: float | None = None,
                        "params, loss=loss)")
     tok.check(params)
     key, sub = jax.random.split(state.key)
-    start = tok.flatten(params)[None]
-    m_start = jnp.reshape(jnp.asarray(loss, jnp.float32), (1,))
-    m_target = jnp.full((1,), target, jnp.float32)
-    new = model.generate(net_params, stats, sub, start, m_start, m_target,
-                         num_steps=num_sampling_steps, eta=eta)[0]
-    new_params = tok.unflatten(new, like=params)
-    upd = jax.tree.map(lambda n, p: (n - p).astype(p.dtype), new_params, params)
+
+    def sample(_):
+      start = tok.flatten(params)[None]
+      m_start = jnp.reshape(jnp.asarray(loss, jnp.float32), (1,))
+      m_target = jnp.full((1,), target, jnp.float32)
+      new = model.generate(net_params, stats, sub, start, m_start, m_target,
+                           num_steps=num_sampling_steps, eta=eta)[0]
+      new_params = tok.unflatten(new, like=params)
+      return jax.tree.map(lambda n, p: (n - p).astype(p.dtype), new_params, params)
+
+    if max_updates is None:
+      upd = sample(None)
+    else:  # after max_updates samples the optimizer leaves params alone (no sampling cost)
+      upd = jax.lax.cond(state.count < max_updates, sample,
+                         lambda _: jax.tree.map(jnp.zeros_like, params), None)
     return upd, GPTState(key, state.count + 1)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -82,7 +91,7 @@ def gpt_from_loaded(loaded: LoadedGPT, *, target: float | None = None,
 def gpt(weights: Any = "pretrained", target: float | None = None, *,
         num_sampling_steps: int = 20, eta: float = 0.0, seed: int = 0,
         prompt: float | None = None, num_steps: int | None = None,
-        **unused: Any) -> optax.GradientTransformationExtraArgs:
+        max_updates: int | None = None, **unused: Any) -> optax.GradientTransformationExtraArgs:
   """The G.pt generative optimizer, ``lopt.get("gpt", ...)``.
 
   Example::
@@ -104,6 +113,9 @@ def gpt(weights: Any = "pretrained", target: float | None = None, *,
     prompt: an alias of ``target`` (give one of them).
     num_steps: accepted for symmetry with learned optimizers and ignored (each
       update is one sample, whatever the horizon).
+    max_updates: sample only the first ``max_updates`` updates and return zero
+      updates afterwards (``1``: the paper's one-update use inside a training
+      loop, as ``benchmarks`` runs it); None samples at every update.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params``
@@ -135,4 +147,4 @@ def gpt(weights: Any = "pretrained", target: float | None = None, *,
                       f"{type(weights).__name__}")
     loaded = load_gpt(weights)
   return gpt_from_loaded(loaded, target=target, num_sampling_steps=num_sampling_steps,
-                         eta=eta, seed=seed)
+                         eta=eta, seed=seed, max_updates=max_updates)

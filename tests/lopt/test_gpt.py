@@ -161,6 +161,13 @@ def test_optax_update_is_new_minus_params_and_deterministic(tiny_weights):
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), u1, u2)
   u3, _ = update(params, s1, params, loss=2.0)  # the key advances with the state
   assert not np.allclose(np.asarray(u1["conv"]), np.asarray(u3["conv"]))
+  # max_updates=1: the first update samples (same as above), later ones are zero.
+  once = lopt.get("gpt", weights=str(path), num_sampling_steps=2, target=0.5, max_updates=1)
+  v1, t1 = jax.jit(once.update)(params, once.init(params), params, loss=2.0)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b),
+                                                       rtol=1e-5, atol=1e-6), v1, u1)
+  v2, _ = jax.jit(once.update)(params, t1, params, loss=2.0)
+  assert all(not np.any(np.asarray(x)) for x in jax.tree.leaves(v2))
 
 
 def test_optax_mismatched_tree_and_missing_inputs(tiny_weights):
