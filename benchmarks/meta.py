@@ -4,6 +4,8 @@
 
   python -m benchmarks.meta                 # mlp_lopt, digits 64-32-10 MLP, batch 128
   python -m benchmarks.meta --lopt=celo2_lopt --repeats=7
+  python -m benchmarks.meta --hidden=32     # 64 inputs -> 32 -> 10 classes (2,410 params)
+  python -m benchmarks.meta --lo_config='{"chunk": 16384}'   # mlp_lopt's old CPU chunking
 
 Measures, after compilation and in one process:
 
@@ -19,14 +21,32 @@ Measures, after compilation and in one process:
   yardstick: learned_optimization's PES on this configuration ran at about 0.12x
   of it).
 
+The task is the digits MLP with ``--hidden`` hidden layers (default ``64,32``:
+64 -> 64 -> 32 -> 10, 6,570 parameters; ``--hidden=32`` is the 64 -> 32 -> 10
+reading of "64-32-10", 2,410 parameters); the printout gives the parameter count,
+so figures from other libraries can be matched to the same size.
+
 Both include resets at the horizon and batch sampling inside the scan. Each
 measurement is repeated (other processes share the CPU) and the median and best
 rounds are reported with their ratio.
+
+**Bound.** For a per-parameter MLP optimizer (an ``mlp_sizes`` attribute) the
+printout also gives the FLOPs of one inner step of one instance: the learned
+optimizer's MLP over the padded parameter rows (its time-embedding input folded
+into a bias, as the optimizer runs it) plus the task's loss and gradient (XLA
+cost analysis); the FLOP/s the best PES round achieved; and the inner steps/s a
+machine running only those FLOPs at the square-matmul peak
+(:func:`benchmarks.speed.matmul_peak`, 512-2048, measured in the same process
+with the same ``XLA_FLAGS``) could reach. That bound ignores every elementwise
+op (features, normalization, ReLU) and assumes the small matmuls
+(``32 x 13``, ``32 x 32`` on a few hundred rows per instance) ran as fast as a
+large square one, so it is optimistic.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import time
 
@@ -48,6 +68,35 @@ flags.DEFINE_integer("horizon", 1000, "Inner run length (instances reset when th
 flags.DEFINE_integer("calls", 10, "Truncations per timed round.", lower_bound=1)
 flags.DEFINE_integer("repeats", 5, "Timed rounds per measurement.", lower_bound=1)
 flags.DEFINE_string("json_out", None, "Also write the results as JSON here.")
+flags.DEFINE_list("hidden", ["64", "32"], "Hidden sizes of the digits MLP task (64 inputs, "
+                  "10 classes): the default 64,32 has 6,570 parameters, 32 has 2,410.")
+flags.DEFINE_string("lo_config", "{}", "JSON constructor arguments of the learned optimizer "
+                    "(e.g. '{\"chunk\": 16384}' to time another chunk size).")
+
+
+def _flops_per_inner_step(task, lo, params) -> dict:
+  """FLOPs of one inner step of one instance: LO MLP (if per-parameter) and task grad."""
+  from lopt._per_param_mlp import FlatLayout, mlp_flops
+
+  batch = task.batch(jax.random.key(0), "train")
+  grad_fn = jax.jit(jax.value_and_grad(task.loss))
+  cost = grad_fn.lower(params, jax.random.key(0), batch).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  out = {"task_loss_grad": float(cost.get("flops", 0.0)) if cost else 0.0}
+  sizes = getattr(lo, "mlp_sizes", None)
+  if sizes is not None:
+    layout = lo.layout(params) if hasattr(lo, "layout") else FlatLayout.from_tree(params)
+    rows = layout.num_rows
+    # the time embedding is folded into the first layer's bias: only the per-parameter
+    # features enter the per-row matmul
+    per_row = list(sizes)
+    names = getattr(lo, "param_feature_names", None)
+    if names is not None:
+      per_row[0] = len(names)
+    out["lo_mlp"] = float(mlp_flops(per_row, rows))
+    out["lo_mlp_rows"] = rows
+  out["total"] = out["task_loss_grad"] + out.get("lo_mlp", 0.0)
+  return out
 
 
 def _time_round(fn, args, calls: int) -> tuple[float, tuple]:
@@ -61,11 +110,15 @@ def _time_round(fn, args, calls: int) -> tuple[float, tuple]:
 
 
 def measure(lo_name: str = "mlp_lopt", num_tasks: int = 8, trunc_length: int = 20,
-            horizon: int = 1000, calls: int = 10, repeats: int = 5) -> dict:
+            horizon: int = 1000, calls: int = 10, repeats: int = 5,
+            hidden: tuple[int, ...] = (64, 32), lo_config: dict | None = None) -> dict:
   """Returns throughput figures (inner steps/s) of PES and of the plain unroll."""
-  task = tasks.get("digits_mlp", hidden=(64, 32), batch_size=128)
-  lo = lopt.learned(lo_name)
+  task = tasks.get("digits_mlp", hidden=tuple(hidden), batch_size=128)
+  lo = lopt.learned(lo_name, **(lo_config or {}))
   theta = lo.init(jax.random.key(0))
+  params0 = task.init(jax.random.key(0))
+  num_params = sum(int(x.size) for x in jax.tree.leaves(params0))
+  flops = _flops_per_inner_step(task, lo, params0)
   cfg = UnrollConfig(trunc_length=trunc_length, min_horizon=horizon, max_horizon=horizon)
   mesh = Mesh(np.asarray(jax.devices()[:1]), ("tasks",))
   est = PES(task, lo, cfg, sigma=0.01)
@@ -82,7 +135,10 @@ def measure(lo_name: str = "mlp_lopt", num_tasks: int = 8, trunc_length: int = 2
 
   pes_args = (theta, opt.init(theta), jax.jit(est.init)(theta, keys[:num_tasks]))
   t = time.perf_counter()
-  pes_args = jax.block_until_ready(pes_call(*pes_args))
+  # two warm-up calls: the second sees the mesh-sharded state the first returns
+  # (a new input sharding, so a second compilation) instead of the initial one
+  for _ in range(2):
+    pes_args = jax.block_until_ready(pes_call(*pes_args))
   pes_compile = time.perf_counter() - t
 
   # plain, two ways: meta-params shared by the instances (in_axes=None), and tiled
@@ -98,7 +154,7 @@ def measure(lo_name: str = "mlp_lopt", num_tasks: int = 8, trunc_length: int = 2
   plain_args, plain_compile = {}, {}
   for name, fn in plain_fns.items():
     t = time.perf_counter()
-    plain_args[name] = jax.block_until_ready(fn(init(keys)))
+    plain_args[name] = jax.block_until_ready(fn(*fn(init(keys))))
     plain_compile[name] = time.perf_counter() - t
 
   adam = lopt.get("adam", learning_rate=1e-3)
@@ -126,13 +182,18 @@ def measure(lo_name: str = "mlp_lopt", num_tasks: int = 8, trunc_length: int = 2
   plain_r = [max(rs) for rs in zip(*plain_all.values())]  # per round, the faster layout
   ratios = [a / b for a, b in zip(pes_r, plain_r)]
   adam_r = [adam_steps / t for t in adam_t]
+  from benchmarks.speed import matmul_peak
+  peak = matmul_peak(sizes=(512, 1024, 2048), repeats=repeats)
   return {
-      "config": {"lopt": lo_name, "lopt_config": lo.config(), "task": task.config(),
+      "config": {"lopt": lo_name, "lopt_config": lo.config(), "lopt_args": lo_config or {},
+                 "task": task.config(), "task_params": num_params,
                  "num_tasks": num_tasks, "antithetic": True, "trunc_length": trunc_length,
                  "horizon": horizon, "plain_instances": 2 * num_tasks,
                  "inner_steps_per_outer_step": inner_per_call, "calls_per_round": calls,
                  "repeats": repeats, "devices": [str(d) for d in jax.devices()[:1]],
-                 "jax": jax.__version__},
+                 "jax": jax.__version__, "cpu_count": os.cpu_count(),
+                 "cpu_affinity": sorted(os.sched_getaffinity(0)),
+                 "xla_flags": os.environ.get("XLA_FLAGS", "")},
       "compile_s": {"pes": pes_compile, "plain": plain_compile},
       "pes_steps_per_s": {"median": statistics.median(pes_r), "best": max(pes_r),
                           "all": pes_r},
@@ -144,13 +205,19 @@ def measure(lo_name: str = "mlp_lopt", num_tasks: int = 8, trunc_length: int = 2
       "adam_1_instance_steps_per_s": {"median": statistics.median(adam_r), "best": max(adam_r),
                                       "all": adam_r},
       "ratio_pes_over_adam_1_instance": max(pes_r) / max(adam_r),
+      "flops_per_inner_step": flops,
+      "achieved_gflops_best_pes": {k: max(pes_r) * v / 1e9 for k, v in flops.items()
+                                   if k in ("lo_mlp", "task_loss_grad", "total")},
+      "matmul_peak_gflops": peak / 1e9,
+      "bound_inner_steps_per_s": {"lo_mlp_only": peak / flops["lo_mlp"] if "lo_mlp" in flops
+                                  else None, "lo_mlp_and_task": peak / flops["total"]},
   }
 
 
 def main(argv):
   del argv
   r = measure(FLAGS.lopt, FLAGS.num_tasks, FLAGS.trunc_length, FLAGS.horizon, FLAGS.calls,
-              FLAGS.repeats)
+              FLAGS.repeats, tuple(int(h) for h in FLAGS.hidden), json.loads(FLAGS.lo_config))
   print("configuration:", json.dumps(r["config"]))
   c = r["compile_s"]
   print(f"compile: PES {c['pes']:.1f} s, plain shared {c['plain']['shared']:.1f} s, "
@@ -167,6 +234,21 @@ def main(argv):
   print(f"reference, Adam training one instance (tasks.train): best {a['best']:.0f} steps/s; "
         f"PES best / Adam best = {r['ratio_pes_over_adam_1_instance']:.2f} "
         f"(learned_optimization's PES: ~0.12x)")
+  f = r["flops_per_inner_step"]
+  g = r["achieved_gflops_best_pes"]
+  b = r["bound_inner_steps_per_s"]
+  print(f"FLOPs per inner step of one instance ({r['config']['task_params']} task params): "
+        + (f"LO MLP {f['lo_mlp'] / 1e6:.1f} M ({f['lo_mlp_rows']} padded rows), "
+           if "lo_mlp" in f else "")
+        + f"task loss+grad {f['task_loss_grad'] / 1e6:.1f} M")
+  print(f"best PES round runs {g['total']:.1f} GFLOP/s of those"
+        + (f" ({g['lo_mlp']:.1f} in the LO MLP)" if "lo_mlp" in g else "")
+        + f"; square-matmul peak {r['matmul_peak_gflops']:.1f} GFLOP/s "
+        f"(XLA_FLAGS={r['config']['xla_flags']!r}, {len(r['config']['cpu_affinity'])} cores)")
+  print("bound at that peak: "
+        + (f"{b['lo_mlp_only']:.0f} inner steps/s (LO MLP alone), " if b["lo_mlp_only"] else "")
+        + f"{b['lo_mlp_and_task']:.0f} (LO MLP + task); best PES is "
+        f"{r['pes_steps_per_s']['best'] / b['lo_mlp_and_task']:.2f} of the latter")
   if FLAGS.json_out:
     with open(FLAGS.json_out, "w") as f:
       json.dump(r, f, indent=1)
