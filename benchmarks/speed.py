@@ -199,7 +199,9 @@ def run(optimizers: Sequence[str], sizes: Sequence[int], *, repeats: int = 3,
       lo = lopt.learned(name) if name in lopt.available_learned() else None
       sizes_mlp = getattr(lo, "mlp_sizes", None)
       if sizes_mlp is not None:
-        mlp_t, kflops = _mlp_timers(sizes_mlp, params, getattr(lo, "chunk", None),
+        # The optimizer's own row layout (mlp_lopt picks a smaller chunk on CPU).
+        chunk = lo.layout(params).chunk if hasattr(lo, "layout") else getattr(lo, "chunk", None)
+        mlp_t, kflops = _mlp_timers(sizes_mlp, params, chunk,
                                     getattr(lo, "feature_major", False),
                                     reference=n <= reference_max_size)
         timers.update({f"{name}/{k}": v for k, v in mlp_t.items()})

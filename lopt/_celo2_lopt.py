@@ -226,8 +226,10 @@ class Celo2LOpt(LearnedOptimizer):
     ``num_steps`` may be a traced integer (meta-training gives each instance its
     own horizon), so the schedule is learned on the horizons it is used with.
     """
-    horizon = (float(pt.horizon(num_steps)) if num_steps is None or isinstance(num_steps, int)
-               else jnp.maximum(jnp.asarray(num_steps, jnp.float32), 1.0))  # traced in meta-training
+    if num_steps is None or isinstance(num_steps, int):
+      horizon = float(pt.horizon(num_steps))
+    else:  # a traced horizon (meta-training)
+      horizon = jnp.maximum(jnp.asarray(num_steps, jnp.float32), 1.0)
     f = step.astype(jnp.float32) / horizon
     warm = 0.1 * jax.nn.sigmoid(schedule["warmup"])
     final = jax.nn.sigmoid(schedule["final"])
