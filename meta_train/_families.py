@@ -50,6 +50,14 @@ class MixtureFamily(tasks.TaskFamily):
     return f"MixtureFamily({self.name!r}, members={self._names})"
 
 
+def _quadratics() -> tasks.TaskFamily:
+  """Noisy, ill-conditioned quadratics of dimension 10-1000 (a member of both mixtures)."""
+  return tasks.ChoiceFamily(
+      "quadratic_wide", lambda **c: tasks.get("quadratic", **c),
+      {"dim": [10, 100, 1000], "condition": [1.0, 10.0, 100.0, 1000.0],
+       "noise": [0.0, 0.1, 1.0], "seed": list(range(16))})
+
+
 def _mixed() -> tasks.TaskFamily:
   mlps = tasks.ChoiceFamily(
       "digits_mlp_wide", lambda **c: tasks.get("digits_mlp", **c),
@@ -57,11 +65,7 @@ def _mixed() -> tasks.TaskFamily:
                   (128, 64, 32)],
        "activation": ["relu", "tanh", "gelu", "elu", "swish"],
        "batch_size": [32, 64, 128]})
-  quads = tasks.ChoiceFamily(
-      "quadratic_wide", lambda **c: tasks.get("quadratic", **c),
-      {"dim": [10, 100, 1000], "condition": [1.0, 10.0, 100.0, 1000.0],
-       "noise": [0.0, 0.1, 1.0], "seed": list(range(16))})
-  return MixtureFamily("mixed", [(mlps, 3.0), (quads, 1.0)])
+  return MixtureFamily("mixed", [(mlps, 3.0), (_quadratics(), 1.0)])
 
 
 def _mlp_quad() -> tasks.TaskFamily:
@@ -72,11 +76,7 @@ def _mlp_quad() -> tasks.TaskFamily:
       {"hidden": [(16,), (32,), (64,), (128,), (32, 32), (64, 64), (32, 32, 32)],
        "activation": ["relu", "tanh", "gelu"],
        "batch_size": [32, 64, 128]})
-  quads = tasks.ChoiceFamily(
-      "quadratic_wide", lambda **c: tasks.get("quadratic", **c),
-      {"dim": [10, 100, 1000], "condition": [1.0, 10.0, 100.0, 1000.0],
-       "noise": [0.0, 0.1, 1.0], "seed": list(range(16))})
-  return MixtureFamily("mlp_quad", [(mlps, 3.0), (quads, 1.0)])
+  return MixtureFamily("mlp_quad", [(mlps, 3.0), (_quadratics(), 1.0)])
 
 
 _FAMILIES: dict[str, Callable[[], tasks.TaskFamily]] = {"mixed": _mixed, "mlp_quad": _mlp_quad}

@@ -11,31 +11,21 @@ Reference: Peebles et al. 2022, arXiv 2209.12892, Sec. 3.3 (permutation augmenta
 
 from __future__ import annotations
 
-import re
 from typing import Any, Sequence
 
 import numpy as np
+
+from lopt.gpt._tokenizer import dense_stack
 
 __all__ = ["dense_layers", "permutation_index", "sample_pairs"]
 
 
 def dense_layers(spec: Sequence[dict[str, Any]]) -> list[tuple[int, int]] | None:
-  """Returns ``[(kernel_leaf, bias_leaf), ...]`` in layer order for a dense stack, else None."""
-  layers: dict[int, dict[str, int]] = {}
-  for i, s in enumerate(spec):
-    m = re.fullmatch(r"(?:.*/)?[A-Za-z]+_(\d+)/(kernel|bias)", s["path"])
-    if m is None:
-      return None
-    layers.setdefault(int(m.group(1)), {})[m.group(2)] = i
-  out = []
-  for k in sorted(layers):
-    if set(layers[k]) != {"kernel", "bias"}:
-      return None
-    out.append((layers[k]["kernel"], layers[k]["bias"]))
-  for (k0, _), (k1, _) in zip(out, out[1:]):
-    if len(spec[k0]["shape"]) != 2 or spec[k0]["shape"][1] != spec[k1]["shape"][0]:
-      return None
-  return out
+  """Returns ``[(kernel_leaf, bias_leaf), ...]`` in layer order for a dense stack, else None.
+
+  The tokenizer's :func:`lopt.gpt._tokenizer.dense_stack` (one definition of a stack).
+  """
+  return dense_stack(spec)
 
 
 def permutation_index(spec: Sequence[dict[str, Any]], rng: np.random.Generator) -> np.ndarray:
