@@ -92,6 +92,13 @@ def _take(tree: Any, index: Any) -> Any:
   return jax.tree.map(lambda a: a[index], tree)
 
 
+def _loss_ratio(final_loss: float | None, envelope_final: float) -> float | None:
+  """The optimizer's final loss over tuned Adam's (None where not a positive ratio)."""
+  if final_loss is None or not envelope_final > 0:
+    return None
+  return _finite_or_none(final_loss / envelope_final)
+
+
 def _summarize_runs(runs: Runs, smoothed: np.ndarray, envelope: np.ndarray,
                     test: dict[str, np.ndarray]) -> dict[str, Any]:
   """Per-optimizer numbers from ``(num_seeds, steps)`` runs."""
@@ -106,7 +113,7 @@ def _summarize_runs(runs: Runs, smoothed: np.ndarray, envelope: np.ndarray,
       "test": {k: _finite_or_none(np.mean(v)) for k, v in test.items()},
       "speedup": float(speed[-1]),
       "speedup_is_lower_bound": bool(lower[-1]),
-      "loss_ratio": _finite_or_none(mean[-1] / envelope[-1]) if envelope[-1] > 0 else None,
+      "loss_ratio": _loss_ratio(mean[-1], envelope[-1]),
       "speedup_per_seed": [float(s) for s in per_seed],
       "diverged_seeds": int(div.sum()),
       "ms_per_step": runs.ms_per_step,
@@ -190,8 +197,8 @@ def _benchmark_task(entry: SuiteTask, optimizers: Sequence[str], keys: jax.Array
   envelope = np.array([np.inf if x is None else x for x in out["adam"]["envelope_full"]])
   if previous is not None:  # results saved before "loss_ratio" existed
     for r in [out["adam"], *previous["optimizers"].values()]:
-      if "loss_ratio" not in r and r.get("final_loss") is not None and envelope[-1] > 0:
-        r["loss_ratio"] = float(r["final_loss"] / envelope[-1])
+      if "loss_ratio" not in r:
+        r["loss_ratio"] = _loss_ratio(r.get("final_loss"), envelope[-1])
   for spec in optimizers:
     name = spec.partition(":")[0]
     if previous is not None and spec in previous["optimizers"] and ":" not in spec \
