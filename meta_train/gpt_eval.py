@@ -51,6 +51,7 @@ from meta_train._gpt_baselines import (
   steps_to_reach,
 )
 from meta_train._gpt_data import load_dataset
+from meta_train.gpt_train import task_grad_fn
 
 __all__ = ["evaluate_gpt"]
 
@@ -142,12 +143,18 @@ def evaluate_gpt(weights: str, dataset: str, out: str, *, num_nets: int = 16,
   best = float(m.manifest["best_metric"])
   bank = data.params[~is_held].reshape(-1, tok.num_params)
   bank_metric = data.metrics[metric][~is_held].reshape(-1)
-  gen = jax.jit(lambda k, s, ms, mt: model.generate(m.params, m.stats, k, s, ms, mt,
-                                                    num_steps=num_sampling_steps, eta=eta))
   key = jax.random.key(seed)
+  gfn = jax.jit(task_grad_fn(task, tok)) if model.cfg["condition_grad"] else None
+  gen_jit = jax.jit(lambda k, s, ms, mt, g: model.generate(
+      m.params, m.stats, k, s, ms, mt, g, num_steps=num_sampling_steps, eta=eta))
+
+  def gen(k, s, ms, mt):
+    # condition_grad models see a minibatch gradient at the start, as in a training loop.
+    g = None if gfn is None else gfn(s, jax.random.fold_in(k, 7))
+    return gen_jit(k, s, ms, mt, g)
   rep: dict[str, Any] = {"weights": str(weights), "dataset": str(dataset), "metric": metric,
                          "best_prompt": best, "num_sampling_steps": num_sampling_steps,
-                         "eta": eta}
+                         "eta": eta, "condition_grad": bool(model.cfg["condition_grad"])}
 
   # 1. Prompt alignment on held-out runs' initializations.
   starts = data.params[is_held][:num_nets, 0]

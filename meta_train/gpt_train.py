@@ -37,11 +37,12 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
+import tasks
 from lopt.gpt import GPT, save_gpt
 from meta_train._gpt_data import load_dataset
 from meta_train._gpt_pairs import permutation_index, sample_pairs
 
-__all__ = ["DEFAULT_TRAIN_CONFIG", "train_gpt", "split_runs"]
+__all__ = ["DEFAULT_TRAIN_CONFIG", "split_runs", "task_grad_fn", "train_gpt"]
 
 DEFAULT_TRAIN_CONFIG: dict[str, Any] = {
     "steps": 20000, "batch_size": 64, "learning_rate": 4e-4, "warmup_steps": 500,
@@ -52,11 +53,12 @@ DEFAULT_TRAIN_CONFIG: dict[str, Any] = {
     "chunk_size": 128, "d_model": 128, "num_layers": 4, "num_heads": 4, "mlp_ratio": 4,
     "num_timesteps": 1000, "schedule": "linear", "predict_delta": True, "skip": False,
     "metric": "test_loss", "layout": "chunk", "fuse_start": False, "metric_max_freq": 1000.0,
+    "condition_grad": False,
 }
 
 _MODEL_KEYS = ("chunk_size", "d_model", "num_layers", "num_heads", "mlp_ratio", "num_timesteps",
                "schedule", "predict_delta", "skip", "metric", "layout", "fuse_start",
-               "metric_max_freq")
+               "metric_max_freq", "condition_grad")
 
 
 def split_runs(run_ids: np.ndarray, holdout: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -88,12 +90,35 @@ class _Batcher:
             jnp.asarray(self.metric[r, j]))
 
 
-def _make_step(model: GPT, tx: optax.GradientTransformation, ema_decay: float):
+def task_grad_fn(task: tasks.Task, tokenizer) -> Callable[[jax.Array, jax.Array], jax.Array]:
+  """``fn(flats, key) -> grads``: minibatch training gradients at flat parameter vectors.
+
+  Each row gets its own batch (``task.batch(key_i, "train")``, the task's batch
+  size), as an optax training loop would hand it to the optimizer. Used to train
+  and evaluate ``condition_grad`` G.pt models.
+  """
+  like = task.init(jax.random.key(0))
+
+  def one(flat, key):
+    params = tokenizer.unflatten(flat, like=like)
+    return tokenizer.flatten(jax.grad(task.loss)(params, key, task.batch(key, "train")))
+
+  def fn(flats, key):
+    return jax.vmap(one)(flats, jax.random.split(key, flats.shape[0]))
+  return fn
+
+
+def _make_step(model: GPT, tx: optax.GradientTransformation, ema_decay: float,
+               grad_fn: Callable[[jax.Array, jax.Array], jax.Array] | None = None):
   @jax.jit
   def step(state, stats, key, batch):
     start, target, m_start, m_target = batch
+    g = None
+    if grad_fn is not None:
+      key, gkey = jax.random.split(key)
+      g = grad_fn(start, gkey)
     loss, grads = jax.value_and_grad(model.loss)(state["params"], stats, key, start, target,
-                                                 m_start, m_target)
+                                                 m_start, m_target, g)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     ema = jax.tree.map(lambda e, p: ema_decay * e + (1 - ema_decay) * p, state["ema"], params)
@@ -140,8 +165,18 @@ def train_gpt(dataset: str, workdir: str, config: dict[str, Any] | None = None, 
   model = GPT(spec, **{k: cfg[k] for k in _MODEL_KEYS}, log_metric=is_loss)
   train_runs, held_runs = split_runs(data.run_ids, cfg["holdout_runs"], cfg["seed"])
   metric = data.metrics[cfg["metric"]]
+  grad_fn = sample_grads = None
+  if cfg["condition_grad"]:
+    task = tasks.get(data.index["task"], **data.index["task_config"])
+    grad_fn = jax.jit(task_grad_fn(task, model.tokenizer))
+    # Gradient scales from 2,048 random training checkpoints.
+    rng = np.random.default_rng([cfg["seed"], 11])
+    r = train_runs[rng.integers(0, len(train_runs), 2048)]
+    c = rng.integers(0, data.params.shape[1], 2048)
+    sample_grads = np.asarray(grad_fn(jnp.asarray(data.params[r, c]), jax.random.key(11)))
   stats = {k: jnp.asarray(v) for k, v in
-           model.compute_stats(data.params[train_runs], metric[train_runs]).items()}
+           model.compute_stats(data.params[train_runs], metric[train_runs],
+                               sample_grads).items()}
   best = float(metric[train_runs].min() if is_loss else metric[train_runs].max())
   (workdir_p / "split.json").write_text(json.dumps(
       {"dataset": ",".join(str(pathlib.Path(p).resolve()) for p in str(dataset).split(",")),
@@ -163,7 +198,7 @@ def train_gpt(dataset: str, workdir: str, config: dict[str, Any] | None = None, 
   if mngr.latest_step() is not None:
     state = mngr.restore(mngr.latest_step(), args=ocp.args.StandardRestore(state))
     log(f"gpt_train: resumed from step {int(state['step'])}")
-  step_fn = _make_step(model, tx, cfg["ema_decay"])
+  step_fn = _make_step(model, tx, cfg["ema_decay"], grad_fn)
   batcher = _Batcher(data.params, metric, spec, cfg, train_runs)
   held = _Batcher(data.params, metric, spec, {**cfg, "seed": cfg["seed"] + 1}, held_runs)
   eval_fn = jax.jit(model.loss)
@@ -197,7 +232,8 @@ def train_gpt(dataset: str, workdir: str, config: dict[str, Any] | None = None, 
                "nonfinite": int(state["nonfinite"]), "sec_per_step": rate}
         if done % cfg["eval_every"] == 0 or done == cfg["steps"]:
           hb = held(0, augment=False)
-          rec["heldout_loss"] = float(eval_fn(state["ema"], stats, jax.random.key(0), *hb))
+          hg = None if grad_fn is None else grad_fn(hb[0], jax.random.key(1))
+          rec["heldout_loss"] = float(eval_fn(state["ema"], stats, jax.random.key(0), *hb, hg))
         mf.write(json.dumps(rec) + "\n")
         mf.flush()
         log(f"gpt_train: step {done}/{cfg['steps']} loss {rec['loss']:.4f} "

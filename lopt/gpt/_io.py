@@ -101,10 +101,8 @@ def load_gpt(path: str | pathlib.Path) -> LoadedGPT:
   shapes = jax.eval_shape(model.init, jax.random.key(0))
   n, c = model.tokenizer.num_tokens, model.tokenizer.chunk_size
   target = {"params": jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), shapes),
-            "stats": {"param_scale": np.zeros((n, c), np.float32),
-                      "target_scale": np.zeros((n, c), np.float32),
-                      "metric_mean": np.zeros((), np.float32),
-                      "metric_std": np.zeros((), np.float32)}}
+            "stats": {k: np.zeros((n, c) if k.endswith("_scale") else (), np.float32)
+                      for k in model.stats_keys}}
   with ocp.StandardCheckpointer() as ckptr:
     state = ckptr.restore(path / _STATE, target)
   params = jax.tree.map(jax.numpy.asarray, state["params"])

@@ -18,6 +18,15 @@ summed into one token (half the sequence) and the conditioning is added to every
 token; ``metric_max_freq`` bounds the sinusoidal frequencies of the loss
 embeddings (a low value embeds the prompt smoothly).
 
+With ``condition_grad`` (a departure from the paper, which conditions on the
+loss only) the model also sees the gradient at the starting parameters, as the
+optax interface hands it to every update: it is tokenized like the parameters,
+normalized by per-leaf scales from the training data, clipped, and its encoding
+(one more per-group linear encoder) is added to the start encoding. The gradient
+is a function of the parameters and the data that the transformer cannot
+compute itself, and it tells the model which way the loss goes down from this
+particular start.
+
 :class:`GPT` bundles the Flax module, the tokenizer and the diffusion schedule,
 and offers ``loss`` (training) and ``generate`` (sampling new parameters).
 
@@ -45,7 +54,11 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "num_timesteps": 1000, "schedule": "linear", "predict_delta": True,
     "metric": "test_loss", "log_metric": True, "skip": False,
     "layout": "chunk", "fuse_start": False, "metric_max_freq": 1000.0,
+    "condition_grad": False,
 }
+
+#: Normalized gradient entries are clipped to this magnitude (``condition_grad``).
+GRAD_CLIP = 10.0
 
 
 class PerTokenLinear(nn.Module):
@@ -109,8 +122,9 @@ class Block(nn.Module):
 class GPTNet(nn.Module):
   """The denoiser network; see the module docstring.
 
-  ``__call__(x_t, t, x_start, m_start, m_target)`` with tokens ``(B, N, C)``,
-  ``t`` in ``[0, 1]`` and (transformed) metrics ``(B,)`` returns ``(B, N, C)``.
+  ``__call__(x_t, t, x_start, m_start, m_target, grad=None)`` with tokens ``(B, N, C)``,
+  ``t`` in ``[0, 1]``, (transformed) metrics ``(B,)`` and, with ``condition_grad``,
+  normalized gradient tokens ``grad`` ``(B, N, C)`` returns ``(B, N, C)``.
   """
   num_tokens: int
   chunk_size: int
@@ -121,9 +135,10 @@ class GPTNet(nn.Module):
   groups: tuple[int, ...] | None = None
   fuse_start: bool = False
   metric_max_freq: float = 1000.0
+  condition_grad: bool = False
 
   @nn.compact
-  def __call__(self, x_t, t, x_start, m_start, m_target):
+  def __call__(self, x_t, t, x_start, m_start, m_target, grad=None):
     n, d = self.num_tokens, self.d_model
     groups = tuple(range(n)) if self.groups is None else tuple(self.groups)
     g = max(groups) + 1
@@ -133,6 +148,11 @@ class GPTNet(nn.Module):
                       ScalarEmbed(d, max_freq=self.metric_max_freq,
                                   name="embed_metric_target")(m_target)], axis=1)
     enc_s = PerTokenLinear(n, d, groups=groups, name="enc_start")(x_start)
+    if self.condition_grad:
+      if grad is None:
+        raise ValueError("this G.pt network was built with condition_grad=True; pass the "
+                         "gradient tokens grad")
+      enc_s = enc_s + PerTokenLinear(n, d, groups=groups, name="enc_grad")(grad)
     enc_n = PerTokenLinear(n, d, groups=groups, name="enc_noisy")(x_t)
     if self.fuse_start:
       # One token per parameter token (start and noisy summed), plus the conditioning
@@ -183,7 +203,8 @@ class GPT:
                       self.cfg["num_layers"], self.cfg["num_heads"], self.cfg["mlp_ratio"],
                       groups=tuple(int(x) for x in tok.token_group),
                       fuse_start=bool(self.cfg["fuse_start"]),
-                      metric_max_freq=float(self.cfg["metric_max_freq"]))
+                      metric_max_freq=float(self.cfg["metric_max_freq"]),
+                      condition_grad=bool(self.cfg["condition_grad"]))
     self.schedule = diff.make_schedule(self.cfg["num_timesteps"], self.cfg["schedule"])
     self.mask = jnp.asarray(self.tokenizer.mask, jnp.float32)
 
@@ -196,21 +217,34 @@ class GPT:
     n, c = self.tokenizer.num_tokens, self.tokenizer.chunk_size
     x = jnp.zeros((1, n, c), jnp.float32)
     s = jnp.zeros((1,), jnp.float32)
+    g = x if self.cfg["condition_grad"] else None
     # One compiled call: an eager init dispatches (and compiles) every op separately.
-    return jax.jit(lambda k: self.net.init(k, x, s, x, s, s)["params"])(key)
+    return jax.jit(lambda k: self.net.init(k, x, s, x, s, s, g)["params"])(key)
+
+  @property
+  def stats_keys(self) -> tuple[str, ...]:
+    """The keys of this model's normalization statistics (:meth:`compute_stats`)."""
+    keys = ("param_scale", "target_scale", "metric_mean", "metric_std")
+    return keys + ("grad_scale",) if self.cfg["condition_grad"] else keys
 
   # -------------------------------------------------------------------- stats
-  def compute_stats(self, params: np.ndarray, metric: np.ndarray) -> dict[str, np.ndarray]:
+  def compute_stats(self, params: np.ndarray, metric: np.ndarray,
+                    grads: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Normalization statistics from a dataset.
 
     Args:
       params: ``(runs, checkpoints, num_params)`` flattened checkpoints.
       metric: ``(runs, checkpoints)`` values of ``config()["metric"]``.
+      grads: ``(..., num_params)`` sample of gradients at checkpoints, required
+        with ``condition_grad``.
 
     Returns:
       ``{"param_scale", "target_scale"}`` of shape ``(N, C)`` (per-leaf standard
-      deviations; 1 on padding) and scalar ``"metric_mean"``, ``"metric_std"``.
+      deviations; 1 on padding), scalar ``"metric_mean"``, ``"metric_std"`` and, with
+      ``condition_grad``, ``"grad_scale"`` ``(N, C)`` (per-leaf RMS of ``grads``).
     """
+    if self.cfg["condition_grad"] and grads is None:
+      raise ValueError("a condition_grad model needs compute_stats(params, metric, grads)")
     tok = self.tokenizer
     params = np.asarray(params, np.float32)
     if self.cfg["predict_delta"]:
@@ -228,9 +262,16 @@ class GPT:
         out[o:o + n] = max(float(np.std(x[:, o:o + n])), 1e-6)
       return np.where(tok.mask, tok.tokenize(out), 1.0).astype(np.float32)
     m = self.transform_metric(np.asarray(metric, np.float32))
-    return {"param_scale": per_leaf_std(params), "target_scale": per_leaf_std(target),
-            "metric_mean": np.asarray(np.mean(m), np.float32),
-            "metric_std": np.asarray(max(float(np.std(m)), 1e-6), np.float32)}
+    out = {"param_scale": per_leaf_std(params), "target_scale": per_leaf_std(target),
+           "metric_mean": np.asarray(np.mean(m), np.float32),
+           "metric_std": np.asarray(max(float(np.std(m)), 1e-6), np.float32)}
+    if self.cfg["condition_grad"]:
+      g = np.asarray(grads, np.float32).reshape(-1, tok.num_params)
+      rms = np.ones((tok.num_params,), np.float32)
+      for o, n in zip(tok.offsets[:-1], tok.sizes):
+        rms[o:o + n] = max(float(np.sqrt(np.mean(g[:, o:o + n] ** 2))), 1e-8)
+      out["grad_scale"] = np.where(tok.mask, tok.tokenize(rms), 1.0).astype(np.float32)
+    return out
 
   def transform_metric(self, m):
     """``log`` of the metric when ``log_metric`` (losses), else the metric."""
@@ -241,15 +282,25 @@ class GPT:
     return (self.transform_metric(m) - stats["metric_mean"]) / stats["metric_std"]
 
   # ---------------------------------------------------------- train / sample
-  def _denoiser(self, net_params, stats, start_flat, m_start, m_target):
+  def _grad_tokens(self, stats, grad_flat):
+    if not self.cfg["condition_grad"]:
+      return None
+    if grad_flat is None:
+      raise ValueError("this G.pt model conditions on the gradient at the start "
+                       "(condition_grad=True); pass grad_flat")
+    g = self.tokenizer.tokenize(grad_flat) / stats["grad_scale"][None]
+    return jnp.clip(g, -GRAD_CLIP, GRAD_CLIP) * self.mask[None]
+
+  def _denoiser(self, net_params, stats, start_flat, m_start, m_target, grad_flat=None):
     tok = self.tokenizer
     x_start = tok.tokenize(start_flat) / stats["param_scale"][None]
     ms, mt = self._norm_metric(stats, m_start), self._norm_metric(stats, m_target)
+    g = self._grad_tokens(stats, grad_flat)
     T = self.schedule.num_timesteps
 
     def model_fn(x_t, t):
       t01 = t.astype(jnp.float32) / T
-      out = self.net.apply({"params": net_params}, x_t, t01, x_start, ms, mt)
+      out = self.net.apply({"params": net_params}, x_t, t01, x_start, ms, mt, g)
       if self.cfg["skip"]:  # x0 = sqrt(a) x_t + sqrt(1 - a) F: v-prediction in x0 form
         a = self.schedule.alphas_cumprod[t][:, None, None]
         out = jnp.sqrt(a) * x_t + jnp.sqrt(1.0 - a) * out
@@ -257,7 +308,8 @@ class GPT:
 
     return model_fn
 
-  def loss(self, net_params, stats, key, start_flat, target_flat, m_start, m_target):
+  def loss(self, net_params, stats, key, start_flat, target_flat, m_start, m_target,
+           grad_flat=None):
     """The diffusion training loss for a batch of (start, target) checkpoint pairs.
 
     Args:
@@ -266,14 +318,15 @@ class GPT:
       key: PRNG key.
       start_flat, target_flat: ``(B, num_params)`` flattened checkpoints.
       m_start, m_target: ``(B,)`` their metric values (raw, e.g. test loss).
+      grad_flat: ``(B, num_params)`` gradients at the starts (``condition_grad`` only).
     """
     x0 = target_flat - start_flat if self.cfg["predict_delta"] else target_flat
     x0 = self.tokenizer.tokenize(x0) / stats["target_scale"][None]
-    fn = self._denoiser(net_params, stats, start_flat, m_start, m_target)
+    fn = self._denoiser(net_params, stats, start_flat, m_start, m_target, grad_flat)
     return diff.diffusion_loss(fn, self.schedule, key, x0, self.mask[None])
 
-  def generate(self, net_params, stats, key, start_flat, m_start, m_target, *,
-               num_steps: int = 50, eta: float = 0.0) -> jax.Array:
+  def generate(self, net_params, stats, key, start_flat, m_start, m_target, grad_flat=None,
+               *, num_steps: int = 50, eta: float = 0.0) -> jax.Array:
     """Samples new flattened parameters ``(B, num_params)`` prompted with ``m_target``.
 
     Args:
@@ -283,10 +336,11 @@ class GPT:
       start_flat: ``(B, num_params)`` starting parameters.
       m_start: ``(B,)`` their metric.
       m_target: ``(B,)`` prompted metric.
+      grad_flat: ``(B, num_params)`` gradients at the starts (``condition_grad`` only).
       num_steps: sampling steps (static).
       eta: 0 = DDIM, 1 = DDPM.
     """
-    fn = self._denoiser(net_params, stats, start_flat, m_start, m_target)
+    fn = self._denoiser(net_params, stats, start_flat, m_start, m_target, grad_flat)
     shape = (start_flat.shape[0], self.tokenizer.num_tokens, self.tokenizer.chunk_size)
     x0 = diff.sample(fn, self.schedule, key, shape, num_steps=num_steps, eta=eta)
     out = self.tokenizer.detokenize(x0 * stats["target_scale"][None])

@@ -3,7 +3,8 @@
 ``update(grads, state, params, loss=loss)`` tokenizes ``params``, samples new
 parameters from the diffusion model conditioned on them, on ``loss`` (taken as
 their value of the model's metric, e.g. test loss) and on the prompted
-``target``, and returns ``new - params``. Gradients are ignored. The sampling
+``target``, and returns ``new - params``. Gradients are ignored, except by
+models trained with ``condition_grad``, which also condition on them. The sampling
 key lives in the state, so ``update`` is pure, jit-able and deterministic given
 the state. Prompting the model repeatedly (one update per step) refines further.
 
@@ -59,7 +60,7 @@ def gpt_from_loaded(loaded: LoadedGPT, *, target: float | None = None,
     return GPTState(jax.random.key(seed), jnp.zeros((), jnp.int32))
 
   def update_fn(updates, state, params=None, *, loss=None, **extra):
-    del updates, extra
+    del extra
     if params is None:
       raise ValueError("the G.pt optimizer needs params: call update(grads, state, params, "
                        "loss=loss)")
@@ -67,13 +68,17 @@ def gpt_from_loaded(loaded: LoadedGPT, *, target: float | None = None,
       raise ValueError("the G.pt optimizer needs the current loss: call update(grads, state, "
                        "params, loss=loss)")
     tok.check(params)
+    grad_flat = None
+    if model.cfg["condition_grad"]:
+      tok.check(updates, name="grads")
+      grad_flat = tok.flatten(updates)[None].astype(jnp.float32)
     key, sub = jax.random.split(state.key)
 
     def sample(_):
       start = tok.flatten(params)[None]
       m_start = jnp.reshape(jnp.asarray(loss, jnp.float32), (1,))
       m_target = jnp.full((1,), target, jnp.float32)
-      new = model.generate(net_params, stats, sub, start, m_start, m_target,
+      new = model.generate(net_params, stats, sub, start, m_start, m_target, grad_flat,
                            num_steps=num_sampling_steps, eta=eta)[0]
       new_params = tok.unflatten(new, like=params)
       return jax.tree.map(lambda n, p: (n - p).astype(p.dtype), new_params, params)

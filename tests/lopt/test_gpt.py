@@ -270,3 +270,34 @@ def test_shipped_weights_one_update_trains_an_unseen_digits_mlp():
   new_loss = float(test_loss(optax.apply_updates(params, updates)))
   assert int(state.count) == 1
   assert new_loss < 0.5 * float(loss), (float(loss), new_loss)
+
+
+def test_condition_grad_model_reads_the_gradient(tmp_path):
+  params = make_params()
+  gpt = GPT(param_spec(params), **TINY, condition_grad=True)
+  flat = np.asarray(gpt.tokenizer.flatten(params))
+  ckpts = np.stack([flat, flat * 0.5], axis=0)[None].repeat(3, axis=0)
+  metric = np.asarray([[3.0, 1.0]] * 3, np.float32)
+  with pytest.raises(ValueError, match="grads"):
+    gpt.compute_stats(ckpts, metric)
+  stats = gpt.compute_stats(ckpts, metric, grads=2.0 * ckpts)
+  assert set(stats) == set(gpt.stats_keys) and "grad_scale" in stats
+  net = gpt.init(jax.random.key(0))
+  net["dec"]["kernel"] = 0.1 * jax.random.normal(jax.random.key(1), net["dec"]["kernel"].shape)
+  lopt.gpt.save_gpt(tmp_path / "w", gpt, net, stats, best_metric=0.1)
+  m = lopt.gpt.load_gpt(tmp_path / "w")
+  np.testing.assert_array_equal(np.asarray(m.stats["grad_scale"]), stats["grad_scale"])
+  s = jnp.asarray(flat)[None]
+  with pytest.raises(ValueError, match="grad_flat"):
+    m.model.generate(m.params, m.stats, jax.random.key(0), s, jnp.ones(1), jnp.ones(1))
+  # The optimizer passes its gradient argument: same key, other gradient, other update.
+  opt = lopt.get("gpt", weights=str(tmp_path / "w"), num_sampling_steps=2)
+  state = opt.init(params)
+  update = jax.jit(opt.update)
+  u1, _ = update(params, state, params, loss=2.0)
+  u2, _ = update(jax.tree.map(lambda x: -3.0 * x, params), state, params, loss=2.0)
+  u3, _ = update(params, state, params, loss=2.0)
+  assert not np.allclose(np.asarray(u1["conv"]), np.asarray(u2["conv"]))
+  np.testing.assert_array_equal(np.asarray(u1["conv"]), np.asarray(u3["conv"]))
+  with pytest.raises(ValueError, match="grads do not match"):
+    opt.update({"w": jnp.zeros(3)}, state, params, loss=2.0)

@@ -83,6 +83,19 @@ def test_weights_work_as_optimizer_and_reject_other_trees(trained):
     opt.init(other)
 
 
+def test_condition_grad_training_and_optimizer(trained):
+  root, task, _, _ = trained
+  weights = train_gpt(str(root / "data"), str(root / "work_grad"),
+                      {**CFG, "steps": 2, "condition_grad": True}, log=lambda msg: None)
+  m = lopt.gpt.load_gpt(weights)
+  assert m.model.cfg["condition_grad"] and float(jnp.min(m.stats["grad_scale"])) > 0
+  params = task.init(jax.random.key(5))
+  grads = jax.grad(task.loss)(params, jax.random.key(0), task.batch(jax.random.key(0)))
+  opt = lopt.get("gpt", weights=str(weights), num_sampling_steps=2)
+  updates, _ = jax.jit(opt.update)(grads, opt.init(params), params, loss=jnp.float32(2.3))
+  assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(updates))
+
+
 @pytest.mark.slow
 def test_nonfinite_step_is_skipped_and_counted():
   spec = [{"path": "Dense_0/bias", "shape": [3]}, {"path": "Dense_0/kernel", "shape": [2, 3]}]
