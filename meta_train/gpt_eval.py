@@ -9,6 +9,11 @@ Command line::
 data of the model). Writes ``report.json`` and PNG plots to ``--out``. Measured (metric = the
 model's metric, e.g. test loss):
 
+* **sampling temperature** (noise scale of the sampler, :func:`lopt.gpt.sample`):
+  ``--temperature``, or, by default, the one of ``--temperatures`` with the best
+  prompt-alignment R^2 on validation networks (held-out runs not used below);
+  ``--save_temperature`` records it in the weights' manifest, where
+  ``lopt.get("gpt")`` takes its default from.
 * **prompt alignment** (G.pt, Sec. 5.1): for ``--num_nets`` starting networks (the
   initializations of runs held out of training) and ``--num_prompts`` prompts
   evenly spaced from the best value in the training data to the network's own
@@ -114,11 +119,20 @@ def _plots(out: pathlib.Path, rep: dict[str, Any], align: dict[str, np.ndarray],
 def evaluate_gpt(weights: str, dataset: str, out: str, *, num_nets: int = 16,
                  num_prompts: int = 20, num_inits: int = 32, recursive_steps: int = 10,
                  num_sampling_steps: int = 20, eta: float = 0.0, seed: int = 0,
+                 temperature: float | None = None,
+                 temperatures: Sequence[float] = (1.0, 0.7, 0.5, 0.3, 0.0),
                  adam_steps: int = 1000, adam_every: int = 5,
                  adam_lrs: Sequence[float] = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1),
                  noise_levels: Sequence[float] = (0.03, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0),
-                 knn: int = 5, log: Callable[[str], None] = print) -> dict[str, Any]:
+                 knn: int = 5, save_temperature: bool = False,
+                 log: Callable[[str], None] = print) -> dict[str, Any]:
   """Runs the evaluation described in the module docstring; returns the report.
+
+  With ``temperature=None`` the sampling temperature is the one of ``temperatures``
+  with the best prompt-alignment R^2 on validation networks: the held-out runs
+  after the first ``num_nets``, which none of the reported figures use. With
+  ``save_temperature`` it is written to the weights' manifest
+  (``extra.sampling_temperature``), the G.pt optimizer's default.
 
   Example::
 
@@ -145,26 +159,47 @@ def evaluate_gpt(weights: str, dataset: str, out: str, *, num_nets: int = 16,
   bank_metric = data.metrics[metric][~is_held].reshape(-1)
   key = jax.random.key(seed)
   gfn = jax.jit(task_grad_fn(task, tok)) if model.cfg["condition_grad"] else None
-  gen_jit = jax.jit(lambda k, s, ms, mt, g: model.generate(
-      m.params, m.stats, k, s, ms, mt, g, num_steps=num_sampling_steps, eta=eta))
+  gen_jit = jax.jit(lambda k, s, ms, mt, g, temp: model.generate(
+      m.params, m.stats, k, s, ms, mt, g, num_steps=num_sampling_steps, eta=eta,
+      temperature=temp), static_argnums=5)
 
-  def gen(k, s, ms, mt):
+  def gen(k, s, ms, mt, temp):
     # condition_grad models see a minibatch gradient at the start, as in a training loop.
     g = None if gfn is None else gfn(s, jax.random.fold_in(k, 7))
-    return gen_jit(k, s, ms, mt, g)
+    return gen_jit(k, s, ms, mt, g, float(temp))
+
+  held_p, held_m = data.params[is_held], data.metrics[metric][is_held]
+
+  def alignment(nets, temp):
+    starts, own = held_p[nets, 0], held_m[nets, 0]
+    prompts = np.stack([np.linspace(best, o, num_prompts) for o in own])
+    new = np.asarray(gen(jax.random.fold_in(key, 1), jnp.asarray(np.repeat(starts, num_prompts, 0)),
+                         jnp.asarray(np.repeat(own, num_prompts)),
+                         jnp.asarray(prompts.reshape(-1)), temp))
+    achieved = mf(new)[metric].reshape(len(nets), num_prompts)
+    return prompts, achieved, new, [r_squared(p, a) for p, a in zip(prompts, achieved)]
+
   rep: dict[str, Any] = {"weights": str(weights), "dataset": str(dataset), "metric": metric,
                          "best_prompt": best, "num_sampling_steps": num_sampling_steps,
                          "eta": eta, "condition_grad": bool(model.cfg["condition_grad"])}
 
+  # 0. Sampling temperature: given, or chosen by prompt alignment on validation runs (the
+  # held-out runs after the first num_nets, never used for the figures below).
+  if temperature is None:
+    val = np.arange(num_nets, int(is_held.sum()))
+    if len(val) == 0:
+      raise ValueError("no held-out runs are left for choosing the temperature; pass "
+                       "temperature= or hold out more than num_nets runs")
+    sweep = {float(t): float(np.mean(alignment(val, t)[3])) for t in temperatures}
+    temperature = max(sweep, key=sweep.get)
+    rep["temperature_selection"] = {"validation_nets": len(val), "r2_by_temperature": sweep,
+                                    "chosen": temperature}
+    log(f"gpt_eval: validation R^2 by temperature {sweep}; using {temperature:g} "
+        f"[{time.time() - t0:.0f}s]")
+  rep["temperature"] = float(temperature)
+
   # 1. Prompt alignment on held-out runs' initializations.
-  starts = data.params[is_held][:num_nets, 0]
-  own = data.metrics[metric][is_held][:num_nets, 0]
-  prompts = np.stack([np.linspace(best, o, num_prompts) for o in own])
-  s_rep = np.repeat(starts, num_prompts, axis=0)
-  new = np.asarray(gen(jax.random.fold_in(key, 1), jnp.asarray(s_rep),
-                       jnp.asarray(np.repeat(own, num_prompts)), jnp.asarray(prompts.reshape(-1))))
-  achieved = mf(new)[metric].reshape(num_nets, num_prompts)
-  r2 = [r_squared(p, a) for p, a in zip(prompts, achieved)]
+  prompts, achieved, new, r2 = alignment(np.arange(num_nets), temperature)
   ret = bank_metric[retrieve(bank_metric, prompts.reshape(-1))[:, 0]].reshape(prompts.shape)
   rep["prompt_alignment"] = {
       "r2_mean": float(np.mean(r2)), "r2_per_net": r2,
@@ -182,7 +217,7 @@ def evaluate_gpt(weights: str, dataset: str, out: str, *, num_nets: int = 16,
   gpt_one = None
   for r in range(recursive_steps):
     cur = np.asarray(gen(jax.random.fold_in(key, 100 + r), jnp.asarray(cur), jnp.asarray(cur_m),
-                         jnp.full((num_inits,), best, jnp.float32)))
+                         jnp.full((num_inits,), best, jnp.float32), temperature))
     mets = mf(cur)
     cur_m = mets[metric]
     rec.append(cur_m)
@@ -253,6 +288,12 @@ def evaluate_gpt(weights: str, dataset: str, out: str, *, num_nets: int = 16,
       "prompt_alignment_r2>=0.9": rep["prompt_alignment"]["r2_mean"] >= 0.9,
       "adam_steps_to_match>=100": (not reached) or min(reached) >= 100,
       "not_dominated_by_noisy_retrieval": rep["novelty"]["gpt_not_dominated"]}
+  if save_temperature:
+    mpath = pathlib.Path(weights) / "manifest.json"
+    man = json.loads(mpath.read_text())
+    man["extra"]["sampling_temperature"] = float(temperature)
+    mpath.write_text(json.dumps(man, indent=1))
+    log(f"gpt_eval: wrote sampling_temperature={temperature:g} to {mpath}")
   rep["seconds"] = time.time() - t0
   (outp / "report.json").write_text(json.dumps(rep, indent=1))
   log(f"gpt_eval: targets {rep['targets']}; wrote {outp / 'report.json'}")
@@ -266,7 +307,9 @@ def main(argv):
   evaluate_gpt(f.weights, f.dataset, f.out, num_nets=f.num_nets, num_prompts=f.num_prompts,
                num_inits=f.num_inits, recursive_steps=f.recursive_steps,
                num_sampling_steps=f.num_sampling_steps, eta=f.eta, seed=f.seed,
-               adam_steps=f.adam_steps, adam_lrs=[float(x) for x in f.adam_lrs])
+               temperature=f.temperature, temperatures=[float(x) for x in f.temperatures],
+               adam_steps=f.adam_steps, adam_lrs=[float(x) for x in f.adam_lrs],
+               save_temperature=f.save_temperature)
 
 
 if __name__ == "__main__":
@@ -282,6 +325,12 @@ if __name__ == "__main__":
   flags.DEFINE_integer("recursive_steps", 10, "Recursive prompting updates.")
   flags.DEFINE_integer("num_sampling_steps", 20, "Diffusion sampling steps.")
   flags.DEFINE_float("eta", 0.0, "0 = DDIM, 1 = DDPM.")
+  flags.DEFINE_float("temperature", None, "Sampling temperature (default: chosen on "
+                     "validation runs from --temperatures).")
+  flags.DEFINE_list("temperatures", ["1", "0.7", "0.5", "0.3", "0"],
+                    "Temperatures tried on validation runs when --temperature is not given.")
+  flags.DEFINE_bool("save_temperature", False, "Record the temperature in the weights' "
+                    "manifest (extra.sampling_temperature), the optimizer's default.")
   flags.DEFINE_integer("seed", 0, "Evaluation seed.")
   flags.DEFINE_integer("adam_steps", 1000, "Adam steps per learning rate.")
   flags.DEFINE_list("adam_lrs", ["1e-3", "3e-3", "1e-2", "3e-2", "1e-1"], "Adam grid.")

@@ -326,7 +326,7 @@ class GPT:
     return diff.diffusion_loss(fn, self.schedule, key, x0, self.mask[None])
 
   def generate(self, net_params, stats, key, start_flat, m_start, m_target, grad_flat=None,
-               *, num_steps: int = 50, eta: float = 0.0) -> jax.Array:
+               *, num_steps: int = 50, eta: float = 0.0, temperature: float = 1.0) -> jax.Array:
     """Samples new flattened parameters ``(B, num_params)`` prompted with ``m_target``.
 
     Args:
@@ -339,10 +339,12 @@ class GPT:
       grad_flat: ``(B, num_params)`` gradients at the starts (``condition_grad`` only).
       num_steps: sampling steps (static).
       eta: 0 = DDIM, 1 = DDPM.
+      temperature: noise scale (static); see :func:`lopt.gpt.sample`.
     """
     fn = self._denoiser(net_params, stats, start_flat, m_start, m_target, grad_flat)
     shape = (start_flat.shape[0], self.tokenizer.num_tokens, self.tokenizer.chunk_size)
-    x0 = diff.sample(fn, self.schedule, key, shape, num_steps=num_steps, eta=eta)
+    x0 = diff.sample(fn, self.schedule, key, shape, num_steps=num_steps, eta=eta,
+                     temperature=temperature)
     out = self.tokenizer.detokenize(x0 * stats["target_scale"][None])
     return start_flat + out if self.cfg["predict_delta"] else out
 

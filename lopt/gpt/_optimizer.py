@@ -43,6 +43,7 @@ def pretrained_gpt_path(name: str = PRETRAINED) -> pathlib.Path:
 
 def gpt_from_loaded(loaded: LoadedGPT, *, target: float | None = None,
                     num_sampling_steps: int = 20, eta: float = 0.0,
+                    temperature: float | None = None,
                     seed: int = 0, max_updates: int | None = None
                     ) -> optax.GradientTransformationExtraArgs:
   """Builds the optimizer from an already loaded model (see :func:`gpt`)."""
@@ -54,6 +55,11 @@ def gpt_from_loaded(loaded: LoadedGPT, *, target: float | None = None,
       raise ValueError("the G.pt manifest stores no best_metric; pass target=")
   target = float(target)
   num_sampling_steps = int(num_sampling_steps)
+  if temperature is None:
+    temperature = loaded.manifest.get("extra", {}).get("sampling_temperature", 1.0)
+  temperature = float(temperature)
+  if temperature < 0:
+    raise ValueError(f"temperature must be >= 0, got {temperature}")
 
   def init_fn(params):
     tok.check(params)
@@ -79,7 +85,8 @@ def gpt_from_loaded(loaded: LoadedGPT, *, target: float | None = None,
       m_start = jnp.reshape(jnp.asarray(loss, jnp.float32), (1,))
       m_target = jnp.full((1,), target, jnp.float32)
       new = model.generate(net_params, stats, sub, start, m_start, m_target, grad_flat,
-                           num_steps=num_sampling_steps, eta=eta)[0]
+                           num_steps=num_sampling_steps, eta=eta,
+                           temperature=temperature)[0]
       new_params = tok.unflatten(new, like=params)
       return jax.tree.map(lambda n, p: (n - p).astype(p.dtype), new_params, params)
 
@@ -94,7 +101,8 @@ def gpt_from_loaded(loaded: LoadedGPT, *, target: float | None = None,
 
 
 def gpt(weights: Any = "pretrained", target: float | None = None, *,
-        num_sampling_steps: int = 20, eta: float = 0.0, seed: int = 0,
+        num_sampling_steps: int = 20, eta: float = 0.0, temperature: float | None = None,
+        seed: int = 0,
         prompt: float | None = None, num_steps: int | None = None,
         max_updates: int | None = None, **unused: Any) -> optax.GradientTransformationExtraArgs:
   """The G.pt generative optimizer, ``lopt.get("gpt", ...)``.
@@ -114,6 +122,10 @@ def gpt(weights: Any = "pretrained", target: float | None = None, *,
       the training data, from the manifest).
     num_sampling_steps: diffusion sampling steps per update.
     eta: 0 for DDIM, 1 for DDPM sampling.
+    temperature: noise scale of the sampler (:func:`lopt.gpt.sample`; 1 samples
+      the model's distribution, 0 is deterministic). Default: the value
+      ``gpt_eval --save_temperature`` chose on validation runs and recorded in
+      the manifest (``extra.sampling_temperature``), else 1.
     seed: seed of the sampling key kept in the state.
     prompt: an alias of ``target`` (give one of them).
     num_steps: accepted for symmetry with learned optimizers and ignored (each
@@ -152,4 +164,5 @@ def gpt(weights: Any = "pretrained", target: float | None = None, *,
                       f"{type(weights).__name__}")
     loaded = load_gpt(weights)
   return gpt_from_loaded(loaded, target=target, num_sampling_steps=num_sampling_steps,
-                         eta=eta, seed=seed, max_updates=max_updates)
+                         eta=eta, temperature=temperature, seed=seed,
+                         max_updates=max_updates)

@@ -1,5 +1,8 @@
 """G.pt model pieces: tokenizer, diffusion, weights IO and the optax wrapper."""
 
+import json
+import shutil
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -168,6 +171,29 @@ def test_optax_update_is_new_minus_params_and_deterministic(tiny_weights):
                                                        rtol=1e-5, atol=1e-6), v1, u1)
   v2, _ = jax.jit(once.update)(params, t1, params, loss=2.0)
   assert all(not np.any(np.asarray(x)) for x in jax.tree.leaves(v2))
+
+
+def test_temperature_zero_is_deterministic_and_read_from_manifest(tiny_weights, tmp_path):
+  path, params = tiny_weights
+  m = lopt.gpt.load_gpt(path)
+  start = m.model.tokenizer.flatten(params)[None]
+  def gen(seed, temp):
+    return np.asarray(m.model.generate(m.params, m.stats, jax.random.key(seed), start,
+                                       jnp.ones(1), jnp.ones(1), num_steps=3, temperature=temp))
+  np.testing.assert_array_equal(gen(0, 0.0), gen(1, 0.0))
+  assert not np.allclose(gen(0, 1.0), gen(1, 1.0))
+  with pytest.raises(ValueError, match="temperature"):
+    lopt.get("gpt", weights=str(path), temperature=-1.0)
+  # The default temperature comes from the manifest (gpt_eval --save_temperature).
+  shutil.copytree(path, tmp_path / "w")
+  man = json.loads((tmp_path / "w" / "manifest.json").read_text())
+  man["extra"]["sampling_temperature"] = 0.0
+  (tmp_path / "w" / "manifest.json").write_text(json.dumps(man))
+  a = lopt.get("gpt", weights=str(tmp_path / "w"), num_sampling_steps=3, seed=0)
+  b = lopt.get("gpt", weights=str(tmp_path / "w"), num_sampling_steps=3, seed=1)
+  ua, _ = a.update(params, a.init(params), params, loss=1.0)
+  ub, _ = b.update(params, b.init(params), params, loss=1.0)
+  np.testing.assert_array_equal(np.asarray(ua["conv"]), np.asarray(ub["conv"]))
 
 
 def test_optax_mismatched_tree_and_missing_inputs(tiny_weights):

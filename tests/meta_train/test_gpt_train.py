@@ -128,10 +128,15 @@ def test_bad_dataset_and_split(tmp_path):
 @pytest.mark.slow
 def test_eval_writes_report_and_plots(trained):
   root, _, weights, _ = trained
-  rep = evaluate_gpt(str(weights), str(root / "data"), str(root / "eval"), num_nets=2,
+  rep = evaluate_gpt(str(weights), str(root / "data"), str(root / "eval"), num_nets=1,
                      num_prompts=3, num_inits=2, recursive_steps=2, num_sampling_steps=2,
                      adam_steps=10, adam_lrs=(1e-2,), noise_levels=(0.1, 1.0),
-                     log=lambda msg: None)
+                     temperatures=(1.0, 0.0), save_temperature=True, log=lambda msg: None)
+  # The temperature is chosen on the held-out run not used for the figures, and recorded.
+  sel = rep["temperature_selection"]
+  assert sel["validation_nets"] == 1 and sel["chosen"] in (1.0, 0.0)
+  manifest = lopt.gpt.read_gpt_manifest(weights)
+  assert manifest["extra"]["sampling_temperature"] == sel["chosen"] == rep["temperature"]
   assert set(rep["targets"]) == {"prompt_alignment_r2>=0.9", "adam_steps_to_match>=100",
                                  "not_dominated_by_noisy_retrieval"}
   assert len(rep["recursive"]["median"]) == 3
