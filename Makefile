@@ -16,8 +16,12 @@ $(STAMP): $(BIN)/python pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python -m benchmarks.demo
 
+# Test files run in parallel on every core (pytest-xdist; one file stays on one worker,
+# so its module fixtures are built once). TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= auto
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

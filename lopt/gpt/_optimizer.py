@@ -76,6 +76,9 @@ def gpt_from_loaded(loaded: LoadedGPT, *, target: float | None = None,
     tok.check(params)
     grad_flat = None
     if model.cfg["condition_grad"]:
+      if updates is None:
+        raise ValueError("this G.pt model conditions on the gradient at params "
+                         "(condition_grad): call update(grads, state, params, loss=loss)")
       tok.check(updates, name="grads")
       grad_flat = tok.flatten(updates)[None].astype(jnp.float32)
     key, sub = jax.random.split(state.key)

@@ -327,3 +327,5 @@ def test_condition_grad_model_reads_the_gradient(tmp_path):
   np.testing.assert_array_equal(np.asarray(u1["conv"]), np.asarray(u3["conv"]))
   with pytest.raises(ValueError, match="grads do not match"):
     opt.update({"w": jnp.zeros(3)}, state, params, loss=2.0)
+  with pytest.raises(ValueError, match="conditions on the gradient"):
+    opt.update(None, state, params, loss=2.0)
