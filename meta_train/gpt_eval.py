@@ -316,7 +316,8 @@ if __name__ == "__main__":
   from absl import app, flags
 
   flags.DEFINE_string("weights", "lopt/weights/gpt_digits_mlp", "G.pt weights directory.")
-  flags.DEFINE_string("dataset", "runs/gpt_digits_data,runs/gpt_digits_data_early",
+  flags.DEFINE_string("dataset", "runs/gpt_digits_data,runs/gpt_digits_data_early,"
+                      "runs/gpt_digits_data2,runs/gpt_digits_data_early2",
                       "Checkpoint dataset directory (or several, comma-separated).")
   flags.DEFINE_string("out", "runs/gpt_digits_eval", "Output directory.")
   flags.DEFINE_integer("num_nets", 16, "Held-out starting networks for prompt alignment.")

@@ -292,7 +292,9 @@ def test_shipped_weights_one_update_trains_an_unseen_digits_mlp():
   opt = lopt.get("gpt", weights="pretrained", num_sampling_steps=10)
   test_loss = jax.jit(lambda p: task.metrics(p, jax.random.key(0), test)["loss"])
   loss = test_loss(params)
-  updates, state = jax.jit(opt.update)(params, opt.init(params), params, loss=loss)
+  key = jax.random.key(1)
+  grads = jax.grad(task.loss)(params, key, task.batch(key, "train"))  # a minibatch gradient
+  updates, state = jax.jit(opt.update)(grads, opt.init(params), params, loss=loss)
   new_loss = float(test_loss(optax.apply_updates(params, updates)))
   assert int(state.count) == 1
   assert new_loss < 0.5 * float(loss), (float(loss), new_loss)
