@@ -255,22 +255,20 @@ class GPT:
       target = params[r, j[p]] - params[r, i[p]]
     else:
       target = params
-    def per_leaf_std(x):
-      x = x.reshape(-1, tok.num_params)
+    def per_leaf(x, scale, floor):
+      # One scale per leaf (``scale`` of all its entries), tokenized; 1 on padding.
+      x = np.asarray(x, np.float32).reshape(-1, tok.num_params)
       out = np.ones((tok.num_params,), np.float32)
       for o, n in zip(tok.offsets[:-1], tok.sizes):
-        out[o:o + n] = max(float(np.std(x[:, o:o + n])), 1e-6)
+        out[o:o + n] = max(float(scale(x[:, o:o + n])), floor)
       return np.where(tok.mask, tok.tokenize(out), 1.0).astype(np.float32)
     m = self.transform_metric(np.asarray(metric, np.float32))
-    out = {"param_scale": per_leaf_std(params), "target_scale": per_leaf_std(target),
+    out = {"param_scale": per_leaf(params, np.std, 1e-6),
+           "target_scale": per_leaf(target, np.std, 1e-6),
            "metric_mean": np.asarray(np.mean(m), np.float32),
            "metric_std": np.asarray(max(float(np.std(m)), 1e-6), np.float32)}
     if self.cfg["condition_grad"]:
-      g = np.asarray(grads, np.float32).reshape(-1, tok.num_params)
-      rms = np.ones((tok.num_params,), np.float32)
-      for o, n in zip(tok.offsets[:-1], tok.sizes):
-        rms[o:o + n] = max(float(np.sqrt(np.mean(g[:, o:o + n] ** 2))), 1e-8)
-      out["grad_scale"] = np.where(tok.mask, tok.tokenize(rms), 1.0).astype(np.float32)
+      out["grad_scale"] = per_leaf(grads, lambda v: np.sqrt(np.mean(v ** 2)), 1e-8)
     return out
 
   def transform_metric(self, m):
