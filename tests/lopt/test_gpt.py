@@ -116,17 +116,31 @@ def test_diffusion_loss_mask_ignores_padding():
 
 @pytest.fixture(scope="module")
 def tiny_weights(tmp_path_factory):
+  path, params, _ = _save_tiny(tmp_path_factory.mktemp("gpt") / "w")
+  return path, params
+
+
+def _save_tiny(path, **config):
+  """Saves a tiny G.pt (decoder perturbed) for ``make_params()``; returns path, params, stats.
+
+  Its stats come from two fake checkpoints (and, with ``condition_grad``, fake gradients).
+  """
   params = make_params()
-  gpt = GPT(param_spec(params), **TINY)
+  gpt = GPT(param_spec(params), **TINY, **config)
   flat = np.asarray(gpt.tokenizer.flatten(params))
   ckpts = np.stack([flat, flat * 0.5], axis=0)[None].repeat(3, axis=0)
-  stats = gpt.compute_stats(ckpts, np.asarray([[3.0, 1.0]] * 3, np.float32))
-  path = tmp_path_factory.mktemp("gpt") / "w"
+  metric = np.asarray([[3.0, 1.0]] * 3, np.float32)
+  if gpt.cfg["condition_grad"]:
+    with pytest.raises(ValueError, match="grads"):
+      gpt.compute_stats(ckpts, metric)
+  grads = 2.0 * ckpts if gpt.cfg["condition_grad"] else None
+  stats = gpt.compute_stats(ckpts, metric, grads)
+  assert set(stats) == set(gpt.stats_keys)
   net = gpt.init(jax.random.key(0))  # the decoder is zero-initialized: perturb it
   net["dec"]["kernel"] = 0.1 * jax.random.normal(jax.random.key(1), net["dec"]["kernel"].shape)
   lopt.gpt.save_gpt(path, gpt, net, stats, best_metric=0.1,
                     task={"name": "contract", "config": {}})
-  return path, params
+  return path, params, stats
 
 
 def test_save_load_round_trip(tiny_weights):
@@ -301,21 +315,11 @@ def test_shipped_weights_one_update_trains_an_unseen_digits_mlp():
 
 
 def test_condition_grad_model_reads_the_gradient(tmp_path):
-  params = make_params()
-  gpt = GPT(param_spec(params), **TINY, condition_grad=True)
-  flat = np.asarray(gpt.tokenizer.flatten(params))
-  ckpts = np.stack([flat, flat * 0.5], axis=0)[None].repeat(3, axis=0)
-  metric = np.asarray([[3.0, 1.0]] * 3, np.float32)
-  with pytest.raises(ValueError, match="grads"):
-    gpt.compute_stats(ckpts, metric)
-  stats = gpt.compute_stats(ckpts, metric, grads=2.0 * ckpts)
-  assert set(stats) == set(gpt.stats_keys) and "grad_scale" in stats
-  net = gpt.init(jax.random.key(0))
-  net["dec"]["kernel"] = 0.1 * jax.random.normal(jax.random.key(1), net["dec"]["kernel"].shape)
-  lopt.gpt.save_gpt(tmp_path / "w", gpt, net, stats, best_metric=0.1)
+  _, params, stats = _save_tiny(tmp_path / "w", condition_grad=True)  # checks compute_stats
+  assert "grad_scale" in stats
   m = lopt.gpt.load_gpt(tmp_path / "w")
   np.testing.assert_array_equal(np.asarray(m.stats["grad_scale"]), stats["grad_scale"])
-  s = jnp.asarray(flat)[None]
+  s = m.model.tokenizer.flatten(params)[None]
   with pytest.raises(ValueError, match="grad_flat"):
     m.model.generate(m.params, m.stats, jax.random.key(0), s, jnp.ones(1), jnp.ones(1))
   # The optimizer passes its gradient argument: same key, other gradient, other update.
