@@ -14,6 +14,11 @@ model's metric, e.g. test loss):
   prompt-alignment R^2 on validation networks (held-out runs not used below);
   ``--save_temperature`` records it in the weights' manifest, where
   ``lopt.get("gpt")`` takes its default from.
+* **guidance scale** (classifier-free guidance, :meth:`lopt.gpt.GPT.generate`):
+  ``--guidance``, or, by default, chosen on the same validation networks at the
+  chosen temperature: the one of ``--guidances`` with the best R^2 among those
+  whose median metric at the best prompt (the optimizer's use) is no worse than
+  without guidance. ``--save_temperature`` records it too.
 * **prompt alignment** (G.pt, Sec. 5.1): for ``--num_nets`` starting networks (the
   initializations of runs held out of training) and ``--num_prompts`` prompts
   evenly spaced from the best value in the training data to the network's own
@@ -121,6 +126,8 @@ def evaluate_gpt(weights: str, dataset: str, out: str, *, num_nets: int = 16,
                  num_sampling_steps: int = 20, eta: float = 0.0, seed: int = 0,
                  temperature: float | None = None,
                  temperatures: Sequence[float] = (1.0, 0.7, 0.5, 0.3, 0.0),
+                 guidance: float | None = None,
+                 guidances: Sequence[float] = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5),
                  adam_steps: int = 1000, adam_every: int = 5,
                  adam_lrs: Sequence[float] = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1),
                  noise_levels: Sequence[float] = (0.03, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0),
@@ -132,7 +139,9 @@ def evaluate_gpt(weights: str, dataset: str, out: str, *, num_nets: int = 16,
   with the best prompt-alignment R^2 on validation networks: the held-out runs
   after the first ``num_nets``, which none of the reported figures use. With
   ``save_temperature`` it is written to the weights' manifest
-  (``extra.sampling_temperature``), the G.pt optimizer's default.
+  (``extra.sampling_temperature``), the G.pt optimizer's default. ``guidance=None``
+  likewise chooses the guidance scale from ``guidances`` on the validation networks
+  (see the module docstring) and ``save_temperature`` records it (``extra.guidance``).
 
   Example::
 
@@ -159,47 +168,62 @@ def evaluate_gpt(weights: str, dataset: str, out: str, *, num_nets: int = 16,
   bank_metric = data.metrics[metric][~is_held].reshape(-1)
   key = jax.random.key(seed)
   gfn = jax.jit(task_grad_fn(task, tok)) if model.cfg["condition_grad"] else None
-  gen_jit = jax.jit(lambda k, s, ms, mt, g, temp: model.generate(
+  gen_jit = jax.jit(lambda k, s, ms, mt, g, temp, w: model.generate(
       m.params, m.stats, k, s, ms, mt, g, num_steps=num_sampling_steps, eta=eta,
-      temperature=temp), static_argnums=5)
+      temperature=temp, guidance=w), static_argnums=(5, 6))
 
-  def gen(k, s, ms, mt, temp):
+  def gen(k, s, ms, mt, temp, w):
     # condition_grad models see a minibatch gradient at the start, as in a training loop.
     g = None if gfn is None else gfn(s, jax.random.fold_in(k, 7))
-    return gen_jit(k, s, ms, mt, g, float(temp))
+    return gen_jit(k, s, ms, mt, g, float(temp), float(w))
 
   held_p, held_m = data.params[is_held], data.metrics[metric][is_held]
 
-  def alignment(nets, temp):
+  def alignment(nets, temp, w):
     starts, own = held_p[nets, 0], held_m[nets, 0]
     prompts = np.stack([np.linspace(best, o, num_prompts) for o in own])
     new = np.asarray(gen(jax.random.fold_in(key, 1), jnp.asarray(np.repeat(starts, num_prompts, 0)),
                          jnp.asarray(np.repeat(own, num_prompts)),
-                         jnp.asarray(prompts.reshape(-1)), temp))
+                         jnp.asarray(prompts.reshape(-1)), temp, w))
     achieved = mf(new)[metric].reshape(len(nets), num_prompts)
     return prompts, achieved, new, [r_squared(p, a) for p, a in zip(prompts, achieved)]
 
   rep: dict[str, Any] = {"weights": str(weights), "dataset": str(dataset), "metric": metric,
                          "best_prompt": best, "num_sampling_steps": num_sampling_steps,
-                         "eta": eta, "condition_grad": bool(model.cfg["condition_grad"])}
+                         "eta": eta, "condition_grad": bool(model.cfg["condition_grad"]),
+                         "prompt_dropout": float(model.cfg["prompt_dropout"])}
 
   # 0. Sampling temperature: given, or chosen by prompt alignment on validation runs (the
   # held-out runs after the first num_nets, never used for the figures below).
+  val = np.arange(num_nets, int(is_held.sum()))
+  if (temperature is None or guidance is None) and len(val) == 0:
+    raise ValueError("no held-out runs are left for choosing the temperature or guidance; "
+                     "pass temperature= and guidance=, or hold out more than num_nets runs")
   if temperature is None:
-    val = np.arange(num_nets, int(is_held.sum()))
-    if len(val) == 0:
-      raise ValueError("no held-out runs are left for choosing the temperature; pass "
-                       "temperature= or hold out more than num_nets runs")
-    sweep = {float(t): float(np.mean(alignment(val, t)[3])) for t in temperatures}
+    sweep = {float(t): float(np.mean(alignment(val, t, 0.0)[3])) for t in temperatures}
     temperature = max(sweep, key=sweep.get)
     rep["temperature_selection"] = {"validation_nets": len(val), "r2_by_temperature": sweep,
                                     "chosen": temperature}
     log(f"gpt_eval: validation R^2 by temperature {sweep}; using {temperature:g} "
         f"[{time.time() - t0:.0f}s]")
   rep["temperature"] = float(temperature)
+  if guidance is None:
+    # Guidance sharpens prompt following; keep only scales that do not hurt the optimizer's
+    # use (the best prompt, column 0 of the alignment prompts), then take the best R^2.
+    gs = sorted({0.0, *(float(w) for w in guidances)})
+    res = {}
+    for w in gs:
+      _, ach, _, r2w = alignment(val, temperature, w)
+      res[w] = {"r2": float(np.mean(r2w)), "best_prompt_median": float(np.median(ach[:, 0]))}
+    ok = [w for w in gs if res[w]["best_prompt_median"] <= res[0.0]["best_prompt_median"]]
+    guidance = max(ok, key=lambda w: res[w]["r2"])
+    rep["guidance_selection"] = {"validation_nets": len(val), "by_guidance": res,
+                                 "chosen": guidance}
+    log(f"gpt_eval: validation by guidance {res}; using {guidance:g} [{time.time() - t0:.0f}s]")
+  rep["guidance"] = float(guidance)
 
   # 1. Prompt alignment on held-out runs' initializations.
-  prompts, achieved, new, r2 = alignment(np.arange(num_nets), temperature)
+  prompts, achieved, new, r2 = alignment(np.arange(num_nets), temperature, guidance)
   ret = bank_metric[retrieve(bank_metric, prompts.reshape(-1))[:, 0]].reshape(prompts.shape)
   rep["prompt_alignment"] = {
       "r2_mean": float(np.mean(r2)), "r2_per_net": r2,
@@ -217,7 +241,7 @@ def evaluate_gpt(weights: str, dataset: str, out: str, *, num_nets: int = 16,
   gpt_one = None
   for r in range(recursive_steps):
     cur = np.asarray(gen(jax.random.fold_in(key, 100 + r), jnp.asarray(cur), jnp.asarray(cur_m),
-                         jnp.full((num_inits,), best, jnp.float32), temperature))
+                         jnp.full((num_inits,), best, jnp.float32), temperature, guidance))
     mets = mf(cur)
     cur_m = mets[metric]
     rec.append(cur_m)
@@ -292,8 +316,10 @@ def evaluate_gpt(weights: str, dataset: str, out: str, *, num_nets: int = 16,
     mpath = pathlib.Path(weights) / "manifest.json"
     man = json.loads(mpath.read_text())
     man["extra"]["sampling_temperature"] = float(temperature)
+    man["extra"]["guidance"] = float(guidance)
     mpath.write_text(json.dumps(man, indent=1))
-    log(f"gpt_eval: wrote sampling_temperature={temperature:g} to {mpath}")
+    log(f"gpt_eval: wrote sampling_temperature={temperature:g}, guidance={guidance:g} to "
+        f"{mpath}")
   rep["seconds"] = time.time() - t0
   (outp / "report.json").write_text(json.dumps(rep, indent=1))
   log(f"gpt_eval: targets {rep['targets']}; wrote {outp / 'report.json'}")
@@ -308,6 +334,7 @@ def main(argv):
                num_inits=f.num_inits, recursive_steps=f.recursive_steps,
                num_sampling_steps=f.num_sampling_steps, eta=f.eta, seed=f.seed,
                temperature=f.temperature, temperatures=[float(x) for x in f.temperatures],
+               guidance=f.guidance, guidances=[float(x) for x in f.guidances],
                adam_steps=f.adam_steps, adam_lrs=[float(x) for x in f.adam_lrs],
                save_temperature=f.save_temperature)
 
@@ -330,8 +357,13 @@ if __name__ == "__main__":
                      "validation runs from --temperatures).")
   flags.DEFINE_list("temperatures", ["1", "0.7", "0.5", "0.3", "0"],
                     "Temperatures tried on validation runs when --temperature is not given.")
-  flags.DEFINE_bool("save_temperature", False, "Record the temperature in the weights' "
-                    "manifest (extra.sampling_temperature), the optimizer's default.")
+  flags.DEFINE_float("guidance", None, "Guidance scale (default: chosen on validation "
+                     "networks from --guidances).")
+  flags.DEFINE_list("guidances", ["0", "0.05", "0.1", "0.2", "0.3", "0.5"],
+                    "Guidance scales to choose from.")
+  flags.DEFINE_bool("save_temperature", False, "Record the temperature and guidance in the "
+                    "weights' manifest (extra.sampling_temperature, extra.guidance), the "
+                    "optimizer's defaults.")
   flags.DEFINE_integer("seed", 0, "Evaluation seed.")
   flags.DEFINE_integer("adam_steps", 1000, "Adam steps per learning rate.")
   flags.DEFINE_list("adam_lrs", ["1e-3", "3e-3", "1e-2", "3e-2", "1e-1"], "Adam grid.")

@@ -53,12 +53,12 @@ DEFAULT_TRAIN_CONFIG: dict[str, Any] = {
     "chunk_size": 128, "d_model": 128, "num_layers": 4, "num_heads": 4, "mlp_ratio": 4,
     "num_timesteps": 1000, "schedule": "linear", "predict_delta": True, "skip": False,
     "metric": "test_loss", "layout": "chunk", "fuse_start": False, "metric_max_freq": 1000.0,
-    "condition_grad": False,
+    "condition_grad": False, "prompt_dropout": 0.0,
 }
 
 _MODEL_KEYS = ("chunk_size", "d_model", "num_layers", "num_heads", "mlp_ratio", "num_timesteps",
                "schedule", "predict_delta", "skip", "metric", "layout", "fuse_start",
-               "metric_max_freq", "condition_grad")
+               "metric_max_freq", "condition_grad", "prompt_dropout")
 
 
 def split_runs(run_ids: np.ndarray, holdout: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

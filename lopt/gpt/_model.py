@@ -54,7 +54,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "num_timesteps": 1000, "schedule": "linear", "predict_delta": True,
     "metric": "test_loss", "log_metric": True, "skip": False,
     "layout": "chunk", "fuse_start": False, "metric_max_freq": 1000.0,
-    "condition_grad": False,
+    "condition_grad": False, "prompt_dropout": 0.0,
 }
 
 #: Normalized gradient entries are clipped to this magnitude (``condition_grad``).
@@ -122,9 +122,11 @@ class Block(nn.Module):
 class GPTNet(nn.Module):
   """The denoiser network; see the module docstring.
 
-  ``__call__(x_t, t, x_start, m_start, m_target, grad=None)`` with tokens ``(B, N, C)``,
-  ``t`` in ``[0, 1]``, (transformed) metrics ``(B,)`` and, with ``condition_grad``,
-  normalized gradient tokens ``grad`` ``(B, N, C)`` returns ``(B, N, C)``.
+  ``__call__(x_t, t, x_start, m_start, m_target, grad=None, drop=None)`` with tokens
+  ``(B, N, C)``, ``t`` in ``[0, 1]``, (transformed) metrics ``(B,)``, with
+  ``condition_grad`` normalized gradient tokens ``grad`` ``(B, N, C)`` and, with
+  ``null_prompt``, a boolean ``drop`` ``(B,)`` (or scalar) that replaces the prompt by
+  the learned null prompt, returns ``(B, N, C)``.
   """
   num_tokens: int
   chunk_size: int
@@ -136,17 +138,28 @@ class GPTNet(nn.Module):
   fuse_start: bool = False
   metric_max_freq: float = 1000.0
   condition_grad: bool = False
+  null_prompt: bool = False
 
   @nn.compact
-  def __call__(self, x_t, t, x_start, m_start, m_target, grad=None):
+  def __call__(self, x_t, t, x_start, m_start, m_target, grad=None, drop=None):
     n, d = self.num_tokens, self.d_model
     groups = tuple(range(n)) if self.groups is None else tuple(self.groups)
     g = max(groups) + 1
+    emb_target = ScalarEmbed(d, max_freq=self.metric_max_freq,
+                             name="embed_metric_target")(m_target)
+    if self.null_prompt:
+      # A learned "no prompt" embedding replaces the target's where ``drop`` is set
+      # (classifier-free guidance, Ho & Salimans 2022).
+      null = self.param("null_target", nn.initializers.normal(0.02), (d,))
+      if drop is not None:
+        emb_target = jnp.where(jnp.reshape(drop, (-1, 1)), null[None], emb_target)
+    elif drop is not None:
+      raise ValueError("this G.pt network has no null prompt (prompt_dropout=0); it cannot "
+                       "drop the prompt")
     cond = jnp.stack([ScalarEmbed(d, name="embed_t")(t),
                       ScalarEmbed(d, max_freq=self.metric_max_freq,
                                   name="embed_metric_start")(m_start),
-                      ScalarEmbed(d, max_freq=self.metric_max_freq,
-                                  name="embed_metric_target")(m_target)], axis=1)
+                      emb_target], axis=1)
     enc_s = PerTokenLinear(n, d, groups=groups, name="enc_start")(x_start)
     if self.condition_grad:
       if grad is None:
@@ -204,7 +217,10 @@ class GPT:
                       groups=tuple(int(x) for x in tok.token_group),
                       fuse_start=bool(self.cfg["fuse_start"]),
                       metric_max_freq=float(self.cfg["metric_max_freq"]),
-                      condition_grad=bool(self.cfg["condition_grad"]))
+                      condition_grad=bool(self.cfg["condition_grad"]),
+                      null_prompt=float(self.cfg["prompt_dropout"]) > 0)
+    if not 0.0 <= float(self.cfg["prompt_dropout"]) < 1.0:
+      raise ValueError(f"prompt_dropout must be in [0, 1), got {self.cfg['prompt_dropout']}")
     self.schedule = diff.make_schedule(self.cfg["num_timesteps"], self.cfg["schedule"])
     self.mask = jnp.asarray(self.tokenizer.mask, jnp.float32)
 
@@ -289,7 +305,8 @@ class GPT:
     g = self.tokenizer.tokenize(grad_flat) / stats["grad_scale"][None]
     return jnp.clip(g, -GRAD_CLIP, GRAD_CLIP) * self.mask[None]
 
-  def _denoiser(self, net_params, stats, start_flat, m_start, m_target, grad_flat=None):
+  def _denoiser(self, net_params, stats, start_flat, m_start, m_target, grad_flat=None,
+                drop=None):
     tok = self.tokenizer
     x_start = tok.tokenize(start_flat) / stats["param_scale"][None]
     ms, mt = self._norm_metric(stats, m_start), self._norm_metric(stats, m_target)
@@ -298,7 +315,7 @@ class GPT:
 
     def model_fn(x_t, t):
       t01 = t.astype(jnp.float32) / T
-      out = self.net.apply({"params": net_params}, x_t, t01, x_start, ms, mt, g)
+      out = self.net.apply({"params": net_params}, x_t, t01, x_start, ms, mt, g, drop)
       if self.cfg["skip"]:  # x0 = sqrt(a) x_t + sqrt(1 - a) F: v-prediction in x0 form
         a = self.schedule.alphas_cumprod[t][:, None, None]
         out = jnp.sqrt(a) * x_t + jnp.sqrt(1.0 - a) * out
@@ -317,15 +334,31 @@ class GPT:
       start_flat, target_flat: ``(B, num_params)`` flattened checkpoints.
       m_start, m_target: ``(B,)`` their metric values (raw, e.g. test loss).
       grad_flat: ``(B, num_params)`` gradients at the starts (``condition_grad`` only).
+
+    With ``prompt_dropout`` > 0 each example's prompt is replaced by the learned null
+    prompt with that probability, so the same network also learns the unprompted
+    distribution that classifier-free guidance (``generate(guidance=)``) contrasts with.
     """
     x0 = target_flat - start_flat if self.cfg["predict_delta"] else target_flat
     x0 = self.tokenizer.tokenize(x0) / stats["target_scale"][None]
-    fn = self._denoiser(net_params, stats, start_flat, m_start, m_target, grad_flat)
+    drop = None
+    if self.cfg["prompt_dropout"] > 0:
+      key, k_drop = jax.random.split(key)
+      drop = jax.random.bernoulli(k_drop, self.cfg["prompt_dropout"], (x0.shape[0],))
+    fn = self._denoiser(net_params, stats, start_flat, m_start, m_target, grad_flat, drop)
     return diff.diffusion_loss(fn, self.schedule, key, x0, self.mask[None])
 
   def generate(self, net_params, stats, key, start_flat, m_start, m_target, grad_flat=None,
-               *, num_steps: int = 50, eta: float = 0.0, temperature: float = 1.0) -> jax.Array:
+               *, num_steps: int = 50, eta: float = 0.0, temperature: float = 1.0,
+               guidance: float = 0.0) -> jax.Array:
     """Samples new flattened parameters ``(B, num_params)`` prompted with ``m_target``.
+
+    With ``guidance`` :math:`w \\ne 0` every denoising step uses
+    :math:`\\hat x_0 = (1 + w)\\,\\hat x_0(\\text{prompt}) - w\\,\\hat x_0(\\text{reference})`
+    (classifier-free guidance, Ho & Salimans 2022, in x0 form): the reference is the
+    learned null prompt for models trained with ``prompt_dropout``, else the prompt
+    "the start's own metric" (stay where you are), so guidance extrapolates the
+    change the prompt asks for. It costs a second network pass per step.
 
     Args:
       net_params: network parameters (use the EMA weights).
@@ -338,8 +371,18 @@ class GPT:
       num_steps: sampling steps (static).
       eta: 0 = DDIM, 1 = DDPM.
       temperature: noise scale (static); see :func:`lopt.gpt.sample`.
+      guidance: guidance scale :math:`w` (static; 0 = plain conditional sampling).
     """
     fn = self._denoiser(net_params, stats, start_flat, m_start, m_target, grad_flat)
+    guidance = float(guidance)
+    if guidance != 0.0:
+      if self.cfg["prompt_dropout"] > 0:
+        ref = self._denoiser(net_params, stats, start_flat, m_start, m_target, grad_flat,
+                             jnp.ones((), bool))
+      else:
+        ref = self._denoiser(net_params, stats, start_flat, m_start, m_start, grad_flat)
+      cond = fn
+      fn = lambda x_t, t: (1.0 + guidance) * cond(x_t, t) - guidance * ref(x_t, t)  # noqa: E731
     shape = (start_flat.shape[0], self.tokenizer.num_tokens, self.tokenizer.chunk_size)
     x0 = diff.sample(fn, self.schedule, key, shape, num_steps=num_steps, eta=eta,
                      temperature=temperature)

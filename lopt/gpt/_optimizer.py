@@ -14,6 +14,7 @@ recursive prompting).
 
 from __future__ import annotations
 
+import math
 import os
 import pathlib
 from typing import Any, NamedTuple
@@ -43,7 +44,7 @@ def pretrained_gpt_path(name: str = PRETRAINED) -> pathlib.Path:
 
 def gpt_from_loaded(loaded: LoadedGPT, *, target: float | None = None,
                     num_sampling_steps: int = 20, eta: float = 0.0,
-                    temperature: float | None = None,
+                    temperature: float | None = None, guidance: float | None = None,
                     seed: int = 0, max_updates: int | None = None
                     ) -> optax.GradientTransformationExtraArgs:
   """Builds the optimizer from an already loaded model (see :func:`gpt`)."""
@@ -55,11 +56,15 @@ def gpt_from_loaded(loaded: LoadedGPT, *, target: float | None = None,
       raise ValueError("the G.pt manifest stores no best_metric; pass target=")
   target = float(target)
   num_sampling_steps = int(num_sampling_steps)
+  extra_info = loaded.manifest.get("extra", {})
   if temperature is None:
-    temperature = loaded.manifest.get("extra", {}).get("sampling_temperature", 1.0)
+    temperature = extra_info.get("sampling_temperature", 1.0)
   temperature = float(temperature)
   if temperature < 0:
     raise ValueError(f"temperature must be >= 0, got {temperature}")
+  guidance = float(extra_info.get("guidance", 0.0) if guidance is None else guidance)
+  if not math.isfinite(guidance):
+    raise ValueError(f"guidance must be finite, got {guidance}")
 
   def init_fn(params):
     tok.check(params)
@@ -89,7 +94,7 @@ def gpt_from_loaded(loaded: LoadedGPT, *, target: float | None = None,
       m_target = jnp.full((1,), target, jnp.float32)
       new = model.generate(net_params, stats, sub, start, m_start, m_target, grad_flat,
                            num_steps=num_sampling_steps, eta=eta,
-                           temperature=temperature)[0]
+                           temperature=temperature, guidance=guidance)[0]
       new_params = tok.unflatten(new, like=params)
       return jax.tree.map(lambda n, p: (n - p).astype(p.dtype), new_params, params)
 
@@ -105,7 +110,7 @@ def gpt_from_loaded(loaded: LoadedGPT, *, target: float | None = None,
 
 def gpt(weights: Any = "pretrained", target: float | None = None, *,
         num_sampling_steps: int = 20, eta: float = 0.0, temperature: float | None = None,
-        seed: int = 0,
+        guidance: float | None = None, seed: int = 0,
         prompt: float | None = None, num_steps: int | None = None,
         max_updates: int | None = None, **unused: Any) -> optax.GradientTransformationExtraArgs:
   """The G.pt generative optimizer, ``lopt.get("gpt", ...)``.
@@ -129,6 +134,11 @@ def gpt(weights: Any = "pretrained", target: float | None = None, *,
       the model's distribution, 0 is deterministic). Default: the value
       ``gpt_eval --save_temperature`` chose on validation runs and recorded in
       the manifest (``extra.sampling_temperature``), else 1.
+    guidance: classifier-free guidance scale :math:`w` (see
+      :meth:`lopt.gpt.GPT.generate`): each denoising step extrapolates the prompted
+      prediction away from a reference one by ``w``; 0 turns it off, and each step
+      then costs one network pass instead of two. Default: the value recorded in
+      the manifest by ``gpt_eval --save_temperature`` (``extra.guidance``), else 0.
     seed: seed of the sampling key kept in the state.
     prompt: an alias of ``target`` (give one of them).
     num_steps: accepted for symmetry with learned optimizers and ignored (each
@@ -167,5 +177,5 @@ def gpt(weights: Any = "pretrained", target: float | None = None, *,
                       f"{type(weights).__name__}")
     loaded = load_gpt(weights)
   return gpt_from_loaded(loaded, target=target, num_sampling_steps=num_sampling_steps,
-                         eta=eta, temperature=temperature, seed=seed,
+                         eta=eta, temperature=temperature, guidance=guidance, seed=seed,
                          max_updates=max_updates)

@@ -96,6 +96,21 @@ def test_condition_grad_training_and_optimizer(trained):
   assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(updates))
 
 
+def test_prompt_dropout_training_gives_a_guidable_optimizer(trained):
+  root, task, _, _ = trained
+  weights = train_gpt(str(root / "data"), str(root / "work_cfg"),
+                      {**CFG, "steps": 2, "prompt_dropout": 0.3}, log=lambda msg: None)
+  m = lopt.gpt.load_gpt(weights)
+  assert m.model.cfg["prompt_dropout"] == 0.3 and "null_target" in m.params
+  params = task.init(jax.random.key(5))
+  opt = lopt.get("gpt", weights=str(weights), num_sampling_steps=2, guidance=0.5)
+  updates, _ = jax.jit(opt.update)(params, opt.init(params), params, loss=jnp.float32(2.3))
+  assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(updates))
+  with pytest.raises(ValueError, match="prompt_dropout"):
+    train_gpt(str(root / "data"), str(root / "work_bad"), {**CFG, "prompt_dropout": 1.5},
+              log=lambda msg: None)
+
+
 @pytest.mark.slow
 def test_nonfinite_step_is_skipped_and_counted():
   spec = [{"path": "Dense_0/bias", "shape": [3]}, {"path": "Dense_0/kernel", "shape": [2, 3]}]
@@ -131,12 +146,18 @@ def test_eval_writes_report_and_plots(trained):
   rep = evaluate_gpt(str(weights), str(root / "data"), str(root / "eval"), num_nets=1,
                      num_prompts=3, num_inits=2, recursive_steps=2, num_sampling_steps=2,
                      adam_steps=10, adam_lrs=(1e-2,), noise_levels=(0.1, 1.0),
-                     temperatures=(1.0, 0.0), save_temperature=True, log=lambda msg: None)
-  # The temperature is chosen on the held-out run not used for the figures, and recorded.
-  sel = rep["temperature_selection"]
+                     temperatures=(1.0, 0.0), guidances=(0.5,), save_temperature=True,
+                     log=lambda msg: None)
+  # Temperature and guidance are chosen on the held-out run not used for the figures, and
+  # recorded; a guidance scale is only chosen if it does not hurt the best-prompt metric.
+  sel, gsel = rep["temperature_selection"], rep["guidance_selection"]
   assert sel["validation_nets"] == 1 and sel["chosen"] in (1.0, 0.0)
+  by = gsel["by_guidance"]
+  assert set(by) == {0.0, 0.5} and gsel["chosen"] in by
+  assert by[gsel["chosen"]]["best_prompt_median"] <= by[0.0]["best_prompt_median"]
   manifest = lopt.gpt.read_gpt_manifest(weights)
   assert manifest["extra"]["sampling_temperature"] == sel["chosen"] == rep["temperature"]
+  assert manifest["extra"]["guidance"] == gsel["chosen"] == rep["guidance"]
   assert set(rep["targets"]) == {"prompt_alignment_r2>=0.9", "adam_steps_to_match>=100",
                                  "not_dominated_by_noisy_retrieval"}
   assert len(rep["recursive"]["median"]) == 3
