@@ -25,6 +25,7 @@ Reference: Peebles et al. 2022, arXiv 2209.12892.
 
 from __future__ import annotations
 
+import functools
 import json
 import pathlib
 import shutil
@@ -201,7 +202,8 @@ def train_gpt(dataset: str, workdir: str, config: dict[str, Any] | None = None, 
   step_fn = _make_step(model, tx, cfg["ema_decay"], grad_fn)
   batcher = _Batcher(data.params, metric, spec, cfg, train_runs)
   held = _Batcher(data.params, metric, spec, {**cfg, "seed": cfg["seed"] + 1}, held_runs)
-  eval_fn = jax.jit(model.loss)
+  # The held-out loss is the prompted one (no prompt dropout), comparable across runs.
+  eval_fn = jax.jit(functools.partial(model.loss, prompt_dropout=0.0))
   n_params = sum(x.size for x in jax.tree.leaves(net))
   log(f"gpt_train: {n_params} network params, {model.tokenizer.num_tokens} tokens of "
       f"{model.tokenizer.chunk_size}; {len(train_runs)} train / {len(held_runs)} held-out runs")

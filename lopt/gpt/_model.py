@@ -324,7 +324,7 @@ class GPT:
     return model_fn
 
   def loss(self, net_params, stats, key, start_flat, target_flat, m_start, m_target,
-           grad_flat=None):
+           grad_flat=None, *, prompt_dropout: float | None = None):
     """The diffusion training loss for a batch of (start, target) checkpoint pairs.
 
     Args:
@@ -334,17 +334,20 @@ class GPT:
       start_flat, target_flat: ``(B, num_params)`` flattened checkpoints.
       m_start, m_target: ``(B,)`` their metric values (raw, e.g. test loss).
       grad_flat: ``(B, num_params)`` gradients at the starts (``condition_grad`` only).
+      prompt_dropout: probability of replacing an example's prompt by the learned null
+        prompt (static); None takes the model's ``prompt_dropout`` (training), 0 gives
+        the prompted loss (evaluation).
 
-    With ``prompt_dropout`` > 0 each example's prompt is replaced by the learned null
-    prompt with that probability, so the same network also learns the unprompted
+    With ``prompt_dropout`` > 0 the same network also learns the unprompted
     distribution that classifier-free guidance (``generate(guidance=)``) contrasts with.
     """
     x0 = target_flat - start_flat if self.cfg["predict_delta"] else target_flat
     x0 = self.tokenizer.tokenize(x0) / stats["target_scale"][None]
+    p = self.cfg["prompt_dropout"] if prompt_dropout is None else prompt_dropout
     drop = None
-    if self.cfg["prompt_dropout"] > 0:
+    if p > 0:
       key, k_drop = jax.random.split(key)
-      drop = jax.random.bernoulli(k_drop, self.cfg["prompt_dropout"], (x0.shape[0],))
+      drop = jax.random.bernoulli(k_drop, p, (x0.shape[0],))
     fn = self._denoiser(net_params, stats, start_flat, m_start, m_target, grad_flat, drop)
     return diff.diffusion_loss(fn, self.schedule, key, x0, self.mask[None])
 
