@@ -149,12 +149,12 @@ def test_eval_writes_report_and_plots(trained):
                      temperatures=(1.0, 0.0), guidances=(0.5,), save_temperature=True,
                      log=lambda msg: None)
   # Temperature and guidance are chosen on the held-out run not used for the figures, and
-  # recorded; a guidance scale is only chosen if it does not hurt the best-prompt metric.
+  # recorded; a guidance scale is only chosen if it does not hurt the one-update metric.
   sel, gsel = rep["temperature_selection"], rep["guidance_selection"]
   assert sel["validation_nets"] == 1 and sel["chosen"] in (1.0, 0.0)
   by = gsel["by_guidance"]
   assert set(by) == {0.0, 0.5} and gsel["chosen"] in by
-  assert by[gsel["chosen"]]["best_prompt_median"] <= by[0.0]["best_prompt_median"]
+  assert by[gsel["chosen"]]["one_update_median"] <= by[0.0]["one_update_median"]
   manifest = lopt.gpt.read_gpt_manifest(weights)
   assert manifest["extra"]["sampling_temperature"] == sel["chosen"] == rep["temperature"]
   assert manifest["extra"]["guidance"] == gsel["chosen"] == rep["guidance"]
