@@ -6,8 +6,9 @@ Command line::
       --dataset=runs/gpt_digits_data --out=runs/gpt_digits_eval
 
 ``--dataset`` may list several datasets separated by commas (the training
-data of the model). Writes ``report.json`` and PNG plots to ``--out``. Measured (metric = the
-model's metric, e.g. test loss):
+data of the model); by default it is read from the model's manifest. Writes
+``report.json`` and PNG plots to ``--out``. Measured (metric = the model's
+metric, e.g. test loss):
 
 * **sampling temperature** (noise scale of the sampler, :func:`lopt.gpt.sample`):
   ``--temperature``, or, by default, the one of ``--temperatures`` with the best
@@ -122,7 +123,7 @@ def _plots(out: pathlib.Path, rep: dict[str, Any], align: dict[str, np.ndarray],
   return files
 
 
-def evaluate_gpt(weights: str, dataset: str, out: str, *, num_nets: int = 16,
+def evaluate_gpt(weights: str, dataset: str | None, out: str, *, num_nets: int = 16,
                  num_prompts: int = 20, num_inits: int = 32, recursive_steps: int = 10,
                  num_sampling_steps: int = 20, eta: float = 0.0, seed: int = 0,
                  temperature: float | None = None,
@@ -135,6 +136,9 @@ def evaluate_gpt(weights: str, dataset: str, out: str, *, num_nets: int = 16,
                  knn: int = 5, save_temperature: bool = False,
                  log: Callable[[str], None] = print) -> dict[str, Any]:
   """Runs the evaluation described in the module docstring; returns the report.
+
+  ``dataset=None`` evaluates against the model's training data named in its manifest
+  (``extra.dataset``, as ``gpt_train`` writes it).
 
   With ``temperature=None`` the sampling temperature is the one of ``temperatures``
   with the best prompt-alignment R^2 on validation networks: the held-out runs
@@ -154,6 +158,10 @@ def evaluate_gpt(weights: str, dataset: str, out: str, *, num_nets: int = 16,
   outp.mkdir(parents=True, exist_ok=True)
   m = load_gpt(weights)
   model, tok, metric = m.model, m.model.tokenizer, m.model.cfg["metric"]
+  if dataset is None:
+    dataset = m.manifest.get("extra", {}).get("dataset")
+    if not dataset:
+      raise ValueError(f"the manifest of {weights!r} names no training dataset; pass dataset=")
   data = load_dataset(dataset)
   if data.index["param_spec"] != tok.spec:
     raise ValueError(f"the dataset {dataset!r} holds another architecture than the model "
@@ -351,9 +359,9 @@ if __name__ == "__main__":
   from absl import app, flags
 
   flags.DEFINE_string("weights", "lopt/weights/gpt_digits_mlp", "G.pt weights directory.")
-  flags.DEFINE_string("dataset", "runs/gpt_digits_data,runs/gpt_digits_data_early,"
-                      "runs/gpt_digits_data2,runs/gpt_digits_data_early2",
-                      "Checkpoint dataset directory (or several, comma-separated).")
+  flags.DEFINE_string("dataset", None, "Checkpoint dataset directory (or several, "
+                      "comma-separated); default: the model's training data, from its "
+                      "manifest (extra.dataset).")
   flags.DEFINE_string("out", "runs/gpt_digits_eval", "Output directory.")
   flags.DEFINE_integer("num_nets", 16, "Held-out starting networks for prompt alignment.")
   flags.DEFINE_integer("num_prompts", 20, "Prompts per network.")
