@@ -21,6 +21,8 @@ metric, e.g. test loss):
   whose median one-update metric at the best prompt (the optimizer's use), from
   ``--num_inits`` validation inits (seeds disjoint from the reported ones), is no
   worse than without guidance. ``--save_temperature`` records it too.
+  ``--validation_only`` stops here and reports the validation R^2 and one-update
+  median at the chosen settings: compare training seeds or configurations by it.
 * **prompt alignment** (G.pt, Sec. 5.1): for ``--num_nets`` starting networks (the
   initializations of runs held out of training) and ``--num_prompts`` prompts
   evenly spaced from the best value in the training data to the network's own
@@ -133,7 +135,7 @@ def evaluate_gpt(weights: str, dataset: str | None, out: str, *, num_nets: int =
                  adam_steps: int = 1000, adam_every: int = 5,
                  adam_lrs: Sequence[float] = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1),
                  noise_levels: Sequence[float] = (0.03, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0),
-                 knn: int = 5, save_temperature: bool = False,
+                 knn: int = 5, save_temperature: bool = False, validation_only: bool = False,
                  log: Callable[[str], None] = print) -> dict[str, Any]:
   """Runs the evaluation described in the module docstring; returns the report.
 
@@ -147,6 +149,10 @@ def evaluate_gpt(weights: str, dataset: str | None, out: str, *, num_nets: int =
   (``extra.sampling_temperature``), the G.pt optimizer's default. ``guidance=None``
   likewise chooses the guidance scale from ``guidances`` on the validation networks
   (see the module docstring) and ``save_temperature`` records it (``extra.guidance``).
+
+  ``validation_only`` stops after that choice and reports (``"validation"``) the
+  validation R^2 and one-update median at the chosen settings, touching no reported
+  network or init: the number to compare training seeds or configurations by.
 
   Example::
 
@@ -205,7 +211,7 @@ def evaluate_gpt(weights: str, dataset: str | None, out: str, *, num_nets: int =
   # 0. Sampling temperature: given, or chosen by prompt alignment on validation runs (the
   # held-out runs after the first num_nets, never used for the figures below).
   val = np.arange(num_nets, int(is_held.sum()))
-  if (temperature is None or guidance is None) and len(val) == 0:
+  if (temperature is None or guidance is None or validation_only) and len(val) == 0:
     raise ValueError("no held-out runs are left for choosing the temperature or guidance; "
                      "pass temperature= and guidance=, or hold out more than num_nets runs")
   if temperature is None:
@@ -216,27 +222,38 @@ def evaluate_gpt(weights: str, dataset: str | None, out: str, *, num_nets: int =
     log(f"gpt_eval: validation R^2 by temperature {sweep}; using {temperature:g} "
         f"[{time.time() - t0:.0f}s]")
   rep["temperature"] = float(temperature)
+  # Validation inits: seeds disjoint from the reported ones.
+  vkeys = jax.random.split(jax.random.key(20_000_003 + seed), num_inits)
+  vstart = np.asarray(jax.vmap(tok.flatten)(jax.vmap(task.init)(vkeys)))
+  vstart_m = mf(vstart)[metric]
+
+  def validation(temp, w):
+    one = mf(np.asarray(gen(jax.random.fold_in(key, 5), jnp.asarray(vstart),
+                            jnp.asarray(vstart_m), jnp.full((num_inits,), best, jnp.float32),
+                            temp, w)))[metric]
+    return {"r2": float(np.mean(alignment(val, temp, w)[3])),
+            "one_update_median": float(np.median(one))}
+
+  res = {}
   if guidance is None:
     # Guidance sharpens prompt following; keep only scales that do not hurt the optimizer's
-    # use (one update from a random init at the best prompt, on validation inits: seeds
-    # disjoint from the reported ones), then take the best R^2 on the validation nets.
-    vkeys = jax.random.split(jax.random.key(20_000_003 + seed), num_inits)
-    vstart = np.asarray(jax.vmap(tok.flatten)(jax.vmap(task.init)(vkeys)))
-    vstart_m = mf(vstart)[metric]
+    # use (one update from a random init at the best prompt, on the validation inits),
+    # then take the best R^2 on the validation nets.
     gs = sorted({0.0, *(float(w) for w in guidances)})
-    res = {}
     for w in gs:
-      r2w = alignment(val, temperature, w)[3]
-      one = mf(np.asarray(gen(jax.random.fold_in(key, 5), jnp.asarray(vstart),
-                              jnp.asarray(vstart_m), jnp.full((num_inits,), best, jnp.float32),
-                              temperature, w)))[metric]
-      res[w] = {"r2": float(np.mean(r2w)), "one_update_median": float(np.median(one))}
+      res[w] = validation(temperature, w)
     ok = [w for w in gs if res[w]["one_update_median"] <= res[0.0]["one_update_median"]]
     guidance = max(ok, key=lambda w: res[w]["r2"])
     rep["guidance_selection"] = {"validation_nets": len(val), "by_guidance": res,
                                  "chosen": guidance}
     log(f"gpt_eval: validation by guidance {res}; using {guidance:g} [{time.time() - t0:.0f}s]")
   rep["guidance"] = float(guidance)
+  if validation_only:
+    rep["validation"] = {"validation_nets": len(val), "validation_inits": num_inits,
+                         **(res.get(float(guidance)) or validation(temperature, guidance))}
+    log(f"gpt_eval: validation at temperature {temperature:g}, guidance {guidance:g}: "
+        f"{rep['validation']}")
+    return _finish(rep, outp, weights, temperature, guidance, save_temperature, t0, log)
 
   # 1. Prompt alignment on held-out runs' initializations.
   prompts, achieved, new, r2 = alignment(np.arange(num_nets), temperature, guidance)
@@ -328,6 +345,12 @@ def evaluate_gpt(weights: str, dataset: str | None, out: str, *, num_nets: int =
       "prompt_alignment_r2>=0.9": rep["prompt_alignment"]["r2_mean"] >= 0.9,
       "adam_steps_to_match>=100": (not reached) or min(reached) >= 100,
       "not_dominated_by_noisy_retrieval": rep["novelty"]["gpt_not_dominated"]}
+  log(f"gpt_eval: targets {rep['targets']}")
+  return _finish(rep, outp, weights, temperature, guidance, save_temperature, t0, log)
+
+
+def _finish(rep, outp, weights, temperature, guidance, save_temperature, t0, log):
+  """Records the sampler settings in the manifest if asked; writes ``report.json``."""
   if save_temperature:
     mpath = pathlib.Path(weights) / "manifest.json"
     man = json.loads(mpath.read_text())
@@ -338,7 +361,7 @@ def evaluate_gpt(weights: str, dataset: str | None, out: str, *, num_nets: int =
         f"{mpath}")
   rep["seconds"] = time.time() - t0
   (outp / "report.json").write_text(json.dumps(rep, indent=1))
-  log(f"gpt_eval: targets {rep['targets']}; wrote {outp / 'report.json'}")
+  log(f"gpt_eval: wrote {outp / 'report.json'}")
   return rep
 
 
@@ -352,7 +375,7 @@ def main(argv):
                temperature=f.temperature, temperatures=[float(x) for x in f.temperatures],
                guidance=f.guidance, guidances=[float(x) for x in f.guidances],
                adam_steps=f.adam_steps, adam_lrs=[float(x) for x in f.adam_lrs],
-               save_temperature=f.save_temperature)
+               save_temperature=f.save_temperature, validation_only=f.validation_only)
 
 
 if __name__ == "__main__":
@@ -380,6 +403,9 @@ if __name__ == "__main__":
   flags.DEFINE_bool("save_temperature", False, "Record the temperature and guidance in the "
                     "weights' manifest (extra.sampling_temperature, extra.guidance), the "
                     "optimizer's defaults.")
+  flags.DEFINE_bool("validation_only", False, "Only choose the temperature and guidance and "
+                    "report their validation R^2 and one-update median (to compare seeds or "
+                    "configurations without looking at the reported figures).")
   flags.DEFINE_integer("seed", 0, "Evaluation seed.")
   flags.DEFINE_integer("adam_steps", 1000, "Adam steps per learning rate.")
   flags.DEFINE_list("adam_lrs", ["1e-3", "3e-3", "1e-2", "3e-2", "1e-1"], "Adam grid.")

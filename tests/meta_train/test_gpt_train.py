@@ -165,6 +165,30 @@ def test_eval_writes_report_and_plots(trained):
     assert (root / "eval" / f).stat().st_size > 0
 
 
+def test_eval_validation_only_reports_no_test_figures(trained, tmp_path):
+  root, _, weights, _ = trained
+  manifest = (weights / "manifest.json").read_text()
+  kw = dict(num_nets=1, num_prompts=3, num_inits=2, num_sampling_steps=2,
+            log=lambda msg: None, validation_only=True)
+  chosen = evaluate_gpt(str(weights), str(root / "data"), str(tmp_path / "a"),
+                        temperatures=(0.0,), guidances=(0.0,), **kw)
+  given = evaluate_gpt(str(weights), str(root / "data"), str(tmp_path / "b"),
+                       temperature=0.0, guidance=0.0, **kw)
+  # Chosen or given, the same settings give the same validation figures.
+  assert chosen["validation"] == given["validation"]
+  assert set(chosen["validation"]) == {"validation_nets", "validation_inits", "r2",
+                                       "one_update_median"}
+  assert np.isfinite(chosen["validation"]["one_update_median"])
+  for rep in (chosen, given):
+    assert not {"prompt_alignment", "one_update", "adam", "baselines"} & set(rep)
+  assert json.loads((tmp_path / "b" / "report.json").read_text())["validation"] == \
+      given["validation"]
+  assert (weights / "manifest.json").read_text() == manifest  # not asked to save
+  with pytest.raises(ValueError, match="held-out runs"):
+    evaluate_gpt(str(weights), str(root / "data"), str(tmp_path / "c"), **{**kw, "num_nets": 2},
+                 temperature=0.0, guidance=0.0)
+
+
 def test_baseline_helpers():
   from meta_train._gpt_baselines import (
     knn_average,
