@@ -65,64 +65,10 @@ from meta_train._gpt_baselines import (
   steps_to_reach,
 )
 from meta_train._gpt_data import load_dataset
+from meta_train._gpt_plots import eval_plots
 from meta_train.gpt_train import task_grad_fn
 
 __all__ = ["evaluate_gpt"]
-
-
-def _plots(out: pathlib.Path, rep: dict[str, Any], align: dict[str, np.ndarray],
-           curves: dict[float, np.ndarray], every: int, novelty: dict[str, Any]) -> list[str]:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  files = []
-  fig, ax = plt.subplots(figsize=(5, 5))
-  for p, a in zip(align["prompts"], align["achieved"]):
-    ax.plot(p, a, ".-", alpha=0.6)
-  lim = [align["prompts"].min(), align["prompts"].max()]
-  ax.plot(lim, lim, "k--", label="prompt = achieved")
-  ax.set(xlabel="prompted test loss", ylabel="achieved test loss after one update",
-         title=f"prompt alignment, mean R^2 = {rep['prompt_alignment']['r2_mean']:.3f}")
-  ax.legend()
-  files.append("prompt_alignment.png")
-  fig.savefig(out / files[-1], dpi=100, bbox_inches="tight")
-  plt.close(fig)
-
-  fig, ax = plt.subplots(figsize=(6, 4))
-  for lr, c in curves.items():
-    ax.plot(np.arange(c.shape[1]) * every, c.mean(0), label=f"Adam lr={lr:g}")
-  ax.axhline(rep["one_update"]["median"], color="k", ls="--", label="G.pt, 1 update (median)")
-  ax.set(yscale="log", xlabel="Adam steps", ylabel="test loss", title="G.pt vs Adam")
-  ax.legend(fontsize=7)
-  files.append("adam_vs_gpt.png")
-  fig.savefig(out / files[-1], dpi=100, bbox_inches="tight")
-  plt.close(fig)
-
-  fig, ax = plt.subplots(figsize=(5, 4))
-  rec = rep["recursive"]["median"]
-  ax.plot(np.arange(len(rec)), rec, "o-")
-  ax.set(yscale="log", xlabel="G.pt updates", ylabel="median test loss",
-         title="recursive prompting")
-  files.append("recursive.png")
-  fig.savefig(out / files[-1], dpi=100, bbox_inches="tight")
-  plt.close(fig)
-
-  fig, ax = plt.subplots(figsize=(6, 4.5))
-  noisy = [n for n in novelty if n.startswith("retrieval + noise")]
-  colors = dict(zip(noisy, plt.cm.viridis(np.linspace(0, 0.9, max(len(noisy), 1)))))
-  for name, (d, lo) in novelty.items():
-    style = ({"color": "red", "marker": "*", "s": 40} if name.startswith("G.pt")
-             else {"color": colors[name], "s": 10} if name in colors
-             else {"color": "black", "marker": "D", "s": 30})
-    ax.scatter(d, lo, alpha=0.7, label=name, **style)
-  ax.set(yscale="log", xlabel="L2 distance to nearest training checkpoint",
-         ylabel="achieved test loss", title="performance vs novelty (prompt = best)")
-  ax.legend(fontsize=7)
-  files.append("novelty.png")
-  fig.savefig(out / files[-1], dpi=100, bbox_inches="tight")
-  plt.close(fig)
-  return files
 
 
 def evaluate_gpt(weights: str, dataset: str | None, out: str, *, num_nets: int = 16,
@@ -339,7 +285,7 @@ def evaluate_gpt(weights: str, dataset: str | None, out: str, *, num_nets: int =
       "noisy_retrieval_max_distance": float(ds[-1]),
       "gpt_not_dominated": bool(np.isnan(noisy_at) or rep["one_update"]["median"] <= noisy_at)}
   log(f"gpt_eval: baselines {json.dumps(base)}; novelty {json.dumps(rep['novelty'])}")
-  rep["plots"] = _plots(outp, rep, {"prompts": prompts, "achieved": achieved}, curves,
+  rep["plots"] = eval_plots(outp, rep, {"prompts": prompts, "achieved": achieved}, curves,
                         adam_every, novelty)
   rep["targets"] = {
       "prompt_alignment_r2>=0.9": rep["prompt_alignment"]["r2_mean"] >= 0.9,
