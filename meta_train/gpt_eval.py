@@ -168,10 +168,11 @@ def evaluate_gpt(weights: str, dataset: str | None, out: str, *, num_nets: int =
     log(f"gpt_eval: validation R^2 by temperature {sweep}; using {temperature:g} "
         f"[{time.time() - t0:.0f}s]")
   rep["temperature"] = float(temperature)
-  # Validation inits: seeds disjoint from the reported ones.
-  vkeys = jax.random.split(jax.random.key(20_000_003 + seed), num_inits)
-  vstart = np.asarray(jax.vmap(tok.flatten)(jax.vmap(task.init)(vkeys)))
-  vstart_m = mf(vstart)[metric]
+  if guidance is None or validation_only:
+    # Validation inits: seeds disjoint from the reported ones.
+    vkeys = jax.random.split(jax.random.key(20_000_003 + seed), num_inits)
+    vstart = np.asarray(jax.vmap(tok.flatten)(jax.vmap(task.init)(vkeys)))
+    vstart_m = mf(vstart)[metric]
 
   def validation(temp, w):
     one = mf(np.asarray(gen(jax.random.fold_in(key, 5), jnp.asarray(vstart),
@@ -199,7 +200,7 @@ def evaluate_gpt(weights: str, dataset: str | None, out: str, *, num_nets: int =
                          **(res.get(float(guidance)) or validation(temperature, guidance))}
     log(f"gpt_eval: validation at temperature {temperature:g}, guidance {guidance:g}: "
         f"{rep['validation']}")
-    return _finish(rep, outp, weights, temperature, guidance, save_temperature, t0, log)
+    return _finish(rep, outp, weights, save_temperature, t0, log)
 
   # 1. Prompt alignment on held-out runs' initializations.
   prompts, achieved, new, r2 = alignment(np.arange(num_nets), temperature, guidance)
@@ -292,16 +293,17 @@ def evaluate_gpt(weights: str, dataset: str | None, out: str, *, num_nets: int =
       "adam_steps_to_match>=100": (not reached) or min(reached) >= 100,
       "not_dominated_by_noisy_retrieval": rep["novelty"]["gpt_not_dominated"]}
   log(f"gpt_eval: targets {rep['targets']}")
-  return _finish(rep, outp, weights, temperature, guidance, save_temperature, t0, log)
+  return _finish(rep, outp, weights, save_temperature, t0, log)
 
 
-def _finish(rep, outp, weights, temperature, guidance, save_temperature, t0, log):
-  """Records the sampler settings in the manifest if asked; writes ``report.json``."""
+def _finish(rep, outp, weights, save_temperature, t0, log):
+  """Records the report's sampler settings in the manifest if asked; writes ``report.json``."""
   if save_temperature:
+    temperature, guidance = rep["temperature"], rep["guidance"]
     mpath = pathlib.Path(weights) / "manifest.json"
     man = json.loads(mpath.read_text())
-    man["extra"]["sampling_temperature"] = float(temperature)
-    man["extra"]["guidance"] = float(guidance)
+    man["extra"]["sampling_temperature"] = temperature
+    man["extra"]["guidance"] = guidance
     mpath.write_text(json.dumps(man, indent=1))
     log(f"gpt_eval: wrote sampling_temperature={temperature:g}, guidance={guidance:g} to "
         f"{mpath}")
