@@ -9,7 +9,7 @@ plus Gaussian noise, and the average of the k nearest by metric.
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -19,8 +19,8 @@ import lopt
 import tasks
 from lopt.gpt import Tokenizer
 
-__all__ = ["MetricFn", "adam_curves", "knn_average", "nearest_distance", "retrieve",
-           "r_squared"]
+__all__ = ["MetricFn", "adam_curves", "baselines_and_novelty", "knn_average", "nearest_distance",
+           "retrieve", "r_squared"]
 
 
 class MetricFn:
@@ -125,3 +125,57 @@ def steps_to_reach(curve: np.ndarray, level: float, every: int) -> int | None:
   """First step at which a (mean) curve is at or below ``level``; None if never."""
   hit = np.flatnonzero(np.asarray(curve) <= level)
   return None if hit.size == 0 else int(hit[0] * every)
+
+
+def baselines_and_novelty(bank: np.ndarray, bank_metric: np.ndarray, mf: MetricFn, metric: str,
+                          leaf_std: np.ndarray, gpt_one: np.ndarray, gpt_one_metric: np.ndarray,
+                          gpt_aligned: np.ndarray, prompt: float, n: int, key: jax.Array,
+                          knn: int, noise_levels: Sequence[float]):
+  """The Zeng et al. (2025) baselines at ``prompt`` and the novelty of G.pt's networks.
+
+  Args:
+    bank: ``(N, P)`` training checkpoints; ``bank_metric`` their metric.
+    mf: evaluates ``metric`` of flat parameter rows.
+    leaf_std: ``(P,)`` per-parameter scale of the noise added to retrieved checkpoints.
+    gpt_one: ``(n, P)`` G.pt's one-update networks; ``gpt_one_metric`` their metric.
+    gpt_aligned: G.pt's prompt-alignment networks (their distance is reported too).
+    prompt: the baselines' prompt; ``n`` noisy copies of the retrieved checkpoint per
+      noise level in ``noise_levels`` (times ``leaf_std``); ``knn`` for the average.
+
+  Returns:
+    ``(baselines, novelty, points)``: per-baseline median metric and distance; G.pt's
+    median distance and whether noisy retrieval dominates it (lower metric at G.pt's
+    distance, interpolated along its noise levels); ``{label: (distances, metrics)}``
+    for the performance-vs-novelty plot.
+  """
+  pr = np.full((n,), prompt, np.float32)
+  ridx = retrieve(bank_metric, pr, k=1)[:, 0]
+  retrieved = bank[ridx]
+  points = {"G.pt (1 update, unseen inits)": (nearest_distance(gpt_one, bank), gpt_one_metric)}
+  base = {"retrieval": {"median": float(np.median(bank_metric[ridx])), "distance": 0.0}}
+  knn_p = knn_average(bank, bank_metric, pr[:1], k=knn)
+  base[f"knn_average_k{knn}"] = {"median": float(mf(knn_p)[metric][0]),
+                                 "distance": float(nearest_distance(knn_p, bank)[0])}
+  noisy_curve = []
+  for i, lvl in enumerate(noise_levels):
+    eps = np.asarray(jax.random.normal(jax.random.fold_in(key, i), retrieved.shape))
+    noisy = retrieved + lvl * leaf_std[None] * eps
+    d, lo = nearest_distance(noisy, bank), mf(noisy)[metric]
+    points[f"retrieval + noise {lvl:g}"] = (d, lo)
+    noisy_curve.append((float(np.median(d)), float(np.median(lo))))
+    base[f"retrieval_noise_{lvl:g}"] = {"median": noisy_curve[-1][1],
+                                        "distance": noisy_curve[-1][0]}
+  points["retrieval"] = (np.zeros(1), bank_metric[ridx][:1])
+  points[f"kNN average (k={knn})"] = (np.asarray([base[f"knn_average_k{knn}"]["distance"]]),
+                                      np.asarray([base[f"knn_average_k{knn}"]["median"]]))
+  gd = float(np.median(points["G.pt (1 update, unseen inits)"][0]))
+  ds, ls = zip(*sorted(noisy_curve))
+  noisy_at = float(np.interp(gd, ds, ls)) if gd <= ds[-1] else float("nan")
+  novelty = {
+      "gpt_distance_median": gd,
+      "gpt_alignment_distance_median": float(np.median(nearest_distance(gpt_aligned, bank))),
+      "noisy_retrieval_loss_at_gpt_distance": noisy_at,
+      "noisy_retrieval_max_distance": float(ds[-1]),
+      "gpt_not_dominated": bool(np.isnan(noisy_at)
+                                or float(np.median(gpt_one_metric)) <= noisy_at)}
+  return base, novelty, points

@@ -13,31 +13,39 @@ metric, e.g. test loss):
 * **sampling temperature** (noise scale of the sampler, :func:`lopt.gpt.sample`):
   ``--temperature``, or, by default, the one of ``--temperatures`` with the best
   prompt-alignment R^2 on validation networks (held-out runs not used below);
-  ``--save_temperature`` records it in the weights' manifest, where
+  ``--save_settings`` records it in the weights' manifest, where
   ``lopt.get("gpt")`` takes its default from.
 * **guidance scale** (classifier-free guidance, :meth:`lopt.gpt.GPT.generate`):
   ``--guidance``, or, by default, chosen on the same validation networks at the
   chosen temperature: the one of ``--guidances`` with the best R^2 among those
   whose median one-update metric at the best prompt (the optimizer's use), from
   ``--num_inits`` validation inits (seeds disjoint from the reported ones), is no
-  worse than without guidance. ``--save_temperature`` records it too.
+  worse than without guidance. ``--save_settings`` records it too.
+* **target** (the prompt of the optimizer's use, ``lopt.get("gpt", target=...)``):
+  ``--target``, or, by default, the one of the grid ``best + f (ref - best)``,
+  ``f`` in ``--target_fractions`` (``ref``: the median final metric of the
+  training runs), whose one update from the validation inits reaches the best
+  median metric. Prompting the single best value in the data (an outlier) asks
+  for more than one update can give; a slightly less extreme prompt gets more.
+  ``--save_settings`` records it (``extra.target``).
   ``--validation_only`` stops here and reports the validation R^2 and one-update
-  median at the chosen settings: compare training seeds or configurations by it.
+  medians at the chosen settings: compare training seeds or configurations by them.
 * **prompt alignment** (G.pt, Sec. 5.1): for ``--num_nets`` starting networks (the
   initializations of runs held out of training) and ``--num_prompts`` prompts
   evenly spaced from the best value in the training data to the network's own
   value, the R^2 between prompted and achieved metric after one update, per
   network, averaged; the same for nearest-metric retrieval.
 * **one update from unseen random inits** (``task.init`` with fresh seeds),
-  prompted with the best value; **recursive prompting**: the metric after
-  1 .. ``--recursive_steps`` updates.
+  prompted with the target (and, side by side, with the best value);
+  **recursive prompting**: the metric after 1 .. ``--recursive_steps`` updates.
 * **Adam steps to match**: test-loss curves of Adam from the same inits on a
   learning-rate grid; the fewest steps any learning rate needs (mean curve) to
   reach G.pt's one-update median.
 * **baselines** (Zeng et al. 2025): retrieval of the training checkpoint whose
   metric is closest to the prompt, the same plus Gaussian noise at several
   scales, the average of the k nearest; and **novelty**: the L2 distance of every
-  network to its nearest training checkpoint (performance-vs-novelty plot).
+  network to its nearest training checkpoint (performance-vs-novelty plot). The
+  baselines are prompted with the best value (their strongest setting).
 
 Reference: Peebles et al. 2022, arXiv 2209.12892; Zeng et al. 2025.
 """
@@ -58,8 +66,7 @@ from lopt.gpt import load_gpt
 from meta_train._gpt_baselines import (
   MetricFn,
   adam_curves,
-  knn_average,
-  nearest_distance,
+  baselines_and_novelty,
   r_squared,
   retrieve,
   steps_to_reach,
@@ -78,10 +85,12 @@ def evaluate_gpt(weights: str, dataset: str | None, out: str, *, num_nets: int =
                  temperatures: Sequence[float] = (1.0, 0.7, 0.5, 0.3, 0.0),
                  guidance: float | None = None,
                  guidances: Sequence[float] = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5),
+                 target: float | None = None,
+                 target_fractions: Sequence[float] = (0.0, 0.05, 0.1, 0.2, 0.35, 0.5),
                  adam_steps: int = 1000, adam_every: int = 5,
                  adam_lrs: Sequence[float] = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1),
                  noise_levels: Sequence[float] = (0.03, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0),
-                 knn: int = 5, save_temperature: bool = False, validation_only: bool = False,
+                 knn: int = 5, save_settings: bool = False, validation_only: bool = False,
                  log: Callable[[str], None] = print) -> dict[str, Any]:
   """Runs the evaluation described in the module docstring; returns the report.
 
@@ -91,14 +100,17 @@ def evaluate_gpt(weights: str, dataset: str | None, out: str, *, num_nets: int =
   With ``temperature=None`` the sampling temperature is the one of ``temperatures``
   with the best prompt-alignment R^2 on validation networks: the held-out runs
   after the first ``num_nets``, which none of the reported figures use. With
-  ``save_temperature`` it is written to the weights' manifest
+  ``save_settings`` it is written to the weights' manifest
   (``extra.sampling_temperature``), the G.pt optimizer's default. ``guidance=None``
   likewise chooses the guidance scale from ``guidances`` on the validation networks
-  (see the module docstring) and ``save_temperature`` records it (``extra.guidance``).
+  (see the module docstring), ``target=None`` the optimizer's prompt from the grid
+  ``target_fractions`` on the validation inits, and ``save_settings`` records both
+  (``extra.guidance``, ``extra.target``).
 
-  ``validation_only`` stops after that choice and reports (``"validation"``) the
-  validation R^2 and one-update median at the chosen settings, touching no reported
-  network or init: the number to compare training seeds or configurations by.
+  ``validation_only`` stops after those choices and reports (``"validation"``) the
+  validation R^2 and one-update medians (at the best prompt and at the target) at the
+  chosen settings, touching no reported network or init: the numbers to compare
+  training seeds or configurations by.
 
   Example::
 
@@ -168,18 +180,21 @@ def evaluate_gpt(weights: str, dataset: str | None, out: str, *, num_nets: int =
     log(f"gpt_eval: validation R^2 by temperature {sweep}; using {temperature:g} "
         f"[{time.time() - t0:.0f}s]")
   rep["temperature"] = float(temperature)
-  if guidance is None or validation_only:
+  if guidance is None or target is None or validation_only:
     # Validation inits: seeds disjoint from the reported ones.
     vkeys = jax.random.split(jax.random.key(20_000_003 + seed), num_inits)
     vstart = np.asarray(jax.vmap(tok.flatten)(jax.vmap(task.init)(vkeys)))
     vstart_m = mf(vstart)[metric]
 
-  def validation(temp, w):
+  def val_one(temp, w, prompt):
     one = mf(np.asarray(gen(jax.random.fold_in(key, 5), jnp.asarray(vstart),
-                            jnp.asarray(vstart_m), jnp.full((num_inits,), best, jnp.float32),
+                            jnp.asarray(vstart_m), jnp.full((num_inits,), prompt, jnp.float32),
                             temp, w)))[metric]
+    return float(np.median(one))
+
+  def validation(temp, w):
     return {"r2": float(np.mean(alignment(val, temp, w)[3])),
-            "one_update_median": float(np.median(one))}
+            "one_update_median": val_one(temp, w, best)}
 
   res = {}
   if guidance is None:
@@ -195,12 +210,29 @@ def evaluate_gpt(weights: str, dataset: str | None, out: str, *, num_nets: int =
                                  "chosen": guidance}
     log(f"gpt_eval: validation by guidance {res}; using {guidance:g} [{time.time() - t0:.0f}s]")
   rep["guidance"] = float(guidance)
+  if target is None:
+    # The optimizer's prompt: the grid value whose one update from the validation inits
+    # is best (lower for losses and errors, higher for returns).
+    ref = float(np.median(data.metrics[metric][~is_held][:, -1]))
+    grid = list(dict.fromkeys(best + float(f) * (ref - best) for f in target_fractions))
+    by = {f"{t:.6g}": val_one(temperature, guidance, t) for t in grid}
+    pick = np.argmin if best <= ref else np.argmax
+    target = grid[int(pick(list(by.values())))]
+    rep["target_selection"] = {"validation_inits": num_inits, "reference_metric": ref,
+                               "fractions": [float(f) for f in target_fractions],
+                               "one_update_median_by_target": by, "chosen": target}
+    log(f"gpt_eval: validation one-update median by target {by}; using {target:.6g} "
+        f"[{time.time() - t0:.0f}s]")
+  rep["target"] = float(target)
   if validation_only:
     rep["validation"] = {"validation_nets": len(val), "validation_inits": num_inits,
                          **(res.get(float(guidance)) or validation(temperature, guidance))}
+    rep["validation"]["one_update_median_at_target"] = (
+        rep["validation"]["one_update_median"] if target == best
+        else val_one(temperature, guidance, target))
     log(f"gpt_eval: validation at temperature {temperature:g}, guidance {guidance:g}: "
         f"{rep['validation']}")
-    return _finish(rep, outp, weights, save_temperature, t0, log)
+    return _finish(rep, outp, weights, save_settings, t0, log)
 
   # 1. Prompt alignment on held-out runs' initializations.
   prompts, achieved, new, r2 = alignment(np.arange(num_nets), temperature, guidance)
@@ -215,13 +247,13 @@ def evaluate_gpt(weights: str, dataset: str | None, out: str, *, num_nets: int =
   # 2. One update (and recursive prompting) from unseen random inits.
   ikeys = jax.random.split(jax.random.key(10_000_019 + seed), num_inits)
   inits = jax.vmap(task.init)(ikeys)
-  cur = np.asarray(jax.vmap(tok.flatten)(inits))
+  cur = rec_start = np.asarray(jax.vmap(tok.flatten)(inits))
   cur_m = mf(cur)[metric]
   rec = [cur_m]
   gpt_one = None
   for r in range(recursive_steps):
     cur = np.asarray(gen(jax.random.fold_in(key, 100 + r), jnp.asarray(cur), jnp.asarray(cur_m),
-                         jnp.full((num_inits,), best, jnp.float32), temperature, guidance))
+                         jnp.full((num_inits,), target, jnp.float32), temperature, guidance))
     mets = mf(cur)
     cur_m = mets[metric]
     rec.append(cur_m)
@@ -232,11 +264,17 @@ def evaluate_gpt(weights: str, dataset: str | None, out: str, *, num_nets: int =
                        "init_median": float(np.median(rec[0])),
                        "test_error_median": float(np.median(one_mets.get("test_error",
                                                                           np.nan))),
-                       "per_init": rec[1].tolist()}
+                       "per_init": rec[1].tolist(), "target": float(target)}
+  # Side by side: the same first update prompted with the best value in the data.
+  at_best = rec[1] if target == best else mf(np.asarray(gen(
+      jax.random.fold_in(key, 100), jnp.asarray(rec_start), jnp.asarray(rec[0]),
+      jnp.full((num_inits,), best, jnp.float32), temperature, guidance)))[metric]
+  rep["one_update"]["at_best_prompt_median"] = float(np.median(at_best))
   rep["recursive"] = {"median": np.median(rec, axis=1).tolist(),
                       "mean": np.mean(rec, axis=1).tolist()}
   log(f"gpt_eval: one update from unseen inits: median {metric} {rep['one_update']['median']:.4f}"
-      f" (from {rep['one_update']['init_median']:.3f}); recursive "
+      f" at target {target:.4g} ({rep['one_update']['at_best_prompt_median']:.4f} at the best "
+      f"prompt, from {rep['one_update']['init_median']:.3f}); recursive "
       f"{[round(x, 4) for x in rep['recursive']['median']]} [{time.time() - t0:.0f}s]")
 
   # 3. Adam steps to match G.pt's one-update loss.
@@ -252,40 +290,13 @@ def evaluate_gpt(weights: str, dataset: str | None, out: str, *, num_nets: int =
   log(f"gpt_eval: tuned Adam needs {rep['adam']['steps_to_match']} steps to reach {level:.4f} "
       f"({per_lr}) [{time.time() - t0:.0f}s]")
 
-  # 4. Baselines at prompt = best, and novelty.
-  pr = np.full((num_inits,), best, np.float32)
-  nk = jax.random.fold_in(key, 4)
-  ridx = retrieve(bank_metric, pr, k=1)[:, 0]
-  retrieved = bank[ridx]
+  # 4. Baselines at prompt = best (their strongest setting), and novelty.
   leaf_std = tok.detokenize(np.asarray(m.stats["param_scale"]))
-  novelty = {"G.pt (1 update, unseen inits)": (nearest_distance(gpt_one, bank), rec[1])}
-  base = {"retrieval": {"median": float(np.median(bank_metric[ridx])), "distance": 0.0}}
-  knn_p = knn_average(bank, bank_metric, pr[:1], k=knn)
-  base[f"knn_average_k{knn}"] = {"median": float(mf(knn_p)[metric][0]),
-                                 "distance": float(nearest_distance(knn_p, bank)[0])}
-  noisy_curve = []
-  for i, lvl in enumerate(noise_levels):
-    eps = np.asarray(jax.random.normal(jax.random.fold_in(nk, i), retrieved.shape))
-    noisy = retrieved + lvl * leaf_std[None] * eps
-    d, lo = nearest_distance(noisy, bank), mf(noisy)[metric]
-    novelty[f"retrieval + noise {lvl:g}"] = (d, lo)
-    noisy_curve.append((float(np.median(d)), float(np.median(lo))))
-    base[f"retrieval_noise_{lvl:g}"] = {"median": noisy_curve[-1][1],
-                                        "distance": noisy_curve[-1][0]}
-  novelty["retrieval"] = (np.zeros(1), bank_metric[ridx][:1])
-  novelty[f"kNN average (k={knn})"] = (np.asarray([base[f'knn_average_k{knn}']['distance']]),
-                                       np.asarray([base[f'knn_average_k{knn}']['median']]))
-  gd = float(np.median(novelty["G.pt (1 update, unseen inits)"][0]))
-  ds, ls = zip(*sorted(noisy_curve))
-  noisy_at = float(np.interp(gd, ds, ls)) if gd <= ds[-1] else float("nan")
-  rep["baselines"] = base
-  rep["novelty"] = {
-      "gpt_distance_median": gd,
-      "gpt_alignment_distance_median": float(np.median(nearest_distance(new, bank))),
-      "noisy_retrieval_loss_at_gpt_distance": noisy_at,
-      "noisy_retrieval_max_distance": float(ds[-1]),
-      "gpt_not_dominated": bool(np.isnan(noisy_at) or rep["one_update"]["median"] <= noisy_at)}
-  log(f"gpt_eval: baselines {json.dumps(base)}; novelty {json.dumps(rep['novelty'])}")
+  rep["baselines"], rep["novelty"], novelty = baselines_and_novelty(
+      bank, bank_metric, mf, metric, leaf_std, gpt_one, rec[1], new, best, num_inits,
+      jax.random.fold_in(key, 4), knn, noise_levels)
+  log(f"gpt_eval: baselines {json.dumps(rep['baselines'])}; novelty "
+      f"{json.dumps(rep['novelty'])}")
   rep["plots"] = eval_plots(outp, rep, {"prompts": prompts, "achieved": achieved}, curves,
                         adam_every, novelty)
   rep["targets"] = {
@@ -293,20 +304,19 @@ def evaluate_gpt(weights: str, dataset: str | None, out: str, *, num_nets: int =
       "adam_steps_to_match>=100": (not reached) or min(reached) >= 100,
       "not_dominated_by_noisy_retrieval": rep["novelty"]["gpt_not_dominated"]}
   log(f"gpt_eval: targets {rep['targets']}")
-  return _finish(rep, outp, weights, save_temperature, t0, log)
+  return _finish(rep, outp, weights, save_settings, t0, log)
 
 
-def _finish(rep, outp, weights, save_temperature, t0, log):
-  """Records the report's sampler settings in the manifest if asked; writes ``report.json``."""
-  if save_temperature:
-    temperature, guidance = rep["temperature"], rep["guidance"]
+def _finish(rep, outp, weights, save_settings, t0, log):
+  """Records the report's optimizer settings in the manifest if asked; writes ``report.json``."""
+  if save_settings:
+    temperature, guidance, target = rep["temperature"], rep["guidance"], rep["target"]
     mpath = pathlib.Path(weights) / "manifest.json"
     man = json.loads(mpath.read_text())
-    man["extra"]["sampling_temperature"] = temperature
-    man["extra"]["guidance"] = guidance
+    man["extra"].update(sampling_temperature=temperature, guidance=guidance, target=target)
     mpath.write_text(json.dumps(man, indent=1))
-    log(f"gpt_eval: wrote sampling_temperature={temperature:g}, guidance={guidance:g} to "
-        f"{mpath}")
+    log(f"gpt_eval: wrote sampling_temperature={temperature:g}, guidance={guidance:g}, "
+        f"target={target:.6g} to {mpath}")
   rep["seconds"] = time.time() - t0
   (outp / "report.json").write_text(json.dumps(rep, indent=1))
   log(f"gpt_eval: wrote {outp / 'report.json'}")
@@ -322,8 +332,9 @@ def main(argv):
                num_sampling_steps=f.num_sampling_steps, eta=f.eta, seed=f.seed,
                temperature=f.temperature, temperatures=[float(x) for x in f.temperatures],
                guidance=f.guidance, guidances=[float(x) for x in f.guidances],
+               target=f.target, target_fractions=[float(x) for x in f.target_fractions],
                adam_steps=f.adam_steps, adam_lrs=[float(x) for x in f.adam_lrs],
-               save_temperature=f.save_temperature, validation_only=f.validation_only)
+               save_settings=f.save_settings, validation_only=f.validation_only)
 
 
 if __name__ == "__main__":
@@ -348,12 +359,19 @@ if __name__ == "__main__":
                      "networks from --guidances).")
   flags.DEFINE_list("guidances", ["0", "0.05", "0.1", "0.2", "0.3", "0.5"],
                     "Guidance scales to choose from.")
-  flags.DEFINE_bool("save_temperature", False, "Record the temperature and guidance in the "
-                    "weights' manifest (extra.sampling_temperature, extra.guidance), the "
-                    "optimizer's defaults.")
-  flags.DEFINE_bool("validation_only", False, "Only choose the temperature and guidance and "
-                    "report their validation R^2 and one-update median (to compare seeds or "
-                    "configurations without looking at the reported figures).")
+  flags.DEFINE_float("target", None, "The optimizer's prompt for the one-update figures "
+                     "(default: chosen on validation inits from --target_fractions).")
+  flags.DEFINE_list("target_fractions", ["0", "0.05", "0.1", "0.2", "0.35", "0.5"],
+                    "Target grid: best + f * (median final metric of the training runs - "
+                    "best).")
+  flags.DEFINE_bool("save_settings", False, "Record the temperature, guidance and target in "
+                    "the weights' manifest (extra.sampling_temperature, extra.guidance, "
+                    "extra.target), the optimizer's defaults.")
+  flags.DEFINE_alias("save_temperature", "save_settings")
+  flags.DEFINE_bool("validation_only", False, "Only choose the temperature, guidance and "
+                    "target and report their validation R^2 and one-update medians (to "
+                    "compare seeds or configurations without looking at the reported "
+                    "figures).")
   flags.DEFINE_integer("seed", 0, "Evaluation seed.")
   flags.DEFINE_integer("adam_steps", 1000, "Adam steps per learning rate.")
   flags.DEFINE_list("adam_lrs", ["1e-3", "3e-3", "1e-2", "3e-2", "1e-1"], "Adam grid.")

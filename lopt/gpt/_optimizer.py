@@ -50,13 +50,15 @@ def gpt_from_loaded(loaded: LoadedGPT, *, target: float | None = None,
   """Builds the optimizer from an already loaded model (see :func:`gpt`)."""
   model, net_params, stats = loaded.model, loaded.params, loaded.stats
   tok = model.tokenizer
-  if target is None:
-    target = loaded.manifest.get("best_metric")
-    if target is None:
-      raise ValueError("the G.pt manifest stores no best_metric; pass target=")
-  target = float(target)
-  num_sampling_steps = int(num_sampling_steps)
   extra_info = loaded.manifest.get("extra", {})
+  if target is None:
+    target = extra_info.get("target", loaded.manifest.get("best_metric"))
+    if target is None:
+      raise ValueError("the G.pt manifest stores no target or best_metric; pass target=")
+  target = float(target)
+  if not math.isfinite(target):
+    raise ValueError(f"target must be finite, got {target}")
+  num_sampling_steps = int(num_sampling_steps)
   if temperature is None:
     temperature = extra_info.get("sampling_temperature", 1.0)
   temperature = float(temperature)
@@ -126,19 +128,21 @@ def gpt(weights: Any = "pretrained", target: float | None = None, *,
     weights: ``"pretrained"`` (the shipped ``digits_mlp`` model), a directory
       written by :func:`lopt.gpt.save_gpt` (e.g. ``gpt_train``'s
       ``<workdir>/weights``), or a :class:`~lopt.gpt.LoadedGPT`.
-    target: the prompted value of the model's metric (default: the best value in
-      the training data, from the manifest).
+    target: the prompted value of the model's metric. Default: the value
+      ``gpt_eval --save_settings`` chose on validation inits and recorded in the
+      manifest (``extra.target``: the prompt whose one update got furthest), else
+      the best value in the training data (``best_metric``).
     num_sampling_steps: diffusion sampling steps per update.
     eta: 0 for DDIM, 1 for DDPM sampling.
     temperature: noise scale of the sampler (:func:`lopt.gpt.sample`; 1 samples
       the model's distribution, 0 is deterministic). Default: the value
-      ``gpt_eval --save_temperature`` chose on validation runs and recorded in
+      ``gpt_eval --save_settings`` chose on validation runs and recorded in
       the manifest (``extra.sampling_temperature``), else 1.
     guidance: classifier-free guidance scale :math:`w` (see
       :meth:`lopt.gpt.GPT.generate`): each denoising step extrapolates the prompted
       prediction away from a reference one by ``w``; 0 turns it off, and each step
       then costs one network pass instead of two. Default: the value recorded in
-      the manifest by ``gpt_eval --save_temperature`` (``extra.guidance``), else 0.
+      the manifest by ``gpt_eval --save_settings`` (``extra.guidance``), else 0.
     seed: seed of the sampling key kept in the state.
     prompt: an alias of ``target`` (give one of them).
     num_steps: accepted for symmetry with learned optimizers and ignored (each

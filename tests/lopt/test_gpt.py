@@ -167,16 +167,25 @@ def test_temperature_zero_is_deterministic_and_read_from_manifest(tiny_weights, 
   assert not np.allclose(gen(0, 1.0), gen(1, 1.0))
   with pytest.raises(ValueError, match="temperature"):
     lopt.get("gpt", weights=str(path), temperature=-1.0)
-  # The default temperature comes from the manifest (gpt_eval --save_temperature).
+  # The default temperature and target come from the manifest (gpt_eval --save_settings).
   shutil.copytree(path, tmp_path / "w")
   man = json.loads((tmp_path / "w" / "manifest.json").read_text())
   man["extra"]["sampling_temperature"] = 0.0
   (tmp_path / "w" / "manifest.json").write_text(json.dumps(man))
-  a = lopt.get("gpt", weights=str(tmp_path / "w"), num_sampling_steps=3, seed=0)
-  b = lopt.get("gpt", weights=str(tmp_path / "w"), num_sampling_steps=3, seed=1)
-  ua, _ = a.update(params, a.init(params), params, loss=1.0)
-  ub, _ = b.update(params, b.init(params), params, loss=1.0)
-  np.testing.assert_array_equal(np.asarray(ua["conv"]), np.asarray(ub["conv"]))
+
+  def upd(weights, **kw):
+    opt = lopt.get("gpt", weights=str(weights), num_sampling_steps=3, **kw)
+    return np.asarray(opt.update(params, opt.init(params), params, loss=1.0)[0]["conv"])
+  np.testing.assert_array_equal(upd(tmp_path / "w", seed=0), upd(tmp_path / "w", seed=1))
+  at_best = upd(tmp_path / "w")
+  np.testing.assert_array_equal(at_best, upd(tmp_path / "w", target=man["best_metric"]))
+  man["extra"]["target"] = man["best_metric"] + 2.0
+  (tmp_path / "w" / "manifest.json").write_text(json.dumps(man))
+  recorded = upd(tmp_path / "w")
+  np.testing.assert_array_equal(recorded, upd(tmp_path / "w", target=man["best_metric"] + 2.0))
+  assert not np.allclose(recorded, at_best)
+  with pytest.raises(ValueError, match="target must be finite"):
+    lopt.get("gpt", weights=str(path), target=float("nan"))
 
 
 def test_optax_mismatched_tree_and_missing_inputs(tiny_weights):

@@ -19,14 +19,17 @@ CFG = {"steps": 4, "batch_size": 4, "holdout_runs": 2, "d_model": 16, "num_layer
        "log_every": 2, "checkpoint_every": 4, "eval_every": 4}
 
 
-def _write_dataset(path, task, runs=6, ckpts=3):
-  """A synthetic dataset in the on-disk format (no training needed)."""
+def _write_dataset(path, task, runs=6, ckpts=3, final_step=0.0):
+  """A synthetic dataset in the on-disk format (no training needed).
+
+  Every run's loss goes from 2.3 to ``0.3 + final_step * run``.
+  """
   spec = param_spec(task.init(jax.random.key(0)))
   n = sum(int(np.prod(s["shape"])) for s in spec)
   rng = np.random.default_rng(0)
   init = rng.normal(size=(runs, 1, n)).astype(np.float32) * 0.1
   params = init * np.linspace(1.0, 0.5, ckpts)[None, :, None]
-  loss = np.linspace(2.3, 0.3, ckpts)[None].repeat(runs, 0).astype(np.float32)
+  loss = np.linspace(2.3, 0.3 + final_step * np.arange(runs), ckpts).T.astype(np.float32)
   path.mkdir()
   np.savez(path / "shard_00000.npz", params=params, run_ids=np.arange(runs, dtype=np.int32),
            test_loss=loss, train_loss=loss)
@@ -142,12 +145,15 @@ def test_bad_dataset_and_split(tmp_path):
 
 @pytest.mark.slow
 def test_eval_writes_report_and_plots(trained):
-  root, _, weights, _ = trained
-  rep = evaluate_gpt(str(weights), str(root / "data"), str(root / "eval"), num_nets=1,
+  root, task, weights, _ = trained
+  # The same runs, but their final losses differ (so the target grid has two values).
+  if not (root / "data_final").exists():
+    _write_dataset(root / "data_final", task, final_step=0.2)
+  rep = evaluate_gpt(str(weights), str(root / "data_final"), str(root / "eval"), num_nets=1,
                      num_prompts=3, num_inits=2, recursive_steps=2, num_sampling_steps=2,
                      adam_steps=10, adam_lrs=(1e-2,), noise_levels=(0.1, 1.0),
-                     temperatures=(1.0, 0.0), guidances=(0.5,), save_temperature=True,
-                     log=lambda msg: None)
+                     temperatures=(1.0, 0.0), guidances=(0.5,), target_fractions=(0.0, 0.5),
+                     save_settings=True, log=lambda msg: None)
   # Temperature and guidance are chosen on the held-out run not used for the figures, and
   # recorded; a guidance scale is only chosen if it does not hurt the one-update metric.
   sel, gsel = rep["temperature_selection"], rep["guidance_selection"]
@@ -158,6 +164,17 @@ def test_eval_writes_report_and_plots(trained):
   manifest = lopt.gpt.read_gpt_manifest(weights)
   assert manifest["extra"]["sampling_temperature"] == sel["chosen"] == rep["temperature"]
   assert manifest["extra"]["guidance"] == gsel["chosen"] == rep["guidance"]
+  # The target is the grid prompt whose one update from the validation inits got furthest;
+  # the reported one update uses it, and the best prompt is reported beside it.
+  tsel = rep["target_selection"]
+  grid = [rep["best_prompt"] + f * (tsel["reference_metric"] - rep["best_prompt"])
+          for f in (0.0, 0.5)]
+  by = tsel["one_update_median_by_target"]
+  assert len(set(grid)) == 2 and list(by) == [f"{t:.6g}" for t in grid]
+  assert tsel["chosen"] == grid[int(np.argmin(list(by.values())))]
+  assert manifest["extra"]["target"] == tsel["chosen"] == rep["target"]
+  assert rep["one_update"]["target"] == rep["target"]
+  assert np.isfinite(rep["one_update"]["at_best_prompt_median"])
   assert set(rep["targets"]) == {"prompt_alignment_r2>=0.9", "adam_steps_to_match>=100",
                                  "not_dominated_by_noisy_retrieval"}
   assert len(rep["recursive"]["median"]) == 3
@@ -166,18 +183,21 @@ def test_eval_writes_report_and_plots(trained):
 
 
 def test_eval_validation_only_reports_no_test_figures(trained, tmp_path):
-  root, _, weights, _ = trained
+  root, task, weights, _ = trained
+  if not (root / "data_final").exists():
+    _write_dataset(root / "data_final", task, final_step=0.2)
   manifest = (weights / "manifest.json").read_text()
   kw = dict(num_nets=1, num_prompts=3, num_inits=2, num_sampling_steps=2,
             log=lambda msg: None, validation_only=True)
-  chosen = evaluate_gpt(str(weights), str(root / "data"), str(tmp_path / "a"),
-                        temperatures=(0.0,), guidances=(0.0,), **kw)
-  given = evaluate_gpt(str(weights), str(root / "data"), str(tmp_path / "b"),
-                       temperature=0.0, guidance=0.0, **kw)
+  chosen = evaluate_gpt(str(weights), str(root / "data_final"), str(tmp_path / "a"),
+                        temperatures=(0.0,), guidances=(0.0,), target_fractions=(0.3,), **kw)
+  given = evaluate_gpt(str(weights), str(root / "data_final"), str(tmp_path / "b"),
+                       temperature=0.0, guidance=0.0, target=chosen["target"], **kw)
   # Chosen or given, the same settings give the same validation figures.
   assert chosen["validation"] == given["validation"]
   assert set(chosen["validation"]) == {"validation_nets", "validation_inits", "r2",
-                                       "one_update_median"}
+                                       "one_update_median", "one_update_median_at_target"}
+  assert chosen["target"] != chosen["best_prompt"]
   assert np.isfinite(chosen["validation"]["one_update_median"])
   for rep in (chosen, given):
     assert not {"prompt_alignment", "one_update", "adam", "baselines"} & set(rep)
@@ -186,7 +206,7 @@ def test_eval_validation_only_reports_no_test_figures(trained, tmp_path):
   assert (weights / "manifest.json").read_text() == manifest  # not asked to save
   with pytest.raises(ValueError, match="held-out runs"):
     evaluate_gpt(str(weights), str(root / "data"), str(tmp_path / "c"), **{**kw, "num_nets": 2},
-                 temperature=0.0, guidance=0.0)
+                 temperature=0.0, guidance=0.0, target=1.0)
 
 
 def test_baseline_helpers():
