@@ -86,7 +86,7 @@ def evaluate_gpt(weights: str, dataset: str | None, out: str, *, num_nets: int =
                  guidance: float | None = None,
                  guidances: Sequence[float] = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5),
                  target: float | None = None,
-                 target_fractions: Sequence[float] = (0.0, 0.05, 0.1, 0.2, 0.35, 0.5),
+                 target_fractions: Sequence[float] = (0.0, 0.025, 0.05, 0.075, 0.1, 0.2, 0.35, 0.5),
                  adam_steps: int = 1000, adam_every: int = 5,
                  adam_lrs: Sequence[float] = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1),
                  noise_levels: Sequence[float] = (0.03, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0),
@@ -361,7 +361,8 @@ if __name__ == "__main__":
                     "Guidance scales to choose from.")
   flags.DEFINE_float("target", None, "The optimizer's prompt for the one-update figures "
                      "(default: chosen on validation inits from --target_fractions).")
-  flags.DEFINE_list("target_fractions", ["0", "0.05", "0.1", "0.2", "0.35", "0.5"],
+  flags.DEFINE_list("target_fractions",
+                    ["0", "0.025", "0.05", "0.075", "0.1", "0.2", "0.35", "0.5"],
                     "Target grid: best + f * (median final metric of the training runs - "
                     "best).")
   flags.DEFINE_bool("save_settings", False, "Record the temperature, guidance and target in "
