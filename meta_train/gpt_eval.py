@@ -10,24 +10,24 @@ data of the model); by default it is read from the model's manifest. Writes
 ``report.json`` and PNG plots to ``--out``. Measured (metric = the model's
 metric, e.g. test loss):
 
-* **sampling temperature** (noise scale of the sampler, :func:`lopt.gpt.sample`):
-  ``--temperature``, or, by default, the one of ``--temperatures`` with the best
-  prompt-alignment R^2 on validation networks (held-out runs not used below);
-  ``--save_settings`` records it in the weights' manifest, where
-  ``lopt.get("gpt")`` takes its default from.
-* **guidance scale** (classifier-free guidance, :meth:`lopt.gpt.GPT.generate`):
-  ``--guidance``, or, by default, chosen on the same validation networks at the
-  chosen temperature: the one of ``--guidances`` with the best R^2 among those
-  whose median one-update metric at the best prompt (the optimizer's use), from
-  ``--num_inits`` validation inits (seeds disjoint from the reported ones), is no
-  worse than without guidance. ``--save_settings`` records it too.
-* **target** (the prompt of the optimizer's use, ``lopt.get("gpt", target=...)``):
-  ``--target``, or, by default, the one of the grid ``best + f (ref - best)``,
-  ``f`` in ``--target_fractions`` (``ref``: the median final metric of the
-  training runs), whose one update from the validation inits reaches the best
-  median metric. Prompting the single best value in the data (an outlier) asks
-  for more than one update can give; a slightly less extreme prompt gets more.
-  ``--save_settings`` records it (``extra.target``).
+* **the optimizer's settings**, chosen on validation data that no reported figure
+  uses (``--num_inits`` validation inits, ``task.init`` seeds disjoint from the
+  reported ones; validation networks, the held-out runs after the first
+  ``--num_nets``) and recorded in the weights' manifest by ``--save_settings``,
+  where ``lopt.get("gpt")`` takes its defaults from:
+
+  - **sampling temperature** (noise scale of the sampler, :func:`lopt.gpt.sample`)
+    and **target** (the optimizer's prompt): ``--temperature`` and ``--target``, or
+    by default the pair from ``--temperatures`` x the grid ``best + f (ref - best)``
+    (``f`` in ``--target_fractions``, ``ref`` the median final metric of the
+    training runs) whose one update from the validation inits reaches the best
+    median metric. Prompting the single best value in the data (an outlier) asks
+    for more than one update gives; a slightly less extreme prompt gets further.
+  - **guidance scale** (classifier-free guidance, :meth:`lopt.gpt.GPT.generate`):
+    ``--guidance``, or by default the one of ``--guidances`` with the best
+    prompt-alignment R^2 on the validation networks among those whose one update
+    from the validation inits (at the target) is no worse than without guidance.
+
   ``--validation_only`` stops here and reports the validation R^2 and one-update
   medians at the chosen settings: compare training seeds or configurations by them.
 * **prompt alignment** (G.pt, Sec. 5.1): for ``--num_nets`` starting networks (the
@@ -97,15 +97,11 @@ def evaluate_gpt(weights: str, dataset: str | None, out: str, *, num_nets: int =
   ``dataset=None`` evaluates against the model's training data named in its manifest
   (``extra.dataset``, as ``gpt_train`` writes it).
 
-  With ``temperature=None`` the sampling temperature is the one of ``temperatures``
-  with the best prompt-alignment R^2 on validation networks: the held-out runs
-  after the first ``num_nets``, which none of the reported figures use. With
-  ``save_settings`` it is written to the weights' manifest
-  (``extra.sampling_temperature``), the G.pt optimizer's default. ``guidance=None``
-  likewise chooses the guidance scale from ``guidances`` on the validation networks
-  (see the module docstring), ``target=None`` the optimizer's prompt from the grid
-  ``target_fractions`` on the validation inits, and ``save_settings`` records both
-  (``extra.guidance``, ``extra.target``).
+  ``temperature=None``, ``target=None`` and ``guidance=None`` choose the optimizer's
+  settings on validation data as the module docstring describes (``temperatures``
+  x ``target_fractions``, then ``guidances``); ``save_settings`` writes them to the
+  weights' manifest (``extra.sampling_temperature``, ``extra.target``,
+  ``extra.guidance``), the G.pt optimizer's defaults.
 
   ``validation_only`` stops after those choices and reports (``"validation"``) the
   validation R^2 and one-update medians (at the best prompt and at the target) at the
@@ -166,22 +162,14 @@ def evaluate_gpt(weights: str, dataset: str | None, out: str, *, num_nets: int =
                          "eta": eta, "condition_grad": bool(model.cfg["condition_grad"]),
                          "prompt_dropout": float(model.cfg["prompt_dropout"])}
 
-  # 0. Sampling temperature: given, or chosen by prompt alignment on validation runs (the
-  # held-out runs after the first num_nets, never used for the figures below).
+  # 0. The optimizer's settings, chosen on validation data never used for the figures
+  # below: validation inits (task.init seeds disjoint from the reported ones) and
+  # validation nets (the held-out runs after the first num_nets).
   val = np.arange(num_nets, int(is_held.sum()))
-  if (temperature is None or guidance is None or validation_only) and len(val) == 0:
-    raise ValueError("no held-out runs are left for choosing the temperature or guidance; "
-                     "pass temperature= and guidance=, or hold out more than num_nets runs")
-  if temperature is None:
-    sweep = {float(t): float(np.mean(alignment(val, t, 0.0)[3])) for t in temperatures}
-    temperature = max(sweep, key=sweep.get)
-    rep["temperature_selection"] = {"validation_nets": len(val), "r2_by_temperature": sweep,
-                                    "chosen": temperature}
-    log(f"gpt_eval: validation R^2 by temperature {sweep}; using {temperature:g} "
-        f"[{time.time() - t0:.0f}s]")
-  rep["temperature"] = float(temperature)
-  if guidance is None or target is None or validation_only:
-    # Validation inits: seeds disjoint from the reported ones.
+  if (guidance is None or validation_only) and len(val) == 0:
+    raise ValueError("no held-out runs are left for choosing the guidance; pass guidance=, "
+                     "or hold out more than num_nets runs")
+  if temperature is None or guidance is None or target is None or validation_only:
     vkeys = jax.random.split(jax.random.key(20_000_003 + seed), num_inits)
     vstart = np.asarray(jax.vmap(tok.flatten)(jax.vmap(task.init)(vkeys)))
     vstart_m = mf(vstart)[metric]
@@ -196,40 +184,50 @@ def evaluate_gpt(weights: str, dataset: str | None, out: str, *, num_nets: int =
     return {"r2": float(np.mean(alignment(val, temp, w)[3])),
             "one_update_median": val_one(temp, w, best)}
 
+  if temperature is None or target is None:
+    # Temperature and target (the optimizer's prompt): the pair whose one update from the
+    # validation inits is best (lower for losses and errors, higher for returns), without
+    # guidance. The target grid runs from the best value in the data towards the median
+    # final value of the training runs.
+    ref = float(np.median(data.metrics[metric][~is_held][:, -1]))
+    temps = [float(t) for t in temperatures] if temperature is None else [float(temperature)]
+    grid = ([float(target)] if target is not None else
+            list(dict.fromkeys(best + float(f) * (ref - best) for f in target_fractions)))
+    table = {f"{tp:g}": {f"{t:.6g}": val_one(tp, 0.0, t) for t in grid} for tp in temps}
+    flat = [(table[f"{tp:g}"][f"{t:.6g}"], tp, t) for tp in temps for t in grid]
+    sign = 1.0 if best <= ref else -1.0
+    _, temperature, target = min(flat, key=lambda x: sign * x[0])
+    rep["setting_selection"] = {
+        "validation_inits": num_inits, "reference_metric": ref,
+        "target_fractions": [float(f) for f in target_fractions],
+        "one_update_median_by_temperature_and_target": table,
+        "chosen": {"temperature": temperature, "target": target}}
+    log(f"gpt_eval: validation one-update median by temperature and target {table}; using "
+        f"temperature {temperature:g}, target {target:.6g} [{time.time() - t0:.0f}s]")
+  rep["temperature"], rep["target"] = float(temperature), float(target)
+
   res = {}
   if guidance is None:
     # Guidance sharpens prompt following; keep only scales that do not hurt the optimizer's
-    # use (one update from a random init at the best prompt, on the validation inits),
-    # then take the best R^2 on the validation nets.
+    # use (one update from the validation inits at the target), then take the best R^2 on
+    # the validation nets.
     gs = sorted({0.0, *(float(w) for w in guidances)})
     for w in gs:
-      res[w] = validation(temperature, w)
-    ok = [w for w in gs if res[w]["one_update_median"] <= res[0.0]["one_update_median"]]
+      res[w] = {**validation(temperature, w),
+                "one_update_median_at_target": val_one(temperature, w, target)}
+    ok = [w for w in gs if res[w]["one_update_median_at_target"]
+          <= res[0.0]["one_update_median_at_target"]]
     guidance = max(ok, key=lambda w: res[w]["r2"])
     rep["guidance_selection"] = {"validation_nets": len(val), "by_guidance": res,
                                  "chosen": guidance}
     log(f"gpt_eval: validation by guidance {res}; using {guidance:g} [{time.time() - t0:.0f}s]")
   rep["guidance"] = float(guidance)
-  if target is None:
-    # The optimizer's prompt: the grid value whose one update from the validation inits
-    # is best (lower for losses and errors, higher for returns).
-    ref = float(np.median(data.metrics[metric][~is_held][:, -1]))
-    grid = list(dict.fromkeys(best + float(f) * (ref - best) for f in target_fractions))
-    by = {f"{t:.6g}": val_one(temperature, guidance, t) for t in grid}
-    pick = np.argmin if best <= ref else np.argmax
-    target = grid[int(pick(list(by.values())))]
-    rep["target_selection"] = {"validation_inits": num_inits, "reference_metric": ref,
-                               "fractions": [float(f) for f in target_fractions],
-                               "one_update_median_by_target": by, "chosen": target}
-    log(f"gpt_eval: validation one-update median by target {by}; using {target:.6g} "
-        f"[{time.time() - t0:.0f}s]")
-  rep["target"] = float(target)
   if validation_only:
     rep["validation"] = {"validation_nets": len(val), "validation_inits": num_inits,
-                         **(res.get(float(guidance)) or validation(temperature, guidance))}
-    rep["validation"]["one_update_median_at_target"] = (
-        rep["validation"]["one_update_median"] if target == best
-        else val_one(temperature, guidance, target))
+                         **(res.get(float(guidance)) or {
+                             **validation(temperature, guidance),
+                             "one_update_median_at_target": val_one(temperature, guidance,
+                                                                    target)})}
     log(f"gpt_eval: validation at temperature {temperature:g}, guidance {guidance:g}: "
         f"{rep['validation']}")
     return _finish(rep, outp, weights, save_settings, t0, log)
@@ -351,10 +349,10 @@ if __name__ == "__main__":
   flags.DEFINE_integer("recursive_steps", 10, "Recursive prompting updates.")
   flags.DEFINE_integer("num_sampling_steps", 20, "Diffusion sampling steps.")
   flags.DEFINE_float("eta", 0.0, "0 = DDIM, 1 = DDPM.")
-  flags.DEFINE_float("temperature", None, "Sampling temperature (default: chosen on "
-                     "validation runs from --temperatures).")
+  flags.DEFINE_float("temperature", None, "Sampling temperature (default: chosen with the "
+                     "target on validation inits from --temperatures).")
   flags.DEFINE_list("temperatures", ["1", "0.7", "0.5", "0.3", "0"],
-                    "Temperatures tried on validation runs when --temperature is not given.")
+                    "Temperatures tried on validation inits when --temperature is not given.")
   flags.DEFINE_float("guidance", None, "Guidance scale (default: chosen on validation "
                      "networks from --guidances).")
   flags.DEFINE_list("guidances", ["0", "0.05", "0.1", "0.2", "0.3", "0.5"],

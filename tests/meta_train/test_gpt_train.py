@@ -154,25 +154,29 @@ def test_eval_writes_report_and_plots(trained):
                      adam_steps=10, adam_lrs=(1e-2,), noise_levels=(0.1, 1.0),
                      temperatures=(1.0, 0.0), guidances=(0.5,), target_fractions=(0.0, 0.5),
                      save_settings=True, log=lambda msg: None)
-  # Temperature and guidance are chosen on the held-out run not used for the figures, and
-  # recorded; a guidance scale is only chosen if it does not hurt the one-update metric.
-  sel, gsel = rep["temperature_selection"], rep["guidance_selection"]
-  assert sel["validation_nets"] == 1 and sel["chosen"] in (1.0, 0.0)
-  by = gsel["by_guidance"]
-  assert set(by) == {0.0, 0.5} and gsel["chosen"] in by
-  assert by[gsel["chosen"]]["one_update_median"] <= by[0.0]["one_update_median"]
-  manifest = lopt.gpt.read_gpt_manifest(weights)
-  assert manifest["extra"]["sampling_temperature"] == sel["chosen"] == rep["temperature"]
-  assert manifest["extra"]["guidance"] == gsel["chosen"] == rep["guidance"]
-  # The target is the grid prompt whose one update from the validation inits got furthest;
-  # the reported one update uses it, and the best prompt is reported beside it.
-  tsel = rep["target_selection"]
-  grid = [rep["best_prompt"] + f * (tsel["reference_metric"] - rep["best_prompt"])
+  # Temperature and target: the pair of the grid whose one update from the validation
+  # inits got furthest. Guidance: chosen on the held-out run not used for the figures, and
+  # only if it does not hurt that one update. All three are recorded in the manifest, and
+  # the reported one update uses them (the best prompt is reported beside it).
+  sel, gsel = rep["setting_selection"], rep["guidance_selection"]
+  grid = [rep["best_prompt"] + f * (sel["reference_metric"] - rep["best_prompt"])
           for f in (0.0, 0.5)]
-  by = tsel["one_update_median_by_target"]
-  assert len(set(grid)) == 2 and list(by) == [f"{t:.6g}" for t in grid]
-  assert tsel["chosen"] == grid[int(np.argmin(list(by.values())))]
-  assert manifest["extra"]["target"] == tsel["chosen"] == rep["target"]
+  table = sel["one_update_median_by_temperature_and_target"]
+  assert len(set(grid)) == 2 and list(table) == ["1", "0"]
+  assert all(list(row) == [f"{t:.6g}" for t in grid] for row in table.values())
+  flat = [(v, float(tp), grid[i]) for tp, row in table.items()
+          for i, v in enumerate(row.values())]
+  assert min(flat, key=lambda x: x[0])[1:] == (sel["chosen"]["temperature"],
+                                               sel["chosen"]["target"])
+  by = gsel["by_guidance"]
+  assert gsel["validation_nets"] == 1 and set(by) == {0.0, 0.5} and gsel["chosen"] in by
+  assert (by[gsel["chosen"]]["one_update_median_at_target"]
+          <= by[0.0]["one_update_median_at_target"])
+  manifest = lopt.gpt.read_gpt_manifest(weights)
+  assert manifest["extra"]["sampling_temperature"] == sel["chosen"]["temperature"] \
+      == rep["temperature"]
+  assert manifest["extra"]["target"] == sel["chosen"]["target"] == rep["target"]
+  assert manifest["extra"]["guidance"] == gsel["chosen"] == rep["guidance"]
   assert rep["one_update"]["target"] == rep["target"]
   assert np.isfinite(rep["one_update"]["at_best_prompt_median"])
   assert set(rep["targets"]) == {"prompt_alignment_r2>=0.9", "adam_steps_to_match>=100",
