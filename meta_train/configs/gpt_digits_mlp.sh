@@ -5,8 +5,8 @@
 #
 # Six checkpoint datasets (runs/gpt_digits_data*, about 19 min on one core, 1.5 GB),
 # the training run (meta_train/configs/gpt_digits_mlp.flags, about 70 min on one core)
-# and its evaluation, which also records the sampling temperature and guidance in the
-# manifest (about 5 min). Every step resumes: datasets skip finished shards and the
+# and its evaluation, which also records the sampling temperature, target and guidance
+# in the manifest (about 12 min). Every step resumes: datasets skip finished shards and the
 # training continues from its last checkpoint, so rerun the same command after an
 # interruption. PYTHON overrides the interpreter (default: the project's .venv).
 #
@@ -32,5 +32,5 @@ dataset gpt_digits_data3 2048 1000 4
 dataset gpt_digits_data_early3 2048 100 5
 
 "$PYTHON" -m meta_train.gpt_train --flagfile=meta_train/configs/gpt_digits_mlp.flags
-"$PYTHON" -m meta_train.gpt_eval --weights=lopt/weights/gpt_digits_mlp --save_temperature \
+"$PYTHON" -m meta_train.gpt_eval --weights=lopt/weights/gpt_digits_mlp --save_settings \
   --out=lopt/weights/gpt_digits_mlp/eval
