@@ -186,9 +186,10 @@ def evaluate_gpt(weights: str, dataset: str | None, out: str, *, num_nets: int =
                             temp, w)))[metric]
     return float(np.median(one))
 
-  def validation(temp, w):
+  def validation(temp, w):  # once the target is known
     return {"r2": float(np.mean(alignment(val, temp, w)[3])),
-            "one_update_median": val_one(temp, w, best)}
+            "one_update_median": val_one(temp, w, best),
+            "one_update_median_at_target": val_one(temp, w, target)}
 
   if temperature is None or target is None:
     # Temperature and target (the optimizer's prompt): the pair whose one update from the
@@ -199,10 +200,10 @@ def evaluate_gpt(weights: str, dataset: str | None, out: str, *, num_nets: int =
     temps = [float(t) for t in temperatures] if temperature is None else [float(temperature)]
     grid = ([float(target)] if target is not None else
             list(dict.fromkeys(best + float(f) * (ref - best) for f in target_fractions)))
-    table = {f"{tp:g}": {f"{t:.6g}": val_one(tp, 0.0, t) for t in grid} for tp in temps}
-    flat = [(table[f"{tp:g}"][f"{t:.6g}"], tp, t) for tp in temps for t in grid]
+    scores = {(tp, t): val_one(tp, 0.0, t) for tp in temps for t in grid}
     sign = 1.0 if best <= ref else -1.0
-    _, temperature, target = min(flat, key=lambda x: sign * x[0])
+    temperature, target = min(scores, key=lambda k: sign * scores[k])
+    table = {f"{tp:g}": {f"{t:.6g}": scores[tp, t] for t in grid} for tp in temps}
     rep["setting_selection"] = {
         "validation_inits": num_inits, "reference_metric": ref,
         "target_fractions": [float(f) for f in target_fractions],
@@ -219,8 +220,7 @@ def evaluate_gpt(weights: str, dataset: str | None, out: str, *, num_nets: int =
     # the validation nets.
     gs = sorted({0.0, *(float(w) for w in guidances)})
     for w in gs:
-      res[w] = {**validation(temperature, w),
-                "one_update_median_at_target": val_one(temperature, w, target)}
+      res[w] = validation(temperature, w)
     ok = [w for w in gs if res[w]["one_update_median_at_target"]
           <= res[0.0]["one_update_median_at_target"]]
     guidance = max(ok, key=lambda w: res[w]["r2"])
@@ -230,10 +230,7 @@ def evaluate_gpt(weights: str, dataset: str | None, out: str, *, num_nets: int =
   rep["guidance"] = float(guidance)
   if validation_only:
     rep["validation"] = {"validation_nets": len(val), "validation_inits": num_inits,
-                         **(res.get(float(guidance)) or {
-                             **validation(temperature, guidance),
-                             "one_update_median_at_target": val_one(temperature, guidance,
-                                                                    target)})}
+                         **(res.get(float(guidance)) or validation(temperature, guidance))}
     log(f"gpt_eval: validation at temperature {temperature:g}, guidance {guidance:g}: "
         f"{rep['validation']}")
     return _finish(rep, outp, weights, save_settings, t0, log)

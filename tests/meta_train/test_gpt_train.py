@@ -50,6 +50,14 @@ def trained(tmp_path_factory):
   return root, task, weights, logs
 
 
+@pytest.fixture(scope="module")
+def data_final(trained):
+  """The trained model's runs, but their final losses differ (the target grid has two values)."""
+  root, task, _, _ = trained
+  _write_dataset(root / "data_final", task, final_step=0.2)
+  return root / "data_final"
+
+
 def test_trains_logs_and_exports(trained):
   root, _, weights, logs = trained
   lines = [json.loads(x) for x in (root / "work" / "metrics.jsonl").read_text().splitlines()]
@@ -144,12 +152,9 @@ def test_bad_dataset_and_split(tmp_path):
 
 
 @pytest.mark.slow
-def test_eval_writes_report_and_plots(trained):
-  root, task, weights, _ = trained
-  # The same runs, but their final losses differ (so the target grid has two values).
-  if not (root / "data_final").exists():
-    _write_dataset(root / "data_final", task, final_step=0.2)
-  rep = evaluate_gpt(str(weights), str(root / "data_final"), str(root / "eval"), num_nets=1,
+def test_eval_writes_report_and_plots(trained, data_final):
+  root, _, weights, _ = trained
+  rep = evaluate_gpt(str(weights), str(data_final), str(root / "eval"), num_nets=1,
                      num_prompts=3, num_inits=2, recursive_steps=2, num_sampling_steps=2,
                      adam_steps=10, adam_lrs=(1e-2,), noise_levels=(0.1, 1.0),
                      temperatures=(1.0, 0.0), guidances=(0.5,), target_fractions=(0.0, 0.5),
@@ -186,16 +191,14 @@ def test_eval_writes_report_and_plots(trained):
     assert (root / "eval" / f).stat().st_size > 0
 
 
-def test_eval_validation_only_reports_no_test_figures(trained, tmp_path):
-  root, task, weights, _ = trained
-  if not (root / "data_final").exists():
-    _write_dataset(root / "data_final", task, final_step=0.2)
+def test_eval_validation_only_reports_no_test_figures(trained, data_final, tmp_path):
+  root, _, weights, _ = trained
   manifest = (weights / "manifest.json").read_text()
   kw = dict(num_nets=1, num_prompts=3, num_inits=2, num_sampling_steps=2,
             log=lambda msg: None, validation_only=True)
-  chosen = evaluate_gpt(str(weights), str(root / "data_final"), str(tmp_path / "a"),
+  chosen = evaluate_gpt(str(weights), str(data_final), str(tmp_path / "a"),
                         temperatures=(0.0,), guidances=(0.0,), target_fractions=(0.3,), **kw)
-  given = evaluate_gpt(str(weights), str(root / "data_final"), str(tmp_path / "b"),
+  given = evaluate_gpt(str(weights), str(data_final), str(tmp_path / "b"),
                        temperature=0.0, guidance=0.0, target=chosen["target"], **kw)
   # Chosen or given, the same settings give the same validation figures.
   assert chosen["validation"] == given["validation"]
