@@ -8,16 +8,20 @@
   loss = task.loss(params, key, task.batch(key, "train"))
 """
 
+from tasks._autoencoder import ImageAutoencoder as ImageAutoencoder
 from tasks._base import MAX_NORMALIZED_LOSS as MAX_NORMALIZED_LOSS
 from tasks._base import ChoiceFamily as ChoiceFamily
 from tasks._base import Task as Task
 from tasks._base import TaskFamily as TaskFamily
+from tasks._custom import from_flax as from_flax
+from tasks._custom import from_functions as from_functions
 from tasks._datasets import ArrayDataset as ArrayDataset
 from tasks._datasets import DatasetNotAvailableError as DatasetNotAvailableError
 from tasks._datasets import digits as digits
 from tasks._datasets import tfds_images as tfds_images
 from tasks._image import ImageCNN as ImageCNN
 from tasks._image import ImageMLP as ImageMLP
+from tasks._lm import CORPORA as CORPORA
 from tasks._lm import CharLM as CharLM
 from tasks._lm import embedded_text as embedded_text
 from tasks._quadratic import Quadratic as Quadratic
@@ -35,9 +39,9 @@ from tasks._train import train as train
 from tasks._train import train_step as train_step
 
 __all__ = [
-    "ArrayDataset", "ChoiceFamily", "CharLM", "DatasetNotAvailableError", "GymnaxPolicy",
-    "ImageCNN", "ImageMLP", "MAX_NORMALIZED_LOSS", "NonFiniteLossError", "Quadratic",
-    "TFDS_TASKS", "Task", "TaskFamily", "TrainResult", "available", "available_families",
-    "digits", "embedded_text", "evaluate", "get", "get_family", "register", "tfds_images",
-    "train", "train_step",
+    "ArrayDataset", "CORPORA", "ChoiceFamily", "CharLM", "DatasetNotAvailableError",
+    "GymnaxPolicy", "ImageAutoencoder", "ImageCNN", "ImageMLP", "MAX_NORMALIZED_LOSS",
+    "NonFiniteLossError", "Quadratic", "TFDS_TASKS", "Task", "TaskFamily", "TrainResult",
+    "available", "available_families", "digits", "embedded_text", "evaluate", "from_flax",
+    "from_functions", "get", "get_family", "register", "tfds_images", "train", "train_step",
 ]

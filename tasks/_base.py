@@ -26,6 +26,7 @@ class Task(abc.ABC):
     batch = task.batch(key, "train")          # drawn inside jit from in-memory arrays
     loss = task.loss(params, key, batch)      # scalar
     metrics = task.metrics(params, key, batch)  # dict of scalars
+    test = task.eval_batch(key, "test")       # the whole split, or a fixed large batch
     norm = task.normalize(loss)               # comparable across tasks
 
   Tasks are plain Python objects closed over by jitted functions; they hash by
@@ -47,6 +48,27 @@ class Task(abc.ABC):
   @abc.abstractmethod
   def batch(self, key: jax.Array, split: str = "train") -> Batch:
     """Samples a batch from ``split`` ("train" or "test") inside jit."""
+
+  def eval_batch(self, key: jax.Array, split: str = "test") -> Batch:
+    """Returns the batch used for evaluation: the whole split, or a fixed large batch.
+
+    Tasks whose split fits in memory return all of it (image tasks); others
+    return a batch much larger than a training batch, drawn from ``key`` so it
+    is the same for the same key (many text windows, many RL episodes). The
+    default is one training-sized ``self.batch(key, split)``.
+
+    Example::
+
+      metrics = jax.jit(task.metrics)(params, key, task.eval_batch(key, "test"))
+
+    Args:
+      key: PRNG key (ignored by tasks that return the whole split).
+      split: "train" or "test".
+
+    Returns:
+      A batch in the format ``loss`` and ``metrics`` take.
+    """
+    return self.batch(key, split)
 
   def metrics(self, params: Params, key: jax.Array, batch: Batch) -> dict[str, jax.Array]:
     """Returns evaluation metrics; the default is just the loss."""

@@ -15,7 +15,8 @@ from tasks._datasets import ArrayDataset, digits, tfds_images
 __all__ = ["ImageCNN", "ImageMLP", "ACTIVATIONS"]
 
 ACTIVATIONS = {"relu": nn.relu, "tanh": nn.tanh, "gelu": nn.gelu, "elu": nn.elu,
-               "swish": nn.swish}
+               "swish": nn.swish, "leaky_relu": nn.leaky_relu, "selu": nn.selu,
+               "softplus": nn.softplus, "sigmoid": nn.sigmoid}
 
 
 def _activation(name: str):
@@ -28,12 +29,16 @@ class _MLP(nn.Module):
   hidden: Sequence[int]
   num_classes: int
   activation: str
+  layer_norm: bool = False
 
   @nn.compact
   def __call__(self, x):
     x = x.reshape((x.shape[0], -1))
     for h in self.hidden:
-      x = _activation(self.activation)(nn.Dense(h)(x))
+      x = nn.Dense(h)(x)
+      if self.layer_norm:
+        x = nn.LayerNorm()(x)
+      x = _activation(self.activation)(x)
     return nn.Dense(self.num_classes)(x)
 
 
@@ -72,8 +77,13 @@ class _ImageTask(Task):
     idx = jax.random.randint(key, (self.batch_size,), 0, x.shape[0])
     return x[idx], y[idx]
 
+  def eval_batch(self, key, split="test"):
+    """Returns the whole split ``(images, labels)``; ``key`` is unused."""
+    del key
+    return self.data.split(split)
+
   def full_batch(self, split: str = "test"):
-    """Returns the whole split as one batch (for evaluation)."""
+    """The whole split as one batch: ``eval_batch`` without a key."""
     return self.data.split(split)
 
   def _logits(self, params, x):
@@ -94,19 +104,36 @@ class _ImageTask(Task):
 
 
 class ImageMLP(_ImageTask):
-  """An MLP classifier; ``dataset`` is "digits" (embedded) or a prepared TFDS dataset."""
+  """An MLP classifier; ``dataset`` is "digits" (embedded) or a prepared TFDS dataset.
+
+  Each hidden layer is ``activation(Dense(x))``, or ``activation(LayerNorm(Dense(x)))``
+  with ``layer_norm=True``.
+
+  Example::
+
+    task = tasks.ImageMLP("digits", hidden=(64, 64), activation="selu", layer_norm=True)
+
+  Args:
+    dataset: "digits" or a key of ``TFDS_IMAGE_DATASETS``.
+    hidden: widths of the hidden layers.
+    activation: a key of ``ACTIVATIONS``.
+    batch_size: training batch size.
+    layer_norm: apply LayerNorm after each hidden Dense, before the activation.
+  """
 
   def __init__(self, dataset: str = "digits", hidden: Sequence[int] = (64, 32),
-               activation: str = "relu", batch_size: int = 128):
+               activation: str = "relu", batch_size: int = 128, layer_norm: bool = False):
     _activation(activation)
     self.hidden, self.activation = tuple(int(h) for h in hidden), activation
+    self.layer_norm = bool(layer_norm)
     self.name = f"{dataset}_mlp"
     super().__init__(_MLP(self.hidden, 0, activation), dataset, batch_size)
-    self.model = _MLP(self.hidden, self.data.num_classes, activation)
+    self.model = _MLP(self.hidden, self.data.num_classes, activation, self.layer_norm)
 
   def config(self):
     return {"dataset": self.dataset, "hidden": list(self.hidden),
-            "activation": self.activation, "batch_size": self.batch_size}
+            "activation": self.activation, "batch_size": self.batch_size,
+            "layer_norm": self.layer_norm}
 
 
 class ImageCNN(_ImageTask):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from tasks._autoencoder import ImageAutoencoder
 from tasks._base import ChoiceFamily, Task, TaskFamily
 from tasks._image import ImageCNN, ImageMLP
 from tasks._lm import CharLM
@@ -13,17 +14,23 @@ from tasks._rl import GymnaxPolicy
 __all__ = ["available", "available_families", "get", "get_family", "register"]
 
 
-def _image(cls, dataset):
+def _preset(cls, doc: str, **defaults):
+  """A factory for ``cls`` with some arguments preset; ``cfg`` may override them."""
   def make(**cfg):
-    return cls(dataset=dataset, **cfg)
-  make.__doc__ = f"{cls.__name__} on {dataset!r}."
+    return cls(**{**defaults, **cfg})
+  make.__doc__ = doc
   return make
+
+
+def _image(cls, dataset):
+  return _preset(cls, f"{cls.__name__} on {dataset!r}.", dataset=dataset)
 
 
 _TASKS: dict[str, Callable[..., Task]] = {
     "quadratic": Quadratic,
     "digits_mlp": _image(ImageMLP, "digits"),
     "digits_cnn": _image(ImageCNN, "digits"),
+    "digits_autoencoder": _image(ImageAutoencoder, "digits"),
     "mnist_mlp": _image(ImageMLP, "mnist"),
     "mnist_cnn": _image(ImageCNN, "mnist"),
     "fashion_mnist_mlp": _image(ImageMLP, "fashion_mnist"),
@@ -31,7 +38,10 @@ _TASKS: dict[str, Callable[..., Task]] = {
     "cifar10_mlp": _image(ImageMLP, "cifar10"),
     "cifar10_cnn": _image(ImageCNN, "cifar10"),
     "char_lm": CharLM,
+    "char_lm_python": _preset(CharLM, "CharLM on Python standard-library source.",
+                              corpus="python_stdlib"),
     "cartpole": GymnaxPolicy,
+    "acrobot": _preset(GymnaxPolicy, "GymnaxPolicy on Acrobot-v1.", env_name="Acrobot-v1"),
 }
 
 #: Tasks that need data prepared outside the package (TFDS); the rest are embedded.

@@ -25,6 +25,13 @@ class _Policy(nn.Module):
     return nn.Dense(self.num_actions)(x)
 
 
+#: Short task names of known environments, and whether their per-step rewards are
+#: positive (+1 while alive: CartPole) or negative (-1 until the goal: Acrobot,
+#: MountainCar). Other discrete-action environments are treated like CartPole.
+_ENVS = {"CartPole-v1": ("cartpole", True), "Acrobot-v1": ("acrobot", False),
+         "MountainCar-v0": ("mountain_car", False)}
+
+
 class GymnaxPolicy(Task):
   r"""A stochastic MLP policy on a discrete-action gymnax environment.
 
@@ -32,16 +39,35 @@ class GymnaxPolicy(Task):
   ``horizon`` steps, rolled out inside jit. Its gradient is the score-function
   (REINFORCE) estimate with a mean baseline: the value is exactly ``-return``
   while ``jax.grad`` gives ``-E[(R - b) grad log pi]``. ``metrics`` reports the
-  return. A batch is the episodes' PRNG keys.
+  return. A batch is the episodes' PRNG keys; ``eval_batch`` is
+  ``eval_batch_size`` episodes' keys.
+
+  Works with "CartPole-v1" (+1 per step alive), "Acrobot-v1" (-1 per step until
+  the tip swings up) and other discrete-action environments. "MountainCar-v0"
+  runs, but a random policy never reaches the goal within 200 steps, so every
+  return is -200 and the REINFORCE gradient is exactly zero.
+
+  Example::
+
+    task = tasks.GymnaxPolicy("Acrobot-v1", hidden=(32,), horizon=200, batch_size=8)
+
+  Args:
+    env_name: a gymnax environment with a discrete action space.
+    hidden: policy MLP widths (tanh).
+    horizon: steps per episode (episodes that end earlier stop collecting reward).
+    batch_size: episodes per training batch.
+    eval_batch_size: episodes per evaluation batch.
   """
 
   def __init__(self, env_name: str = "CartPole-v1", hidden: Sequence[int] = (32,),
-               horizon: int = 200, batch_size: int = 8):
+               horizon: int = 200, batch_size: int = 8, eval_batch_size: int = 64):
     import gymnax
 
-    self.name = "cartpole" if env_name == "CartPole-v1" else env_name.lower()
+    short, self._positive_rewards = _ENVS.get(env_name, (env_name.lower(), True))
+    self.name = short
     self.env_name, self.hidden = env_name, tuple(int(h) for h in hidden)
     self.horizon, self.batch_size = int(horizon), int(batch_size)
+    self.eval_batch_size = int(eval_batch_size)
     self.env, self.env_params = gymnax.make(env_name)
     self.num_actions = self.env.action_space(self.env_params).n
     self.obs_shape = self.env.observation_space(self.env_params).shape
@@ -50,7 +76,7 @@ class GymnaxPolicy(Task):
 
   def config(self):
     return {"env_name": self.env_name, "hidden": list(self.hidden), "horizon": self.horizon,
-            "batch_size": self.batch_size}
+            "batch_size": self.batch_size, "eval_batch_size": self.eval_batch_size}
 
   def init(self, key):
     return self.model.init(key, jnp.zeros(self.obs_shape, jnp.float32))["params"]
@@ -58,6 +84,11 @@ class GymnaxPolicy(Task):
   def batch(self, key, split="train"):
     del split
     return jax.random.split(key, self.batch_size)
+
+  def eval_batch(self, key, split="test"):
+    """Returns the keys of ``eval_batch_size`` episodes."""
+    del split
+    return jax.random.split(key, self.eval_batch_size)
 
   def _episode(self, params, key):
     """Returns (return, sum of log-probs of the actions taken while alive)."""
@@ -97,6 +128,12 @@ class GymnaxPolicy(Task):
     return {"loss": -rets.mean(), "return": rets.mean()}
 
   def normalize(self, loss):
-    """Maps ``-return`` in ``[-horizon, 0]`` to ``[0, 1]`` (0 = full-length episodes)."""
-    norm = jnp.clip(1.0 + loss / self.loss_scale, 0.0, MAX_NORMALIZED_LOSS)
+    """Maps ``-return`` to ``[0, 1]``: 0 is the best return in ``horizon`` steps, 1 the worst.
+
+    With positive rewards (CartPole) ``-return`` lies in ``[-horizon, 0]`` and
+    maps to ``1 + loss / horizon``; with negative rewards (Acrobot) it lies in
+    ``[0, horizon]`` and maps to ``loss / horizon``.
+    """
+    norm = loss / self.loss_scale + (1.0 if self._positive_rewards else 0.0)
+    norm = jnp.clip(norm, 0.0, MAX_NORMALIZED_LOSS)
     return jnp.where(jnp.isfinite(loss), norm, MAX_NORMALIZED_LOSS)

@@ -92,11 +92,12 @@ def train(task: Task, tx: optax.GradientTransformation, num_steps: int, key: jax
 
 
 def evaluate(task: Task, params: Any, key: jax.Array, split: str = "test") -> dict[str, float]:
-  """Returns ``task.metrics`` on the whole split when the task has one, else on a batch."""
-  if hasattr(task, "full_batch"):
-    batch = task.full_batch(split)
-  else:
-    batch = task.batch(key, split)
+  """Returns ``task.metrics`` on ``task.eval_batch(key, split)`` as Python floats.
+
+  The evaluation batch is the whole split for tasks that hold it in memory, or a
+  fixed large batch drawn from ``key`` (see :meth:`Task.eval_batch`).
+  """
+  batch = task.eval_batch(key, split)
   return {k: float(v) for k, v in jax.jit(task.metrics)(params, key, batch).items()}
 
 
