@@ -3,8 +3,10 @@
 ::
 
   import meta_train
-  cfg = meta_train.TrainConfig(lopt="mlp_lopt", task_family="digits_mlp", estimator="pes",
-                               num_tasks=8, trunc_length=20, outer_steps=500)
+  cfg = meta_train.TrainConfig(lopt="mlp_lopt", task_family="digits_mlp",
+                               unroll=meta_train.UnrollConfig(trunc_length=20),
+                               estimator=meta_train.EstimatorConfig("pes"),
+                               num_tasks=8, outer_steps=500)
   meta_train.train(cfg, "runs/mlp_lopt")   # resumable; see docs/meta_training.md
 
 Command line: ``python -m meta_train.main --flagfile=meta_train/configs/<name>.flags``.
@@ -13,6 +15,7 @@ Command line: ``python -m meta_train.main --flagfile=meta_train/configs/<name>.f
 from meta_train._estimators import ES as ES
 from meta_train._estimators import ESTIMATORS as ESTIMATORS
 from meta_train._estimators import PES as PES
+from meta_train._estimators import EstimatorConfig as EstimatorConfig
 from meta_train._estimators import PESState as PESState
 from meta_train._estimators import TruncatedBackprop as TruncatedBackprop
 from meta_train._estimators import make_estimator as make_estimator
@@ -34,11 +37,8 @@ from meta_train._unroll import reset_if_done as reset_if_done
 from meta_train._unroll import unroll as unroll
 
 __all__ = [
-    "CheckpointDataset",
-    "ES", "ESTIMATORS", "InnerState", "MixtureFamily", "PES", "PESState", "TrainConfig",
-    "TrainResult", "TruncatedBackprop", "UnrollConfig", "UnrollOutput", "available_families",
-    "export_weights",
-    "load_gpt_dataset",
-    "get_family", "init_inner_state", "make_estimator", "make_outer_step", "reset_if_done",
-    "train", "unroll",
+    "CheckpointDataset", "ES", "ESTIMATORS", "EstimatorConfig", "InnerState", "MixtureFamily",
+    "PES", "PESState", "TrainConfig", "TrainResult", "TruncatedBackprop", "UnrollConfig",
+    "UnrollOutput", "available_families", "export_weights", "get_family", "init_inner_state",
+    "load_gpt_dataset", "make_estimator", "make_outer_step", "reset_if_done", "train", "unroll",
 ]

@@ -45,7 +45,8 @@ import lopt
 import tasks
 from meta_train._unroll import InnerState, UnrollConfig, init_inner_state, reset_if_done, unroll
 
-__all__ = ["ES", "ESTIMATORS", "PES", "PESState", "TruncatedBackprop", "make_estimator"]
+__all__ = ["ES", "ESTIMATORS", "EstimatorConfig", "PES", "PESState", "TruncatedBackprop",
+           "make_estimator"]
 
 
 class PESState(NamedTuple):
@@ -205,6 +206,32 @@ class PES(_Estimator):
 ESTIMATORS = {"tbptt": TruncatedBackprop, "es": ES, "pes": PES}
 
 
+@dataclasses.dataclass(frozen=True)
+class EstimatorConfig:
+  """Which meta-gradient estimator, and its options.
+
+  Attributes:
+    name: "pes", "es" or "tbptt" (:data:`ESTIMATORS`).
+    sigma: ES/PES perturbation standard deviation (unused by "tbptt").
+  """
+
+  name: str = "pes"
+  sigma: float = 0.01
+
+  def __post_init__(self):
+    if self.name not in ESTIMATORS:
+      raise ValueError(f"unknown estimator {self.name!r}; valid names: "
+                       f"{', '.join(sorted(ESTIMATORS))}")
+    if not self.sigma > 0:
+      raise ValueError(f"sigma must be > 0, got {self.sigma}")
+
+  def build(self, task: tasks.Task, lo: lopt.LearnedOptimizer, cfg: UnrollConfig) -> _Estimator:
+    """The estimator bound to ``task``, ``lo`` and the unroll settings ``cfg``."""
+    if self.name == "tbptt":
+      return TruncatedBackprop(task, lo, cfg)
+    return ESTIMATORS[self.name](task, lo, cfg, self.sigma)
+
+
 def make_estimator(name: str, task: tasks.Task, lo: lopt.LearnedOptimizer, cfg: UnrollConfig,
                    *, sigma: float = 0.01) -> _Estimator:
   """Builds the estimator registered under ``name`` ("tbptt", "es" or "pes").
@@ -214,6 +241,4 @@ def make_estimator(name: str, task: tasks.Task, lo: lopt.LearnedOptimizer, cfg: 
   """
   if name not in ESTIMATORS:
     raise KeyError(f"unknown estimator {name!r}; valid names: {', '.join(sorted(ESTIMATORS))}")
-  if name == "tbptt":
-    return TruncatedBackprop(task, lo, cfg)
-  return ESTIMATORS[name](task, lo, cfg, sigma)
+  return EstimatorConfig(name, sigma).build(task, lo, cfg)

@@ -22,9 +22,10 @@ through ``task.normalize`` (clipped), and a diverged instance restarts.
 Reproducibility: every step's randomness is ``fold_in(key(seed), step)``;
 orbax checkpoints (meta-params, outer optimizer state, every group's instance
 states, step, counters) are written every ``checkpoint_every`` steps; calling
-``train`` again with the same ``workdir`` resumes from the newest checkpoint, and
-a run killed and resumed ends with meta-params bit-identical to an
-uninterrupted one.
+``train`` again with the same ``workdir`` resumes from the newest checkpoint that
+restores, and a run killed and resumed ends with meta-params bit-identical to an
+uninterrupted one. The workdir's lock, config check, ``metrics.jsonl``
+truncation and checkpoint fallback live in :mod:`meta_train._run`.
 """
 
 from __future__ import annotations
@@ -45,8 +46,9 @@ from jax.sharding import PartitionSpec as P
 
 import lopt
 import tasks
-from meta_train._estimators import ESTIMATORS, make_estimator
+from meta_train._estimators import EstimatorConfig
 from meta_train._families import get_family
+from meta_train._run import RunDir, atomic_write_text, replace_dir, restore_newest
 from meta_train._unroll import UnrollConfig
 
 __all__ = ["TrainConfig", "TrainResult", "export_weights", "make_outer_step", "train"]
@@ -61,19 +63,26 @@ _COUNTERS = ("skipped_steps", "dropped_instances", "resets", "nonfinite_inner")
 class TrainConfig:
   """Everything that defines a meta-training run (library code takes no flags).
 
+  The unroll's settings live on :class:`~meta_train.UnrollConfig` and the
+  estimator's on :class:`~meta_train.EstimatorConfig`; this config nests them.
+
+  Example::
+
+    TrainConfig(lopt="mlp_lopt", task_family="mixed",
+                unroll=UnrollConfig(trunc_length=20, min_horizon=100, max_horizon=400),
+                estimator=EstimatorConfig("pes", sigma=0.01), outer_steps=5000)
+
   Attributes:
     lopt: registered learned optimizer name (``lopt.available_learned()``).
     lopt_config: its constructor arguments.
     task_family: a family name (``meta_train.available_families()``).
-    estimator: "pes", "es" or "tbptt".
+    unroll: how task instances are unrolled (horizons, truncation, augmentation).
+    estimator: the meta-gradient estimator and its options.
     num_tasks: task instances per group (divisible by the number of devices).
     num_configs: task configurations (groups), each compiled once, used in turn.
-    trunc_length, min_horizon, max_horizon, param_scale_range, loss_scale_range,
-      meta_loss_split: see :class:`~meta_train.UnrollConfig`.
     outer_steps: total outer (meta) steps.
     learning_rate: Adam learning rate on meta-params.
     clip_norm: global-norm clipping of the meta-gradient before Adam.
-    sigma: ES/PES perturbation standard deviation.
     seed: the root of all randomness.
     checkpoint_every: outer steps between orbax checkpoints.
     max_to_keep: checkpoints kept.
@@ -85,19 +94,13 @@ class TrainConfig:
   lopt: str = "mlp_lopt"
   lopt_config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   task_family: str = "digits_mlp"
-  estimator: str = "pes"
+  unroll: UnrollConfig = dataclasses.field(default_factory=UnrollConfig)
+  estimator: EstimatorConfig = dataclasses.field(default_factory=EstimatorConfig)
   num_tasks: int = 8
   num_configs: int = 1
-  trunc_length: int = 20
-  min_horizon: int = 100
-  max_horizon: int = 500
-  param_scale_range: tuple[float, float] = (1.0, 1.0)
-  loss_scale_range: tuple[float, float] = (1.0, 1.0)
-  meta_loss_split: str = "train"
   outer_steps: int = 1000
   learning_rate: float = 1e-3
   clip_norm: float = 1.0
-  sigma: float = 0.01
   seed: int = 0
   checkpoint_every: int = 100
   max_to_keep: int = 2
@@ -105,24 +108,55 @@ class TrainConfig:
   inject_nan_steps: tuple[int, ...] = ()
 
   def __post_init__(self):
-    if self.estimator not in ESTIMATORS:
-      raise ValueError(f"unknown estimator {self.estimator!r}; valid: {sorted(ESTIMATORS)}")
+    for name, cls in (("unroll", UnrollConfig), ("estimator", EstimatorConfig)):
+      if not isinstance(getattr(self, name), cls):
+        raise TypeError(f"{name} must be a {cls.__name__}, got {getattr(self, name)!r}")
+    if not isinstance(self.lopt_config, Mapping):
+      raise ValueError(f"lopt_config must be a mapping, got {self.lopt_config!r}")
     for name in ("num_tasks", "num_configs", "outer_steps", "checkpoint_every", "max_to_keep"):
       if getattr(self, name) < 1:
         raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-    if not self.sigma > 0:
-      raise ValueError(f"sigma must be > 0, got {self.sigma}")
-    self.unroll_config()  # validates the unroll fields
-
-  def unroll_config(self) -> UnrollConfig:
-    return UnrollConfig(self.trunc_length, self.min_horizon, self.max_horizon,
-                        tuple(self.param_scale_range), tuple(self.loss_scale_range),
-                        self.meta_loss_split)
+    if not self.learning_rate > 0:
+      raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+    if not self.clip_norm > 0:
+      raise ValueError(f"clip_norm must be > 0, got {self.clip_norm}")
 
   def to_json(self) -> dict[str, Any]:
+    """A JSON-ready dict (nested like the dataclasses); :meth:`from_json` inverts it."""
     d = dataclasses.asdict(self)
     d["lopt_config"] = dict(self.lopt_config)
-    return d
+    return json.loads(json.dumps(d))
+
+  @classmethod
+  def from_json(cls, d: Mapping[str, Any]) -> "TrainConfig":
+    """Builds a config from :meth:`to_json`'s dict, or from an older flat one.
+
+    Older runs saved the unroll fields and ``sigma`` at the top level and the
+    estimator as a name; both forms give the same config.
+
+    Raises:
+      ValueError: unknown fields or invalid values.
+    """
+    d = dict(d)
+    unroll_names = {f.name for f in dataclasses.fields(UnrollConfig)}
+    unroll = dict(d.pop("unroll", None) or {})
+    unroll.update({k: d.pop(k) for k in list(d) if k in unroll_names})
+    for k in ("param_scale_range", "loss_scale_range"):
+      if k in unroll:
+        unroll[k] = tuple(unroll[k])
+    est = d.pop("estimator", None) or {}
+    est = {"name": est} if isinstance(est, str) else dict(est)
+    if "sigma" in d:
+      est["sigma"] = d.pop("sigma")
+    if "inject_nan_steps" in d:
+      d["inject_nan_steps"] = tuple(d["inject_nan_steps"])
+    unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+      raise ValueError(f"unknown TrainConfig fields {sorted(unknown)}")
+    try:
+      return cls(unroll=UnrollConfig(**unroll), estimator=EstimatorConfig(**est), **d)
+    except TypeError as e:
+      raise ValueError(str(e)) from None
 
 
 class TrainResult(NamedTuple):
@@ -220,9 +254,8 @@ class _Run:
     k_cfg = jax.random.fold_in(root, 0)
     self.task_configs = [self.family.sample(jax.random.fold_in(k_cfg, g))
                          for g in range(config.num_configs)]
-    ucfg = config.unroll_config()
-    self.estimators = [make_estimator(config.estimator, self.family.task(c), self.lo, ucfg,
-                                      sigma=config.sigma) for c in self.task_configs]
+    self.estimators = [config.estimator.build(self.family.task(c), self.lo, config.unroll)
+                       for c in self.task_configs]
     self.opt = optax.chain(optax.clip_by_global_norm(config.clip_norm),
                            optax.adam(config.learning_rate))
     self.steps = [make_outer_step(e, self.opt, self.mesh, config.num_tasks)
@@ -246,50 +279,38 @@ class _Run:
             "counters": {k: np.asarray(0, np.int64) for k in _COUNTERS}}
 
 
-def _manager(workdir: pathlib.Path, config: TrainConfig) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(max_to_keep=config.max_to_keep,
-                                         enable_async_checkpointing=False)
-  return ocp.CheckpointManager(workdir / "checkpoints", options=options)
+def _normalize_saved(saved: dict[str, Any]) -> dict[str, Any]:
+  return TrainConfig.from_json(saved).to_json()
 
 
-def _check_config(workdir: pathlib.Path, config: TrainConfig) -> None:
-  path = workdir / "config.json"
-  current = json.loads(json.dumps(config.to_json()))
-  if path.exists():
-    saved = json.loads(path.read_text())
-    diff = sorted(k for k in (set(saved) | set(current)) - set(_RESUMABLE_CHANGES)
-                  if saved.get(k) != current.get(k))
-    if diff:
-      raise ValueError(f"{workdir} holds a run with a different config (fields {diff}); "
-                       f"use another workdir or the same settings to resume")
-  if jax.process_index() == 0:
-    path.write_text(json.dumps(current, indent=1))
-
-
-def _truncate_metrics(path: pathlib.Path, step: int) -> None:
-  if not path.exists():
-    return
-  lines = [ln for ln in path.read_text().splitlines()
-           if ln.strip() and json.loads(ln)["step"] <= step]
-  path.write_text("".join(ln + "\n" for ln in lines))
+def _barrier(name: str) -> Callable[[], None] | None:
+  if jax.process_count() == 1:
+    return None
+  from jax.experimental import multihost_utils
+  return lambda: multihost_utils.sync_global_devices(name)
 
 
 def train(config: TrainConfig, workdir: str | os.PathLike, *,
           lo: lopt.LearnedOptimizer | None = None, family: tasks.TaskFamily | None = None,
           callback: Callable[[int, dict[str, float]], None] | None = None,
-          devices: Sequence[jax.Device] | None = None) -> TrainResult:
+          devices: Sequence[jax.Device] | None = None,
+          log: Callable[[str], None] = print) -> TrainResult:
   """Meta-trains ``config.lopt`` on ``config.task_family``, resuming from ``workdir``.
 
   Example::
 
     cfg = meta_train.TrainConfig(lopt="mlp_lopt", task_family="digits_mlp",
-                                 estimator="pes", num_tasks=8, outer_steps=500)
+                                 num_tasks=8, outer_steps=500)
     result = meta_train.train(cfg, "runs/mlp_lopt")
     opt = lopt.get("mlp_lopt", weights="runs/mlp_lopt/weights")
 
-  Writes into ``workdir``: ``config.json``, ``checkpoints/`` (orbax),
-  ``metrics.jsonl`` (one JSON object per outer step) and, at the end,
-  ``weights/`` (``lopt._weights.save_weights``: orbax + manifest).
+  Writes into ``workdir``: ``config.json`` (once), ``run.lock`` (while
+  running), ``checkpoints/`` (orbax), ``metrics.jsonl`` (one JSON object per
+  outer step) and, at the end, ``weights/`` (``lopt._weights.save_weights``:
+  orbax + manifest, swapped in atomically). A second process on the same
+  workdir is refused before any work; everything (config, optimizer, family,
+  ``init_weights``) is validated before ``config.json`` is written; a damaged
+  newest checkpoint is skipped (see :mod:`meta_train._run`).
 
   Args:
     config: the run's :class:`TrainConfig`.
@@ -300,24 +321,44 @@ def train(config: TrainConfig, workdir: str | os.PathLike, *,
     callback: called on process 0 after every outer step with ``(step, metrics)``
       (``step`` counts completed steps); progress printing lives there.
     devices: the devices of the mesh (default: all, across processes).
+    log: printer of the occasional notice (a skipped damaged checkpoint).
 
   Returns:
     A :class:`TrainResult` with host meta-params, the final step and the counters.
+
+  Raises:
+    meta_train._run.RunError: the workdir holds another config, is locked by a
+      live process, or none of its checkpoints restores.
   """
-  workdir = pathlib.Path(workdir).resolve()  # orbax needs absolute paths
-  workdir.mkdir(parents=True, exist_ok=True)
-  _check_config(workdir, config)
-  run = _Run(config, lo, family, devices)
-  state = run.initial_state()
-  mgr = _manager(workdir, config)
-  metrics_path = workdir / "metrics.jsonl"
-  latest = mgr.latest_step()
-  if latest is not None:
-    state = mgr.restore(latest, args=ocp.args.StandardRestore(_abstract(state)))
-  start = int(state["step"])
   is_main = jax.process_index() == 0
-  if is_main:
-    _truncate_metrics(metrics_path, start)
+  run_dir = RunDir(workdir, config.to_json(), resumable=_RESUMABLE_CHANGES,
+                   normalize=_normalize_saved, is_main=is_main)
+  run_dir.check_config()  # read-only: a refused start writes nothing
+  with run_dir:  # the lock: a second process stops here
+    run = _Run(config, lo, family, devices)
+    state = run.initial_state()  # validates the optimizer, family and init_weights
+    run_dir.start()  # the first write: config.json
+    mgr = run_dir.checkpoint_manager(config.max_to_keep)
+    try:
+      restored = restore_newest(mgr, _abstract(state), run_dir.path, log=log, is_main=is_main)
+      if restored is not None:
+        state = restored[1]
+      start = int(state["step"])
+      if is_main:
+        run_dir.metrics.truncate(start)
+      theta, counters = _loop(run, state, start, mgr, run_dir, callback)
+      mgr.wait_until_finished()
+    finally:
+      mgr.close()
+    host_theta = jax.device_get(theta)
+    _save_weights(run_dir.path / "weights", run.lo, host_theta, config, is_main)
+  return TrainResult(host_theta, max(start, config.outer_steps), counters)
+
+
+def _loop(run: _Run, state: dict[str, Any], start: int, mgr, run_dir: RunDir,
+          callback: Callable[[int, dict[str, float]], None] | None) -> tuple[Any, dict]:
+  """Outer steps ``start .. outer_steps``: metrics rows, callback, checkpoints."""
+  config, is_main = run.config, run_dir.is_main
   counters = {k: int(v) for k, v in state["counters"].items()}
   theta, opt_state, groups = state["meta_params"], state["opt_state"], list(state["groups"])
   nan_steps = set(config.inject_nan_steps)
@@ -331,8 +372,7 @@ def train(config: TrainConfig, workdir: str | os.PathLike, *,
       counters[k] += int(round(metrics[k]))
     metrics.update(step=t + 1, group=g, **{f"total_{k}": v for k, v in counters.items()})
     if is_main:
-      with metrics_path.open("a") as f:
-        f.write(json.dumps(metrics) + "\n")
+      run_dir.metrics.append(metrics)
       if callback is not None:
         callback(t + 1, metrics)
     if (t + 1) % config.checkpoint_every == 0 or t + 1 == config.outer_steps:
@@ -340,25 +380,17 @@ def train(config: TrainConfig, workdir: str | os.PathLike, *,
           {"meta_params": theta, "opt_state": opt_state, "groups": groups,
            "step": np.asarray(t + 1, np.int64),
            "counters": {k: np.asarray(v, np.int64) for k, v in counters.items()}}))
-  mgr.wait_until_finished()
-  mgr.close()
-  host_theta = jax.device_get(theta)
-  _save_weights(workdir / "weights", run.lo, host_theta, config)
-  return TrainResult(host_theta, max(start, config.outer_steps), counters)
+  return theta, counters
 
 
 def _save_weights(path: pathlib.Path, lo: lopt.LearnedOptimizer, theta: Any,
-                  config: TrainConfig) -> None:
-  import shutil
-  try:
-    from lopt._weights import save_weights
-  except ImportError:  # the weights module is not there yet: keep the checkpoint only
-    return
-  if jax.process_index() == 0 and path.exists():
-    shutil.rmtree(path)
-  save_weights(path, lo, theta)
-  if jax.process_index() == 0:
-    (path.parent / "weights_info.json").write_text(json.dumps(
+                  config: TrainConfig, is_main: bool) -> None:
+  from lopt._weights import save_weights
+
+  replace_dir(path, lambda tmp: save_weights(tmp, lo, theta), is_main=is_main,
+              barrier=_barrier("meta_train_weights"))
+  if is_main:
+    atomic_write_text(path.parent / "weights_info.json", json.dumps(
         {"lopt": lo.name, "lopt_config": lo.config(), "train_config": config.to_json()},
         indent=1))
 
@@ -379,8 +411,8 @@ def export_weights(workdir: str | os.PathLike, out: str | os.PathLike | None = N
     The weights directory.
   """
   workdir = pathlib.Path(workdir).resolve()
-  cfg = json.loads((workdir / "config.json").read_text())
-  lo = lopt.learned(cfg["lopt"], **cfg["lopt_config"])
+  cfg = TrainConfig.from_json(json.loads((workdir / "config.json").read_text()))
+  lo = lopt.learned(cfg.lopt, **dict(cfg.lopt_config))
   with ocp.CheckpointManager(workdir / "checkpoints") as mgr:
     step = mgr.latest_step() if step is None else step
     if step is None:

@@ -18,7 +18,14 @@ from jax.sharding import Mesh
 
 import lopt
 import tasks
-from meta_train import TrainConfig, UnrollConfig, make_estimator, make_outer_step, train
+from meta_train import (
+  EstimatorConfig,
+  TrainConfig,
+  UnrollConfig,
+  make_estimator,
+  make_outer_step,
+  train,
+)
 from tests.meta_train import trainer_worker
 from tests.meta_train.tiny_lopt import NaNLOpt, TinyLOpt
 
@@ -30,10 +37,10 @@ def quad_family():
                             noise=0.1)
 
 
-def small_config(**kw):
-  base = dict(lopt="tiny_lopt", task_family="quadratic4", estimator="pes", num_tasks=8,
-              trunc_length=4, min_horizon=8, max_horizon=16, learning_rate=0.03, outer_steps=3,
-              checkpoint_every=100)
+def small_config(estimator="pes", **kw):
+  base = dict(lopt="tiny_lopt", task_family="quadratic4", estimator=EstimatorConfig(estimator),
+              num_tasks=8, unroll=UnrollConfig(trunc_length=4, min_horizon=8, max_horizon=16),
+              learning_rate=0.03, outer_steps=3, checkpoint_every=100)
   return TrainConfig(**{**base, **kw})
 
 

@@ -11,12 +11,13 @@ import time
 import jax
 
 import tasks
-from meta_train import TrainConfig, train
+from meta_train import EstimatorConfig, TrainConfig, UnrollConfig, train
 from tests.meta_train.tiny_lopt import TinyLOpt
 
-CONFIG = dict(lopt="tiny_lopt", task_family="quadratic4", estimator="pes", num_tasks=4,
-              trunc_length=4, min_horizon=8, max_horizon=24, learning_rate=0.03,
-              param_scale_range=(0.5, 2.0), loss_scale_range=(0.5, 2.0), checkpoint_every=2)
+CONFIG = dict(lopt="tiny_lopt", task_family="quadratic4", estimator=EstimatorConfig("pes"),
+              num_tasks=4, learning_rate=0.03, checkpoint_every=2,
+              unroll=UnrollConfig(trunc_length=4, min_horizon=8, max_horizon=24,
+                                  param_scale_range=(0.5, 2.0), loss_scale_range=(0.5, 2.0)))
 
 
 def family():
