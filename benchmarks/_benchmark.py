@@ -1,51 +1,50 @@
-"""Benchmark optimizers against Adam tuned per task: the library behind ``benchmarks.run``."""
+"""Benchmark optimizers against tuned baselines that run longer: the library behind
+``benchmarks.run``.
+
+Per task, each tuned baseline (Adam, momentum, ...) runs every learning rate of
+its grid for ``baseline_horizon_mult`` times the horizon, so an optimizer that
+is faster than tuned Adam shows a speedup above 1 (up to that factor). Every
+optimizer under test runs the horizon at its given settings. Speedups are
+measured in steps (training loss), in test loss (on a fixed step grid) and in
+wall-clock time (per-step times measured one run at a time, interleaved); see
+:mod:`benchmarks._protocol`.
+"""
 
 from __future__ import annotations
 
 import datetime
+import os
 import platform
 import sys
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import numpy as np
 
 import lopt
 from benchmarks import _protocol as protocol
-from benchmarks._runs import Runs, adam_grid, evaluate_runs, lr_grid, train_runs
+from benchmarks._runs import Runs, eval_every, grid_runs, time_per_step, train_runs
+from benchmarks._specs import (OptimizerSpec, build_optimizer, parse_spec, tunable, tune_grid,
+                               unavailable_reason)
 from benchmarks._suites import SuiteTask
 
-__all__ = ["build_optimizer", "has_pretrained_gpt", "not_applicable_reason", "run_benchmark",
-           "summarize", "unavailable_reason"]
+__all__ = ["PROTOCOL_VERSION", "REFERENCE", "beats_tuned_adam", "not_applicable_reason",
+           "run_benchmark", "summarize", "tuned_label"]
 
 #: Curves stored in the results are subsampled to at most this many points.
 MAX_CURVE_POINTS = 400
+#: The tuned baseline every speedup is measured against.
+REFERENCE = "adam"
+#: Version of the results format and protocol; ``reuse`` refuses other versions.
+PROTOCOL_VERSION = 2
+#: The speedup kinds reported for every row.
+KINDS = ("steps", "test", "wallclock")
 
 
-def unavailable_reason(spec: str) -> str | None:
-  """Why optimizer ``spec`` (``name`` or ``name:weights``) cannot run here, or None.
-
-  Only missing pretrained weights make an optimizer unavailable; an unknown
-  name raises instead.
-
-  Raises:
-    KeyError: the name is not in ``lopt.available()``.
-  """
-  name, _, weights = spec.partition(":")
-  if name not in lopt.available():
-    raise KeyError(f"unknown optimizer {name!r}; valid names: {', '.join(lopt.available())}")
-  if name == "gpt" and weights in ("", "pretrained"):
-    if not has_pretrained_gpt():
-      return "no pretrained G.pt weights shipped yet (lopt.gpt.pretrained_gpt_path())"
-  elif weights == "pretrained" and not lopt.has_pretrained(name):
-    return f"no pretrained weights shipped for {name!r} (lopt.has_pretrained({name!r}) is False)"
-  return None
-
-
-def has_pretrained_gpt() -> bool:
-  """Whether the shipped G.pt model exists (it lives apart from ``lopt.has_pretrained``)."""
-  return (lopt.gpt.pretrained_gpt_path() / "manifest.json").exists()
+def tuned_label(name: str) -> str:
+  """The row label of a tuned baseline, e.g. ``"adam (tuned)"``."""
+  return f"{name} (tuned)"
 
 
 def not_applicable_reason(tx, task, key: jax.Array) -> str | None:
@@ -61,26 +60,27 @@ def not_applicable_reason(tx, task, key: jax.Array) -> str | None:
   return None
 
 
-def build_optimizer(spec: str, num_steps: int):
-  """``lopt.get(spec)``, passing the horizon ``num_steps`` to learned optimizers.
-
-  G.pt is run as the paper uses it: one sampled update at the first step
-  (``max_updates=1``), after which the parameters stay where the sample put them;
-  its curve is flat from step 2 and its speedup is that of a one-update optimizer.
-  """
-  name = spec.partition(":")[0]
-  if name in lopt.available_learned():
-    return lopt.get(spec, num_steps=int(num_steps))
-  if name == "gpt":
-    return lopt.get(spec, max_updates=1)
-  return lopt.get(spec)
-
-
-def _subsample(curve: np.ndarray) -> tuple[list[int], list[float]]:
+def _subsample(curve: np.ndarray, steps: np.ndarray | None = None
+               ) -> tuple[list[int], list[float | None]]:
   n = curve.shape[-1]
   idx = np.unique(np.linspace(0, n - 1, min(n, MAX_CURVE_POINTS)).round().astype(int))
   vals = np.where(np.isfinite(curve[..., idx]), curve[..., idx], np.nan)
-  return (idx + 1).tolist(), np.round(vals, 6).tolist()
+  at = (idx + 1) if steps is None else np.asarray(steps)[idx]
+  return at.tolist(), _nulls(_sig(vals))
+
+
+def _sig(x: np.ndarray, digits: int = 6) -> np.ndarray:
+  """Rounds to ``digits`` significant digits (curves for plots and tables; small losses kept)."""
+  x = np.asarray(x, np.float64)
+  with np.errstate(divide="ignore", invalid="ignore"):
+    mag = np.where(np.isfinite(x) & (x != 0), np.floor(np.log10(np.abs(x))), 0.0)
+    scale = 10.0 ** (digits - 1 - mag)
+    return np.where(np.isfinite(x), np.round(x * scale) / scale, x)
+
+
+def _nulls(x: np.ndarray) -> list:
+  """A nested list with NaN/Inf as None (JSON null)."""
+  return [(_nulls(v) if isinstance(v, np.ndarray) else _finite_or_none(v)) for v in x]
 
 
 def _finite_or_none(x: float) -> float | None:
@@ -88,78 +88,101 @@ def _finite_or_none(x: float) -> float | None:
   return x if np.isfinite(x) else None
 
 
+def _array(values: Sequence[float | None]) -> np.ndarray:
+  return np.array([np.inf if v is None else v for v in values], np.float64)
+
+
 def _take(tree: Any, index: Any) -> Any:
   return jax.tree.map(lambda a: a[index], tree)
 
 
-def _loss_ratio(final_loss: float | None, envelope_final: float) -> float | None:
-  """The optimizer's final loss over tuned Adam's (None where not a positive ratio)."""
-  if final_loss is None or not envelope_final > 0:
-    return None
-  return _finite_or_none(final_loss / envelope_final)
-
-
-def _summarize_runs(runs: Runs, smoothed: np.ndarray, envelope: np.ndarray,
-                    test: dict[str, np.ndarray]) -> dict[str, Any]:
-  """Per-optimizer numbers from ``(num_seeds, steps)`` runs."""
-  mean = smoothed.mean(axis=0)
-  speed, lower = protocol.speedup_curve(mean, envelope)
-  per_seed = [protocol.speedup_curve(s, envelope)[0][-1] for s in smoothed]
-  div = protocol.diverged(runs.losses)
-  steps, curve = _subsample(mean)
-  return {
-      "final_loss": _finite_or_none(mean[-1]),
-      "best_loss": _finite_or_none(np.min(mean)),
-      "test": {k: _finite_or_none(np.mean(v)) for k, v in test.items()},
-      "speedup": float(speed[-1]),
-      "speedup_is_lower_bound": bool(lower[-1]),
-      "loss_ratio": _loss_ratio(mean[-1], envelope[-1]),
-      "speedup_per_seed": [float(s) for s in per_seed],
-      "diverged_seeds": int(div.sum()),
-      "ms_per_step": runs.ms_per_step,
-      "compile_seconds": runs.compile_seconds,
-      "curve_steps": steps,
-      "curve": curve,
-  }
-
-
-def _cfg_json(cfg: dict[str, Any]) -> dict[str, Any]:
+def _cfg_json(cfg: Mapping[str, Any]) -> dict[str, Any]:
   return {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}
 
 
-def _tune_adam(entry: SuiteTask, task, keys: jax.Array, lrs: np.ndarray,
-               ema_decay: float | None, eval_key: jax.Array,
-               progress: Callable[[str, float], None]) -> dict[str, Any]:
-  """Runs Adam's grid on one task; returns the task record without optimizers."""
-  adam = adam_grid(task, lrs, entry.steps, keys)
-  progress(f"{entry.label}: adam x {len(lrs)} lrs", adam.num_runs)
-  if ema_decay is None:
-    ema_decay = protocol.auto_ema_decay(entry.steps)
-  sm = protocol.ema(adam.losses, ema_decay)                  # (lrs, seeds, steps)
-  by_lr = sm.mean(axis=1)
-  envelope = protocol.lower_envelope(sm)
-  best = int(np.argmin(np.where(np.isfinite(by_lr[:, -1]), by_lr[:, -1], np.inf)))
-  best_runs = Runs(adam.losses[best], _take(adam.params, best), adam.seconds,
-                   adam.compile_seconds, adam.num_runs)
-  adam_test = evaluate_runs(task, best_runs.params, eval_key)
-  env_steps, env_curve = _subsample(envelope)
-  return {
-      "task": entry.task, "cfg": _cfg_json(entry.cfg), "steps": entry.steps,
-      "ema_decay": ema_decay,
-      "adam": {
-          **_summarize_runs(best_runs, sm[best], envelope, adam_test),
-          "learning_rates": [float(x) for x in lrs],
-          "best_learning_rate": float(lrs[best]),
-          "final_loss_by_lr": [_finite_or_none(x) for x in by_lr[:, -1]],
-          "diverged_by_lr": protocol.diverged(adam.losses).sum(axis=1).tolist(),
-          "curves_by_lr": _subsample(by_lr)[1],
-          "envelope": env_curve,
-          "envelope_steps": env_steps,
-          "envelope_full": [_finite_or_none(x) for x in np.round(envelope, 7)],
-      },
-      "optimizers": {},
-      "not_applicable": {},
+class _Reference:
+  """Tuned Adam's curves that every speedup is measured against."""
+
+  def __init__(self, record: dict[str, Any]):
+    self.envelope = _array(record["envelope_full"])
+    self.test_steps = np.asarray(record["test_steps"])
+    self.test_envelope = _array(record["test_envelope"])
+
+
+def _row(losses: np.ndarray, test: dict[str, np.ndarray], test_steps: np.ndarray,
+         horizon: int, ema_decay: float, ref: _Reference) -> dict[str, Any]:
+  """The numbers of one optimizer on one task from ``(num_seeds, horizon)`` runs.
+
+  Wall-clock speedups are added later, once per-step times are measured.
+  """
+  smoothed = protocol.ema(losses, ema_decay)
+  mean = smoothed.mean(axis=0)
+  at_t = test_steps <= horizon
+  row: dict[str, Any] = {
+      "final_loss": _finite_or_none(mean[-1]),
+      "best_loss": _finite_or_none(np.min(mean)),
+      "loss_ratio": (_finite_or_none(mean[-1] / ref.envelope[horizon - 1])
+                     if ref.envelope[horizon - 1] > 0 else None),
+      "test": {k: _finite_or_none(np.mean(v[:, at_t][:, -1])) for k, v in test.items()},
+      "diverged_seeds": int(protocol.diverged(losses).sum()),
   }
+  finals = {"steps": (smoothed[:, -1], mean[-1], None, ref.envelope),
+            "test": (test["loss"][:, at_t][:, -1], np.mean(test["loss"][:, at_t][:, -1]),
+                     ref.test_steps, ref.test_envelope)}
+  for kind, (per_seed, avg, grid, env) in finals.items():
+    s, lower = protocol.horizon_speedup(avg, env, horizon, grid=grid)
+    row[f"speedup_{kind}"] = float(s)
+    row[f"speedup_{kind}_is_lower_bound"] = bool(lower)
+    row[f"speedup_{kind}_per_seed"] = [float(x) for x in
+                                       protocol.horizon_speedup(per_seed, env, horizon,
+                                                                grid=grid)[0]]
+  row["curve_steps"], row["curve"] = _subsample(mean)
+  row["test_steps"] = test_steps[at_t].tolist()
+  row["test_curve"] = {k: _nulls(_sig(v[:, at_t].mean(axis=0))) for k, v in test.items()}
+  return row
+
+
+def _add_wallclock(row: dict[str, Any], seconds: float, reference_seconds: float) -> None:
+  row["seconds_per_step"] = seconds
+  row["reference_seconds_per_step"] = reference_seconds
+  ratio = reference_seconds / seconds
+  row["speedup_wallclock"] = row["speedup_steps"] * ratio
+  row["speedup_wallclock_is_lower_bound"] = row["speedup_steps_is_lower_bound"]
+  row["speedup_wallclock_per_seed"] = [s * ratio for s in row["speedup_steps_per_seed"]]
+
+
+def _tune(task, name: str, lrs: np.ndarray, entry: SuiteTask, mult: int, every: int,
+          keys: jax.Array, eval_key: jax.Array, ema_decay: float) -> tuple[dict[str, Any], Runs]:
+  """Runs ``name``'s learning-rate grid for ``mult`` times the horizon; its baseline record."""
+  runs = grid_runs(task, lambda lr: lopt.get(name, learning_rate=lr), lrs, mult * entry.steps,
+                   keys, every=every, eval_key=eval_key)
+  sm = protocol.ema(runs.losses, ema_decay)                      # (lrs, seeds, steps)
+  by_lr = sm.mean(axis=1)
+  at_t = by_lr[:, entry.steps - 1]
+  best = int(np.argmin(np.where(np.isfinite(at_t), at_t, np.inf)))
+  test_by_lr = runs.test["loss"].mean(axis=1)                    # (lrs, evals)
+  env_steps, env_curve = _subsample(protocol.lower_envelope(sm))
+  record = {
+      "learning_rates": [float(x) for x in lrs],
+      "best_learning_rate": float(lrs[best]),
+      "final_loss_by_lr": [_finite_or_none(x) for x in at_t],
+      "diverged_by_lr": protocol.diverged(runs.losses[:, :, :entry.steps]).sum(axis=1).tolist(),
+      "curves_by_lr": _subsample(by_lr)[1],
+      "envelope": env_curve,
+      "envelope_steps": env_steps,
+      "envelope_full": _nulls(protocol.lower_envelope(sm)),   # unrounded: speedups use it
+      "test_steps": runs.test_steps.tolist(),
+      "test_envelope": _nulls(np.min(np.where(np.isnan(test_by_lr), np.inf, test_by_lr), axis=0)),
+      "test_curves_by_lr": _nulls(_sig(test_by_lr)),
+      "seconds": runs.seconds,
+      "compile_seconds": runs.compile_seconds,
+  }
+  return record, runs
+
+
+def _best_runs(record: dict[str, Any], runs: Runs, horizon: int) -> tuple[np.ndarray, dict]:
+  best = record["learning_rates"].index(record["best_learning_rate"])
+  return runs.losses[best, :, :horizon], {k: v[best] for k, v in runs.test.items()}
 
 
 def _reusable(entry: SuiteTask, previous: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -167,15 +190,19 @@ def _reusable(entry: SuiteTask, previous: dict[str, Any] | None) -> dict[str, An
   if not previous or entry.label not in previous.get("tasks", {}):
     return None
   t = previous["tasks"][entry.label]
-  if (t["task"], t["cfg"], t["steps"]) != (entry.task, _cfg_json(entry.cfg), entry.steps):
-    return None
-  if "envelope_full" not in t["adam"]:
+  if (t["task"], t["cfg"], t["steps"]) != (entry.task_name, _cfg_json(entry.config),
+                                           entry.steps):
     return None
   return t
 
 
 def _check_reusable(previous: dict[str, Any], **settings: Any) -> None:
-  """Raises ValueError unless ``previous`` was run with the same ``settings``."""
+  """Raises ValueError unless ``previous`` was run with the same protocol and ``settings``."""
+  version = previous.get("config", {}).get("protocol_version", 1)
+  if version != PROTOCOL_VERSION:
+    raise ValueError(f"cannot reuse results of protocol version {version} (this is version "
+                     f"{PROTOCOL_VERSION}, with longer baselines and test/wall-clock "
+                     f"speedups): rerun the baselines without --reuse")
   diff = {k: (previous["config"].get(k), v) for k, v in settings.items()
           if previous["config"].get(k) != v}
   if diff:
@@ -183,42 +210,89 @@ def _check_reusable(previous: dict[str, Any], **settings: Any) -> None:
         f"{k}: {old!r} there vs {new!r} here" for k, (old, new) in diff.items()))
 
 
-def _benchmark_task(entry: SuiteTask, optimizers: Sequence[str], keys: jax.Array,
-                    lrs: np.ndarray, ema_decay: float | None, eval_key: jax.Array,
-                    progress: Callable[[str, float], None],
-                    previous: dict[str, Any] | None = None) -> dict[str, Any]:
+def _benchmark_task(entry: SuiteTask, specs: Sequence[OptimizerSpec], tune: Sequence[str],
+                    grids: Mapping[str, np.ndarray], cfg: dict[str, Any], keys: jax.Array,
+                    eval_key: jax.Array, progress: Callable[[str, float], None],
+                    previous: dict[str, Any] | None) -> dict[str, Any]:
   task = entry.build()
-  if previous is None:
-    out = _tune_adam(entry, task, keys, lrs, ema_decay, eval_key, progress)
-  else:
-    out = {**previous, "optimizers": {}, "not_applicable": {}}
-    progress(f"{entry.label}: adam (reused)", len(lrs) * keys.shape[0])
-  ema_decay = out["ema_decay"]
-  envelope = np.array([np.inf if x is None else x for x in out["adam"]["envelope_full"]])
-  if previous is not None:  # results saved before "loss_ratio" existed
-    for r in [out["adam"], *previous["optimizers"].values()]:
-      if "loss_ratio" not in r:
-        r["loss_ratio"] = _loss_ratio(r.get("final_loss"), envelope[-1])
-  for spec in optimizers:
-    name = spec.partition(":")[0]
-    if previous is not None and spec in previous["optimizers"] and ":" not in spec \
-        and name not in lopt.available_learned():
-      out["optimizers"][spec] = previous["optimizers"][spec]   # deterministic: same seeds
-      progress(f"{entry.label}: {spec} (reused)", keys.shape[0])
+  horizon, mult = entry.steps, cfg["baseline_horizon_mult"]
+  every = eval_every(horizon, cfg["eval_points"])
+  ema_decay = (protocol.auto_ema_decay(horizon) if cfg["ema_decay"] is None
+               else cfg["ema_decay"])
+  out: dict[str, Any] = {
+      "task": entry.task_name, "cfg": _cfg_json(entry.config), "steps": horizon,
+      "baseline_steps": mult * horizon, "eval_every": every, "ema_decay": ema_decay,
+      "baselines": {}, "optimizers": {}, "not_applicable": {}}
+  prev_base = previous["baselines"] if previous else {}
+  best_runs: dict[str, tuple[np.ndarray, dict]] = {}
+  for name in tune:
+    if name in prev_base:
+      out["baselines"][name] = prev_base[name]
+      progress(f"{entry.label}: {name} grid (reused)", len(grids[name]) * keys.shape[0] * mult)
       continue
-    tx = build_optimizer(spec, entry.steps)
+    record, runs = _tune(task, name, grids[name], entry, mult, every, keys, eval_key, ema_decay)
+    out["baselines"][name] = record
+    best_runs[name] = _best_runs(record, runs, horizon)
+    progress(f"{entry.label}: {name} x {len(grids[name])} lrs, {mult}x steps",
+             len(grids[name]) * keys.shape[0] * mult)
+  ref = _Reference(out["baselines"][REFERENCE])
+
+  rows: dict[str, dict[str, Any]] = {}
+  to_time: dict[str, Any] = {}
+  for name in tune:
+    label = tuned_label(name)
+    b = out["baselines"][name]
+    if name not in best_runs:                        # reused: its row too
+      rows[label] = previous["optimizers"][label]
+    else:
+      losses, test = best_runs[name]
+      rows[label] = {**_row(losses, test, np.asarray(b["test_steps"]), horizon, ema_decay, ref),
+                     "tuned": True, "settings": _tuned_settings(b)}
+      if name != REFERENCE:   # the reference's own row uses the reference's time
+        to_time[label] = lopt.get(name, learning_rate=b["best_learning_rate"])
+  for spec in specs:
+    old = (previous or {}).get("optimizers", {}).get(spec.text)
+    if old is not None and not spec.learned:          # deterministic given the seeds
+      rows[spec.text] = old
+      progress(f"{entry.label}: {spec.text} (reused)", keys.shape[0])
+      continue
+    tx = build_optimizer(spec, horizon)
     why = not_applicable_reason(tx, task, keys[0])
     if why is not None:
-      out["not_applicable"][spec] = why
-      print(f"note: {spec} does not apply to {entry.label}: {why}", flush=True)
-      progress(f"{entry.label}: {spec} (n/a)", keys.shape[0])
+      out["not_applicable"][spec.text] = why
+      print(f"note: {spec.text} does not apply to {entry.label}: {why}", flush=True)
+      progress(f"{entry.label}: {spec.text} (n/a)", keys.shape[0])
       continue
-    runs = train_runs(task, tx, entry.steps, keys)
-    test = evaluate_runs(task, runs.params, eval_key)
-    out["optimizers"][spec] = _summarize_runs(runs, protocol.ema(runs.losses, ema_decay),
-                                              envelope, test)
-    progress(f"{entry.label}: {spec}", runs.num_runs)
+    runs = train_runs(task, tx, horizon, keys, every=every, eval_key=eval_key)
+    rows[spec.text] = {**_row(runs.losses, runs.test, runs.test_steps, horizon, ema_decay, ref),
+                       "tuned": False, "settings": _settings(spec),
+                       "compile_seconds": runs.compile_seconds}
+    to_time[spec.text] = tx
+    progress(f"{entry.label}: {spec.text}", keys.shape[0])
+
+  if to_time or REFERENCE in best_runs:   # the reference is timed in the same rounds
+    ref_tx = lopt.get(REFERENCE, learning_rate=out["baselines"][REFERENCE]["best_learning_rate"])
+    secs = time_per_step(task, {"__reference__": ref_tx, **to_time}, keys[0],
+                         rounds=cfg["time_rounds"])
+    for label in to_time:
+      _add_wallclock(rows[label], secs[label], secs["__reference__"])
+    if REFERENCE in best_runs:
+      _add_wallclock(rows[tuned_label(REFERENCE)], secs["__reference__"], secs["__reference__"])
+    progress(f"{entry.label}: per-step times", len(to_time))
+  out["optimizers"] = rows
   return out
+
+
+def _tuned_settings(b: dict[str, Any]) -> str:
+  lrs = b["learning_rates"]
+  return (f"tuned: learning rate {b['best_learning_rate']:.3g} of {len(lrs)} "
+          f"({lrs[0]:.0e}..{lrs[-1]:.0e})")
+
+
+def _settings(spec: OptimizerSpec) -> str:
+  parts = [f"weights {spec.weights}"] if spec.weights else []
+  parts += [f"{k}={v!r}" for k, v in spec.kwargs.items()]
+  return ", ".join(parts) if parts else "defaults"
 
 
 def _cost(steps: int, runs: int) -> float:
@@ -229,71 +303,126 @@ def _cost(steps: int, runs: int) -> float:
 def _print_progress(done: float, total: float, start: float, what: str) -> None:
   elapsed = time.perf_counter() - start
   eta = max(0.0, elapsed / done * (total - done)) if done else float("nan")
-  print(f"[{100 * done / total:5.1f}%] {what:<40s} elapsed {elapsed:6.0f}s  ETA {eta:6.0f}s",
-        flush=True)
+  print(f"[{100 * min(done, total) / total:5.1f}%] {what:<46s} elapsed {elapsed:6.0f}s  "
+        f"ETA {eta:6.0f}s", flush=True)
+
+
+def _grids(tune: Sequence[str], learning_rates: Any, lrs_per_decade: int
+           ) -> dict[str, np.ndarray]:
+  if learning_rates is None:
+    return {n: tune_grid(n, lrs_per_decade) for n in tune}
+  if isinstance(learning_rates, Mapping):
+    return {n: (np.asarray(learning_rates[n], np.float64) if n in learning_rates
+                else tune_grid(n, lrs_per_decade)) for n in tune}
+  return {n: np.asarray(learning_rates, np.float64) for n in tune}
 
 
 def run_benchmark(optimizers: Sequence[str], entries: Sequence[SuiteTask], *,
-                  num_seeds: int = 3, learning_rates: np.ndarray | None = None,
-                  ema_decay: float | None = None, seed: int = 0, verbose: bool = True,
-                  reuse: dict[str, Any] | None = None) -> dict[str, Any]:
-  """Runs every optimizer and a learning-rate-tuned Adam on every task.
+                  tune: Sequence[str] = ("adam", "momentum"), num_seeds: int = 3,
+                  baseline_horizon_mult: int = 4,
+                  learning_rates: np.ndarray | Mapping[str, np.ndarray] | None = None,
+                  lrs_per_decade: int = 3, ema_decay: float | None = None,
+                  eval_points: int = 40, time_rounds: int = 7, seed: int = 0,
+                  verbose: bool = True, reuse: dict[str, Any] | None = None) -> dict[str, Any]:
+  """Runs every optimizer and the tuned baselines on every task.
 
-  For each task, Adam runs at every learning rate of ``learning_rates`` (default
-  15 points log-spaced over 1e-5..1) and every seed, all vmapped in one compiled
-  function; each optimizer runs untuned (its registry defaults) over the same
-  seeds. Curves are EMA-smoothed and compared with the lower envelope of Adam's
-  seed-averaged curves (see :mod:`benchmarks._protocol`). Optimizers whose
-  pretrained weights are missing are skipped with a note.
+  Per task, each name in ``tune`` (Adam always among them: it is the
+  reference) runs every learning rate of its grid and every seed, vmapped in one
+  compiled function, for ``baseline_horizon_mult`` times the task's horizon;
+  its row ("adam (tuned)") is the learning rate best at the horizon. Every spec
+  in ``optimizers`` runs the horizon at its given settings, on the same seeds
+  (same initializations and batches). All runs record the test metrics on the
+  same step grid. Then each new row's per-step time is measured against Adam's,
+  one run at a time and interleaved. Optimizers whose shipped weights are
+  missing are skipped with a note; every spec is checked before any run.
 
   Example::
 
     from benchmarks import parse_tasks, run_benchmark
-    results = run_benchmark(["sgd", "lion"], parse_tasks("quadratic_tiny"), num_seeds=2)
-    results["summary"]["lion"]["iqm_speedup"]
+    results = run_benchmark(["sgd", "lion(learning_rate=3e-4)"], parse_tasks("smoke"),
+                            num_seeds=2)
+    results["summary"]["lion(learning_rate=3e-4)"]["steps"]   # IQM speedup, 95 % CI
 
   Args:
-    optimizers: specs for ``lopt.get`` (``"name"`` or ``"name:weights"``).
+    optimizers: specs (``"name"``, ``"name:weights"``, ``"name(k=v, ...)"``).
     entries: the tasks (see :func:`benchmarks.parse_tasks`).
+    tune: hand-designed optimizers tuned over their learning-rate grids.
     num_seeds: seeds per optimizer and learning rate.
-    learning_rates: Adam's grid.
-    ema_decay: smoothing of the loss curves; None picks
-      :func:`benchmarks._protocol.auto_ema_decay` of each task's horizon.
+    baseline_horizon_mult: how many times the horizon the tuned baselines run,
+      the largest step speedup that can be measured.
+    learning_rates: one grid for every tuned optimizer, or a dict per name;
+      None uses :data:`benchmarks.TUNE_RANGES` at ``lrs_per_decade``.
+    lrs_per_decade: grid density of the default grids.
+    ema_decay: smoothing of training-loss curves; None picks
+      :func:`benchmarks.auto_ema_decay` of each task's horizon.
+    eval_points: test metrics are measured at about this many steps of the
+      horizon (and on the same grid through the baselines' longer runs).
+    time_rounds: interleaved timing rounds per optimizer.
     seed: the base seed; run ``i`` of every optimizer uses the same key.
-    verbose: print a progress line with ETA after every optimizer.
-    reuse: results of an earlier run with the same seeds, grid and smoothing:
-      tuned Adam (and hand-designed optimizers) of tasks with the same
-      configuration and horizon are taken from it instead of rerun, so adding
-      an optimizer to a finished benchmark costs only that optimizer's runs.
+    verbose: print a progress line with ETA after every job.
+    reuse: results of an earlier run with the same settings: the baselines of
+      tasks with the same configuration and horizon, and the hand-designed
+      rows, are taken from it, so adding an optimizer costs only its own runs.
 
   Returns:
-    A JSON-serializable dict: ``config``, ``tasks`` (per task: ``adam`` with its
-    grid and envelope, ``optimizers`` with final/best/test loss, speedup, ms per
-    step, curves), ``summary`` (per optimizer: IQM speedup over tasks and seeds
-    with a bootstrap 95 % interval) and ``skipped``.
+    A JSON-serializable dict: ``config``, ``tasks`` (per task: ``baselines``
+    with each tuned optimizer's grid and envelopes, ``optimizers`` with one row
+    per optimizer: speedups in steps, test loss and wall-clock, with per-seed
+    values, final and test metrics, curves), ``summary`` (per row: IQM of each
+    speedup over tasks and seeds with a stratified bootstrap 95 % interval),
+    ``meta_training`` (pretrained over fresh ratios) and ``skipped``.
+
+  Raises:
+    KeyError, ValueError, FileNotFoundError: a bad spec, tuned name, weights
+      path or setting, before anything runs.
   """
-  lrs = lr_grid() if learning_rates is None else np.asarray(learning_rates, np.float64)
+  if baseline_horizon_mult < 1:
+    raise ValueError(f"baseline_horizon_mult must be >= 1, got {baseline_horizon_mult}")
+  if num_seeds < 1 or eval_points < 1 or time_rounds < 1:
+    raise ValueError("num_seeds, eval_points and time_rounds must be >= 1")
+  tune = list(dict.fromkeys([REFERENCE, *tune]))
+  for name in tune:
+    if not tunable(name):
+      tune_grid(name)  # raises with the valid names
+  grids = _grids(tune, learning_rates, lrs_per_decade)
+  for name, g in grids.items():
+    if g.ndim != 1 or g.size < 1 or not np.all(np.isfinite(g) & (g > 0)):
+      raise ValueError(f"learning rates of {name!r} must be positive and finite, got {g}")
   if reuse is not None:
-    _check_reusable(reuse, num_seeds=num_seeds, learning_rates=[float(x) for x in lrs],
-                    ema_decay=ema_decay, seed=seed)
     optimizers = list(dict.fromkeys([*reuse["config"]["optimizers"], *optimizers]))
-  skipped = {s: r for s in optimizers if (r := unavailable_reason(s)) is not None}
+  specs = [parse_spec(s) for s in optimizers]
+  skipped = {s.text: r for s in specs if (r := unavailable_reason(s)) is not None}
+  specs = [s for s in specs if s.text not in skipped]
+  for s in specs:  # build every optimizer once, so bad arguments fail before any run
+    try:
+      build_optimizer(s, max(2, min(e.steps for e in entries) if entries else 2))
+    except TypeError as e:
+      raise ValueError(f"optimizer spec {s.text!r} cannot be built: {e}") from None
   for spec, why in skipped.items():
     print(f"note: skipping {spec}: {why}", flush=True)
-  specs = [s for s in optimizers if s not in skipped]
+  settings = {"num_seeds": num_seeds, "seed": seed, "ema_decay": ema_decay,
+              "baseline_horizon_mult": baseline_horizon_mult, "eval_points": eval_points}
+  if reuse is not None:
+    _check_reusable(reuse, **settings)
+    for name in tune:
+      old = reuse["config"].get("learning_rates", {}).get(name)
+      if old is not None and old != [float(x) for x in grids[name]]:
+        raise ValueError(f"cannot reuse results with a different learning-rate grid for {name!r}")
+
   keys = jax.random.split(jax.random.key(seed), num_seeds)
   eval_key = jax.random.key(seed + 1)
-  total = float(sum(_cost(e.steps, len(lrs) * num_seeds) + len(specs) * _cost(e.steps, num_seeds)
-                    for e in entries))
+  total = float(sum(
+      sum(_cost(baseline_horizon_mult * e.steps, len(grids[n]) * num_seeds) for n in tune)
+      + len(specs) * _cost(e.steps, num_seeds) + 1.0 for e in entries))
   done, start = [0.0], time.perf_counter()
-
+  cfg = {**settings, "time_rounds": time_rounds}
   results: dict[str, Any] = {"config": {
-      "optimizers": list(optimizers), "tasks": [e.label for e in entries],
-      "num_seeds": num_seeds, "learning_rates": [float(x) for x in lrs],
-      "ema_decay": ema_decay, "seed": seed, "jax": jax.__version__,
-      "backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind),
-      "cpu_count": __import__("os").cpu_count(), "python": sys.version.split()[0],
-      "platform": platform.platform(),
+      "protocol_version": PROTOCOL_VERSION, "optimizers": [s.text for s in specs] + list(skipped),
+      "tune": tune, "reference": REFERENCE, "tasks": [e.label for e in entries],
+      **cfg, "learning_rates": {n: [float(x) for x in g] for n, g in grids.items()},
+      "jax": jax.__version__, "backend": jax.default_backend(),
+      "device": str(jax.devices()[0].device_kind), "cpu_count": os.cpu_count(),
+      "python": sys.version.split()[0], "platform": platform.platform(),
       "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
   }, "tasks": {}, "skipped": skipped}
 
@@ -302,45 +431,82 @@ def run_benchmark(optimizers: Sequence[str], entries: Sequence[SuiteTask], *,
       done[0] += _cost(_e.steps, runs)
       if verbose:
         _print_progress(done[0], total, start, what)
-    results["tasks"][entry.label] = _benchmark_task(entry, specs, keys, lrs, ema_decay,
-                                                    eval_key, progress, _reusable(entry, reuse))
+    results["tasks"][entry.label] = _benchmark_task(
+        entry, specs, tune, grids, cfg, keys, eval_key, progress, _reusable(entry, reuse))
   results["summary"] = summarize(results)
+  results["meta_training"] = meta_training_gain(results)
   results["config"]["wall_seconds"] = time.perf_counter() - start
   return results
 
 
-def beats_tuned_adam(row: dict[str, Any]) -> bool:
-  """Whether one task's result is faster than tuned Adam.
+def beats_tuned_adam(row: dict[str, Any], kind: str = "steps") -> bool:
+  """Whether one task's result is faster than tuned Adam (speedup above 1).
 
-  True when tuned Adam's envelope needs more steps than the optimizer took
-  (speedup > 1), or never reaches the optimizer's final loss within the horizon
-  (a lower-bound speedup of at least 1: the optimizer ends below every loss any
-  Adam learning rate reached).
+  A lower-bound speedup (tuned Adam never got there within its longer run)
+  counts when the bound is at least 1.
   """
-  return bool(row["speedup"] > 1.0 or (row["speedup_is_lower_bound"] and row["speedup"] >= 1.0))
+  s, lower = row[f"speedup_{kind}"], row[f"speedup_{kind}_is_lower_bound"]
+  return bool(s > 1.0 or (lower and s >= 1.0))
+
+
+def _ci(scores: np.ndarray, num_bootstrap: int) -> dict[str, Any]:
+  point, lo, hi = protocol.bootstrap_ci(scores, num_samples=num_bootstrap)
+  return {"iqm": point, "ci95": [lo, hi]}
 
 
 def summarize(results: dict[str, Any], *, num_bootstrap: int = 2000) -> dict[str, Any]:
-  """IQM speedup over (task, seed) with a stratified bootstrap 95 % interval, per optimizer."""
+  """Per row: IQM of each speedup over (task, seed) with a stratified bootstrap 95 % CI."""
   summary = {}
   labels = list(results["tasks"])
-  names: list[str] = []
-  if labels:
-    names = ["adam (tuned)"] + sorted(
-        {n for t in labels for n in results["tasks"][t]["optimizers"]},
-        key=results["config"]["optimizers"].index)
+  names = list(dict.fromkeys(n for t in labels for n in results["tasks"][t]["optimizers"]))
   for name in names:
-    if name == "adam (tuned)":
-      rows = [results["tasks"][t]["adam"] for t in labels]
-    else:
-      rows = [results["tasks"][t]["optimizers"][name] for t in labels
-              if name in results["tasks"][t]["optimizers"]]
-    scores = np.array([r["speedup_per_seed"] for r in rows])
-    point, lo, hi = protocol.bootstrap_ci(scores, num_samples=num_bootstrap)
-    summary[name] = {
-        "iqm_speedup": point, "ci95": [lo, hi], "num_tasks": len(rows),
-        "median_task_speedup": float(np.median([r["speedup"] for r in rows])),
-        "tasks_faster_than_adam": int(sum(beats_tuned_adam(r) for r in rows)),
-        "diverged_runs": int(sum(r["diverged_seeds"] for r in rows)),
-    }
+    rows = [results["tasks"][t]["optimizers"][name] for t in labels
+            if name in results["tasks"][t]["optimizers"]]
+    s: dict[str, Any] = {"tuned": bool(rows[0]["tuned"]), "num_tasks": len(rows)}
+    for kind in KINDS:
+      scores = np.array([r[f"speedup_{kind}_per_seed"] for r in rows])
+      s[kind] = {**_ci(scores, num_bootstrap),
+                 "median_task": float(np.median([r[f"speedup_{kind}"] for r in rows])),
+                 "tasks_faster": int(sum(beats_tuned_adam(r, kind) for r in rows))}
+    s["diverged_runs"] = int(sum(r["diverged_seeds"] for r in rows))
+    summary[name] = s
   return summary
+
+
+def meta_training_gain(results: dict[str, Any], *, num_bootstrap: int = 2000
+                       ) -> dict[str, Any]:
+  """For each learned optimizer run both trained and ``:fresh``: did meta-training help?
+
+  Per task and seed, the trained optimizer's speedup over its untrained
+  init's (same tasks, seeds and horizon); the IQM of these ratios with a
+  stratified bootstrap 95 % interval, and the tasks where it is above 1.
+
+  Returns:
+    ``{"celo2_lopt:pretrained vs celo2_lopt:fresh": {"steps": {...}, "test": {...},
+    "num_tasks": n}}``.
+  """
+  out = {}
+  names = results["summary"]
+  for trained in names:
+    base, _, weights = trained.partition(":")
+    if not weights or "(" in trained or weights == "fresh":
+      continue
+    fresh = f"{base}:fresh"
+    if fresh not in names:
+      continue
+    labels = [t for t, r in results["tasks"].items()
+              if trained in r["optimizers"] and fresh in r["optimizers"]]
+    if not labels:
+      continue
+    entry: dict[str, Any] = {"num_tasks": len(labels)}
+    for kind in ("steps", "test"):
+      a = np.array([results["tasks"][t]["optimizers"][trained][f"speedup_{kind}_per_seed"]
+                    for t in labels])
+      b = np.array([results["tasks"][t]["optimizers"][fresh][f"speedup_{kind}_per_seed"]
+                    for t in labels])
+      ratio = protocol.ratio_scores(a, b)
+      entry[kind] = {**_ci(ratio, num_bootstrap),
+                     "tasks_better": int(np.sum(np.median(ratio, axis=1) > 1.0)),
+                     "per_task": dict(zip(labels, np.median(ratio, axis=1).tolist()))}
+    out[f"{trained} vs {fresh}"] = entry
+  return out

@@ -27,8 +27,9 @@ from typing import Callable
 
 import numpy as np
 
-__all__ = ["auto_ema_decay", "bootstrap_ci", "diverged", "ema", "iqm", "lower_envelope",
-           "speedup_curve", "steps_to_reach"]
+__all__ = ["auto_ema_decay", "bootstrap_ci", "diverged", "ema", "horizon_speedup", "iqm",
+           "lower_envelope", "ratio_scores", "speedup_curve", "steps_to_reach",
+           "wallclock_speedup"]
 
 
 def diverged(curves: np.ndarray) -> np.ndarray:
@@ -142,6 +143,72 @@ def speedup_curve(curve: np.ndarray, envelope: np.ndarray) -> tuple[np.ndarray, 
   lower = ~np.isfinite(need)
   need = np.where(lower, float(len(envelope)), need)
   return need / np.arange(1, len(c) + 1, dtype=np.float64), lower
+
+
+def horizon_speedup(final: np.ndarray | float, envelope: np.ndarray, horizon: int, *,
+                    grid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """Speedup at the horizon: steps the baseline needs to reach ``final`` / ``horizon``.
+
+  The baseline may run longer than the optimizer (``len(envelope) > horizon``,
+  by default 4x), so speedups up to ``len(envelope) / horizon`` are measured.
+  Where the baseline never reaches ``final`` the speedup is only known to be at
+  least ``last_step / horizon``: that bound is returned and flagged.
+
+  Example::
+
+    t = np.arange(1, 401)
+    horizon_speedup(np.exp(-3 * 100 / 100), np.exp(-t / 100), 100)  # -> (3.0, False)
+
+  Args:
+    final: the optimizer's loss at its horizon (any shape, e.g. one per seed).
+    envelope: the baseline's curve, one value per step (``envelope[i]`` after
+      ``i + 1`` steps) or one per entry of ``grid``.
+    horizon: the optimizer's number of steps.
+    grid: the steps (increasing) at which ``envelope`` was measured, for curves
+      evaluated on a step grid (test losses); None means every step.
+
+  Returns:
+    ``(speedup, is_lower_bound)``, each of ``final``'s shape.
+  """
+  env = np.asarray(envelope, np.float64)
+  steps = (np.arange(1, len(env) + 1, dtype=np.float64) if grid is None
+           else np.asarray(grid, np.float64))
+  if steps.shape != env.shape:
+    raise ValueError(f"grid has {steps.shape} steps but the envelope {env.shape}")
+  target = np.asarray(final, np.float64)
+  idx = steps_to_reach(env, np.where(np.isnan(target), np.inf, target))  # 1-based index
+  lower = ~np.isfinite(idx)
+  need = np.where(lower, steps[-1], steps[np.clip(np.nan_to_num(idx, posinf=1), 1,
+                                                    len(steps)).astype(int) - 1])
+  return need / float(horizon), lower
+
+
+def wallclock_speedup(speedup_steps: np.ndarray | float, seconds_per_step: float,
+                      baseline_seconds_per_step: float) -> np.ndarray:
+  """Seconds the baseline needs to reach the optimizer's loss / the optimizer's seconds.
+
+  With the baseline needing ``s * T`` steps of ``b`` seconds and the optimizer
+  ``T`` steps of ``o`` seconds, this is ``s * b / o``; a lower-bound step
+  speedup gives a lower-bound wall-clock speedup.
+  """
+  if not (seconds_per_step > 0 and baseline_seconds_per_step > 0):
+    raise ValueError(f"per-step times must be positive, got {seconds_per_step} and "
+                     f"{baseline_seconds_per_step}")
+  return np.asarray(speedup_steps, np.float64) * (baseline_seconds_per_step / seconds_per_step)
+
+
+def ratio_scores(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+  """Element-wise ``numerator / denominator`` of per-(task, seed) speedups.
+
+  Used for "did meta-training help": a learned optimizer's speedups over those
+  of its own untrained init on the same tasks and seeds (> 1: it helped).
+  A zero denominator with a positive numerator gives ``inf``; 0/0 gives 1.
+  """
+  a, b = np.asarray(numerator, np.float64), np.asarray(denominator, np.float64)
+  if a.shape != b.shape:
+    raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
+  with np.errstate(divide="ignore", invalid="ignore"):
+    return np.where((a == 0) & (b == 0), 1.0, a / b)
 
 
 def iqm(values: np.ndarray) -> float:
