@@ -22,8 +22,6 @@ from meta_train._estimators import make_estimator as make_estimator
 from meta_train._families import MixtureFamily as MixtureFamily
 from meta_train._families import available_families as available_families
 from meta_train._families import get_family as get_family
-from meta_train._gpt_data import CheckpointDataset as CheckpointDataset
-from meta_train._gpt_data import load_dataset as load_gpt_dataset
 from meta_train._trainer import TrainConfig as TrainConfig
 from meta_train._trainer import TrainResult as TrainResult
 from meta_train._trainer import export_weights as export_weights
@@ -35,6 +33,8 @@ from meta_train._unroll import UnrollOutput as UnrollOutput
 from meta_train._unroll import init_inner_state as init_inner_state
 from meta_train._unroll import reset_if_done as reset_if_done
 from meta_train._unroll import unroll as unroll
+from meta_train.gpt._data import CheckpointDataset as CheckpointDataset
+from meta_train.gpt._data import load_dataset as load_gpt_dataset
 
 __all__ = [
     "CheckpointDataset", "ES", "ESTIMATORS", "EstimatorConfig", "InnerState", "MixtureFamily",

@@ -282,7 +282,7 @@ def main(argv):
     import jax
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                                FLAGS.process_id)
-  config = config_from_flags()
+  config = config_from_flags(FLAGS)
   import jax
   workdir = pathlib.Path(FLAGS.workdir)
   if FLAGS.compilation_cache:

@@ -1,6 +1,6 @@
 """Reading G.pt checkpoint datasets: ``index.json`` plus ``.npz`` shards, never pickle.
 
-The on-disk format is written by :mod:`meta_train.gpt_dataset` and documented
+The on-disk format is written by :mod:`meta_train.gpt.dataset` and documented
 there and in ``docs/gpt.md``.
 """
 
@@ -59,7 +59,7 @@ def read_index(path: str | pathlib.Path) -> dict[str, Any]:
   if not index_file.is_file():
     raise FileNotFoundError(
         f"no G.pt checkpoint dataset at {str(path)!r}: {str(index_file)!r} does not exist. "
-        f"Create one with `python -m meta_train.gpt_dataset --out={path}`.")
+        f"Create one with `python -m meta_train.gpt.dataset --out={path}`.")
   index = json.loads(index_file.read_text())
   if index.get("format_version") != FORMAT_VERSION:
     raise ValueError(f"{index_file}: format_version {index.get('format_version')!r}, "
@@ -73,7 +73,7 @@ RUN_ID_STRIDE = 1_000_000
 
 def load_dataset(path: str | pathlib.Path, *, drop_nonfinite: bool = True,
                  allow_partial: bool = False) -> CheckpointDataset:
-  """Loads a checkpoint dataset written by :mod:`meta_train.gpt_dataset`.
+  """Loads a checkpoint dataset written by :mod:`meta_train.gpt.dataset`.
 
   ``path`` may list several datasets separated by commas (e.g. long runs and
   densely checkpointed short runs of the same task); their runs are concatenated.

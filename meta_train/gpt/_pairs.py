@@ -15,17 +15,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+# The tokenizer's definition of a dense stack (one definition for both).
 from lopt.gpt._tokenizer import dense_stack
 
-__all__ = ["dense_layers", "permutation_index", "sample_pairs"]
-
-
-def dense_layers(spec: Sequence[dict[str, Any]]) -> list[tuple[int, int]] | None:
-  """Returns ``[(kernel_leaf, bias_leaf), ...]`` in layer order for a dense stack, else None.
-
-  The tokenizer's :func:`lopt.gpt._tokenizer.dense_stack` (one definition of a stack).
-  """
-  return dense_stack(spec)
+__all__ = ["permutation_index", "sample_pairs"]
 
 
 def permutation_index(spec: Sequence[dict[str, Any]], rng: np.random.Generator) -> np.ndarray:
@@ -38,7 +31,7 @@ def permutation_index(spec: Sequence[dict[str, Any]], rng: np.random.Generator) 
   sizes = [int(np.prod(s["shape"])) for s in spec]
   offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
   idx = np.arange(offsets[-1], dtype=np.int64)
-  layers = dense_layers(spec)
+  layers = dense_stack(spec)
   if layers is None:
     return idx
   views = {i: idx[offsets[i]:offsets[i + 1]].reshape(spec[i]["shape"]) for i in range(len(spec))}

@@ -1,4 +1,4 @@
-"""The PNG plots of :mod:`meta_train.gpt_eval` (matplotlib, Agg backend)."""
+"""The PNG plots of :mod:`meta_train.gpt.evaluate` (matplotlib, Agg backend)."""
 
 from __future__ import annotations
 

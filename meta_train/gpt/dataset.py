@@ -8,11 +8,14 @@ flattened parameters and metrics on the full train and test splits are saved.
 
 Command line::
 
-  python -m meta_train.gpt_dataset --task=digits_mlp --runs=512 \
+  python -m meta_train.gpt.dataset --task=digits_mlp --runs=512 \
       --checkpoints_per_run=21 --steps_per_run=1000 --out=runs/gpt_digits_data
 
-  python -m meta_train.gpt_dataset --task=cartpole --runs=64 \
+  python -m meta_train.gpt.dataset --task=cartpole --runs=64 \
       --checkpoints_per_run=11 --steps_per_run=200 --out=runs/gpt_cartpole_data
+
+(``python -m meta_train.gpt_dataset`` is the same.) Bad flag values stop at
+parsing with a one-line error.
 
 On-disk format (``format_version`` 1), a directory holding:
 
@@ -27,7 +30,7 @@ On-disk format (``format_version`` 1), a directory holding:
   (``train_loss``, ``test_loss``, ``test_error`` for classifiers;
   ``train_return``/``test_return`` for RL), ``run_ids`` int32 ``(runs,)``.
   Load with ``np.load(f, allow_pickle=False)`` or
-  :func:`meta_train.load_gpt_dataset`.
+  :func:`meta_train.gpt.load_dataset`.
 
 Generation is deterministic given ``--seed`` (run ``i`` uses
 ``fold_in(key(seed), i)``) and resumable: shards are written atomically and
@@ -42,19 +45,21 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import sys
 import time
 from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import app, flags
 
 import lopt
 import tasks
 from lopt.gpt import param_spec
-from meta_train._gpt_data import FORMAT_VERSION, shard_name
+from meta_train.gpt._data import FORMAT_VERSION, shard_name
 
-__all__ = ["DEFAULT_LR_RANGES", "DEFAULT_TASK_CONFIGS", "generate"]
+__all__ = ["DEFAULT_LR_RANGES", "DEFAULT_TASK_CONFIGS", "define_flags", "generate", "run"]
 
 #: Log-uniform learning-rate ranges per registry optimizer.
 DEFAULT_LR_RANGES: dict[str, tuple[float, float]] = {
@@ -135,6 +140,28 @@ def _plan(num_runs: int, runs_per_shard: int, optimizers: Sequence[str], seed: i
   return shards
 
 
+def _check_settings(*, runs: int, runs_per_shard: int, checkpoints_per_run: int,
+                    steps_per_run: int, optimizers: Sequence[str],
+                    init_scale_range: tuple[float, float],
+                    lr_ranges: dict[str, tuple[float, float]]) -> None:
+  """Raises ``ValueError`` naming the first bad setting of :func:`generate`."""
+  for name, value in (("runs", runs), ("runs_per_shard", runs_per_shard),
+                      ("steps_per_run", steps_per_run)):
+    if value < 1:
+      raise ValueError(f"{name} must be >= 1, got {value}")
+  if checkpoints_per_run < 2 or steps_per_run % (checkpoints_per_run - 1):
+    raise ValueError(f"steps_per_run ({steps_per_run}) must be a positive multiple of "
+                     f"checkpoints_per_run - 1 ({checkpoints_per_run - 1})")
+  lo, hi = init_scale_range
+  if not 0 < lo <= hi:
+    raise ValueError(f"init scale range must satisfy 0 < min <= max, got {lo}, {hi}")
+  if not optimizers:
+    raise ValueError("optimizers must name at least one optimizer")
+  for o in optimizers:
+    if o not in lr_ranges:
+      raise ValueError(f"no learning-rate range for optimizer {o!r}; known: {sorted(lr_ranges)}")
+
+
 def generate(out: str | os.PathLike, *, task: str = "digits_mlp",
              task_config: dict[str, Any] | None = None, runs: int = 512,
              runs_per_shard: int = 32, checkpoints_per_run: int = 21,
@@ -167,13 +194,10 @@ def generate(out: str | os.PathLike, *, task: str = "digits_mlp",
   Returns:
     The index (also written to ``out/index.json``).
   """
-  if checkpoints_per_run < 2 or steps_per_run % (checkpoints_per_run - 1):
-    raise ValueError(f"steps_per_run ({steps_per_run}) must be a positive multiple of "
-                     f"checkpoints_per_run - 1 ({checkpoints_per_run - 1})")
   lr_ranges = {**DEFAULT_LR_RANGES, **(lr_ranges or {})}
-  for o in optimizers:
-    if o not in lr_ranges:
-      raise ValueError(f"no learning-rate range for optimizer {o!r}; known: {sorted(lr_ranges)}")
+  _check_settings(runs=runs, runs_per_shard=runs_per_shard,
+                  checkpoints_per_run=checkpoints_per_run, steps_per_run=steps_per_run,
+                  optimizers=optimizers, init_scale_range=init_scale_range, lr_ranges=lr_ranges)
   if task_config is None:
     task_config = dict(DEFAULT_TASK_CONFIGS.get(task, {}))
   t = tasks.get(task, **task_config)
@@ -231,30 +255,65 @@ def generate(out: str | os.PathLike, *, task: str = "digits_mlp",
   return index
 
 
+def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+  """Defines this command line's flags in ``fv``, with their validators."""
+  flags.DEFINE_string("out", None, "Output dataset directory.", required=True, flag_values=fv)
+  flags.DEFINE_enum("task", "digits_mlp", tasks.available(), "Task registry name.",
+                    flag_values=fv)
+  flags.DEFINE_string("task_config", "", "JSON task config (default: a small net per task).",
+                      flag_values=fv)
+  flags.DEFINE_integer("runs", 512, "Number of training runs.", lower_bound=1, flag_values=fv)
+  flags.DEFINE_integer("runs_per_shard", 32, "Runs per shard (vmapped together).",
+                       lower_bound=1, flag_values=fv)
+  flags.DEFINE_integer("checkpoints_per_run", 21, "Checkpoints per run (init included).",
+                       lower_bound=2, flag_values=fv)
+  flags.DEFINE_integer("steps_per_run", 1000, "Training steps per run; a multiple of "
+                       "--checkpoints_per_run - 1.", lower_bound=1, flag_values=fv)
+  flags.DEFINE_list("optimizers", ["adam", "sgd", "momentum", "rmsprop"],
+                    f"Registry optimizers, cycled over shards; one of {sorted(DEFAULT_LR_RANGES)}.",
+                    flag_values=fv)
+  flags.DEFINE_float("init_scale_min", 0.5, "Smallest init scale factor (> 0).", flag_values=fv)
+  flags.DEFINE_float("init_scale_max", 2.0, "Largest init scale factor.", flag_values=fv)
+  flags.DEFINE_integer("seed", 0, "Dataset seed.", flag_values=fv)
+
+  def check(d):
+    try:
+      _check_settings(runs=d["runs"], runs_per_shard=d["runs_per_shard"],
+                      checkpoints_per_run=d["checkpoints_per_run"],
+                      steps_per_run=d["steps_per_run"], optimizers=d["optimizers"],
+                      init_scale_range=(d["init_scale_min"], d["init_scale_max"]),
+                      lr_ranges=DEFAULT_LR_RANGES)
+      if d["task_config"] and not isinstance(json.loads(d["task_config"]), dict):
+        raise ValueError("--task_config must be a JSON object")
+    except ValueError as e:  # json.JSONDecodeError is a ValueError
+      raise flags.ValidationError(str(e)) from None
+    return True
+
+  flags.register_multi_flags_validator(
+      ["runs", "runs_per_shard", "checkpoints_per_run", "steps_per_run", "optimizers",
+       "init_scale_min", "init_scale_max", "task_config"], check, flag_values=fv)
+
+
 def main(argv):
-  del argv
-  from absl import flags
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   f = flags.FLAGS
-  generate(f.out, task=f.task, task_config=json.loads(f.task_config) if f.task_config else None,
-           runs=f.runs, runs_per_shard=f.runs_per_shard,
-           checkpoints_per_run=f.checkpoints_per_run, steps_per_run=f.steps_per_run,
-           optimizers=f.optimizers, init_scale_range=(f.init_scale_min, f.init_scale_max),
-           seed=f.seed)
+  try:
+    generate(f.out, task=f.task,
+             task_config=json.loads(f.task_config) if f.task_config else None,
+             runs=f.runs, runs_per_shard=f.runs_per_shard,
+             checkpoints_per_run=f.checkpoints_per_run, steps_per_run=f.steps_per_run,
+             optimizers=f.optimizers, init_scale_range=(f.init_scale_min, f.init_scale_max),
+             seed=f.seed)
+  except (ValueError, TypeError) as e:  # e.g. an index of other settings, a bad task_config
+    sys.exit(f"gpt.dataset: {e}")
+
+
+def run() -> None:
+  """The command line: ``python -m meta_train.gpt.dataset``."""
+  define_flags()
+  app.run(main)
 
 
 if __name__ == "__main__":
-  from absl import app, flags
-
-  flags.DEFINE_string("out", None, "Output dataset directory.", required=True)
-  flags.DEFINE_string("task", "digits_mlp", "Task registry name.")
-  flags.DEFINE_string("task_config", "", "JSON task config (default: a small net per task).")
-  flags.DEFINE_integer("runs", 512, "Number of training runs.")
-  flags.DEFINE_integer("runs_per_shard", 32, "Runs per shard (vmapped together).")
-  flags.DEFINE_integer("checkpoints_per_run", 21, "Checkpoints per run (init included).")
-  flags.DEFINE_integer("steps_per_run", 1000, "Training steps per run.")
-  flags.DEFINE_list("optimizers", ["adam", "sgd", "momentum", "rmsprop"],
-                    "Registry optimizers, cycled over shards.")
-  flags.DEFINE_float("init_scale_min", 0.5, "Smallest init scale factor.")
-  flags.DEFINE_float("init_scale_max", 2.0, "Largest init scale factor.")
-  flags.DEFINE_integer("seed", 0, "Dataset seed.")
-  app.run(main)
+  run()

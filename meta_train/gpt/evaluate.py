@@ -2,8 +2,11 @@ r"""Evaluate a G.pt model: prompt alignment, one-update training, baselines, nov
 
 Command line::
 
-  python -m meta_train.gpt_eval --weights=runs/gpt_digits/weights \
+  python -m meta_train.gpt.evaluate --weights=runs/gpt_digits/weights \
       --dataset=runs/gpt_digits_data --out=runs/gpt_digits_eval
+
+(``python -m meta_train.gpt_eval`` is the same.) Bad flag values stop at parsing
+with a one-line error.
 
 ``--dataset`` may list several datasets separated by commas (the training
 data of the model); by default it is read from the model's manifest. Writes
@@ -52,18 +55,21 @@ Reference: Peebles et al. 2022, arXiv 2209.12892; Zeng et al. 2025.
 
 from __future__ import annotations
 
+import functools
 import json
 import pathlib
+import sys
 import time
 from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import app, flags
 
 import tasks
 from lopt.gpt import load_gpt
-from meta_train._gpt_baselines import (
+from meta_train.gpt._baselines import (
   MetricFn,
   adam_curves,
   baselines_and_novelty,
@@ -71,17 +77,38 @@ from meta_train._gpt_baselines import (
   retrieve,
   steps_to_reach,
 )
-from meta_train._gpt_data import load_dataset
-from meta_train._gpt_plots import eval_plots
-from meta_train.gpt_train import task_grad_fn
+from meta_train.gpt._data import load_dataset
+from meta_train.gpt._plots import eval_plots
+from meta_train.gpt.train import task_grad_fn
 
-__all__ = ["ADAM_LRS", "evaluate_gpt"]
+__all__ = ["ADAM_LRS", "check_settings", "define_flags", "evaluate_gpt", "run"]
 
 #: Adam's learning-rate grid, about four points per decade: Adam's best rate on the
 #: digits MLP lies between 3e-2 and 1e-1 for the number of steps G.pt's update is worth,
 #: where a half-decade grid overstates the steps Adam needs (115 on 1e-3, 3e-3, .. 1e-1
 #: against 90 at 5e-2, for the shipped model's one-update loss 0.087).
 ADAM_LRS = (1e-3, 2e-3, 3e-3, 5e-3, 7e-3, 1e-2, 1.5e-2, 2e-2, 3e-2, 4e-2, 5e-2, 7e-2, 1e-1)
+
+
+#: ``setting: (check, requirement)`` of :func:`evaluate_gpt`'s numeric settings.
+_BOUNDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "num_nets": (lambda v: v >= 1, ">= 1"), "num_prompts": (lambda v: v >= 2, ">= 2"),
+    "num_inits": (lambda v: v >= 1, ">= 1"), "recursive_steps": (lambda v: v >= 1, ">= 1"),
+    "num_sampling_steps": (lambda v: v >= 1, ">= 1"), "eta": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "adam_steps": (lambda v: v >= 1, ">= 1"),
+    "temperatures": (lambda v: len(v) > 0 and min(v) >= 0, "non-empty, each >= 0"),
+    "guidances": (lambda v: len(v) > 0 and min(v) >= 0, "non-empty, each >= 0"),
+    "target_fractions": (lambda v: len(v) > 0 and min(v) >= 0, "non-empty, each >= 0"),
+    "adam_lrs": (lambda v: len(v) > 0 and min(v) > 0, "non-empty, each > 0"),
+}
+
+
+def check_settings(**settings: Any) -> None:
+  """Raises ``ValueError`` naming the first setting of :func:`evaluate_gpt` out of range."""
+  for key, value in settings.items():
+    ok, requirement = _BOUNDS[key]
+    if not ok(value):
+      raise ValueError(f"{key} must be {requirement}, got {value}")
 
 
 def evaluate_gpt(weights: str, dataset: str | None, out: str, *, num_nets: int = 16,
@@ -119,9 +146,12 @@ def evaluate_gpt(weights: str, dataset: str | None, out: str, *, num_nets: int =
     rep = evaluate_gpt("runs/gpt_digits/weights", "runs/gpt_digits_data", "runs/eval")
     rep["prompt_alignment"]["r2_mean"]
   """
+  check_settings(num_nets=num_nets, num_prompts=num_prompts, num_inits=num_inits,
+                 recursive_steps=recursive_steps, num_sampling_steps=num_sampling_steps, eta=eta,
+                 temperatures=temperatures, guidances=guidances,
+                 target_fractions=target_fractions, adam_steps=adam_steps, adam_lrs=adam_lrs)
   t0 = time.time()
   outp = pathlib.Path(out)
-  outp.mkdir(parents=True, exist_ok=True)
   m = load_gpt(weights)
   model, tok, metric = m.model, m.model.tokenizer, m.model.cfg["metric"]
   if dataset is None:
@@ -137,6 +167,7 @@ def evaluate_gpt(weights: str, dataset: str | None, out: str, *, num_nets: int =
   if is_held.sum() < num_nets:
     raise ValueError(f"only {is_held.sum()} held-out runs; need num_nets={num_nets}")
   task = tasks.get(data.index["task"], **data.index["task_config"])
+  outp.mkdir(parents=True, exist_ok=True)
   mf = MetricFn(task, tok)
   best = float(m.manifest["best_metric"])
   bank = data.params[~is_held].reshape(-1, tok.num_params)
@@ -325,57 +356,90 @@ def _finish(rep, outp, weights, save_settings, t0, log):
 
 
 def main(argv):
-  del argv
-  from absl import flags
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   f = flags.FLAGS
-  evaluate_gpt(f.weights, f.dataset, f.out, num_nets=f.num_nets, num_prompts=f.num_prompts,
-               num_inits=f.num_inits, recursive_steps=f.recursive_steps,
-               num_sampling_steps=f.num_sampling_steps, eta=f.eta, seed=f.seed,
-               temperature=f.temperature, temperatures=[float(x) for x in f.temperatures],
-               guidance=f.guidance, guidances=[float(x) for x in f.guidances],
-               target=f.target, target_fractions=[float(x) for x in f.target_fractions],
-               adam_steps=f.adam_steps, adam_lrs=[float(x) for x in f.adam_lrs],
-               save_settings=f.save_settings, validation_only=f.validation_only)
+  floats = lambda xs: [float(x) for x in xs]
+  try:
+    evaluate_gpt(f.weights, f.dataset, f.out, num_nets=f.num_nets, num_prompts=f.num_prompts,
+                 num_inits=f.num_inits, recursive_steps=f.recursive_steps,
+                 num_sampling_steps=f.num_sampling_steps, eta=f.eta, seed=f.seed,
+                 temperature=f.temperature, temperatures=floats(f.temperatures),
+                 guidance=f.guidance, guidances=floats(f.guidances),
+                 target=f.target, target_fractions=floats(f.target_fractions),
+                 adam_steps=f.adam_steps, adam_lrs=floats(f.adam_lrs),
+                 save_settings=f.save_settings, validation_only=f.validation_only)
+  except (ValueError, FileNotFoundError) as e:  # e.g. too few held-out runs, no dataset
+    sys.exit(f"gpt.evaluate: {e}")
 
 
-if __name__ == "__main__":
-  from absl import app, flags
-
-  flags.DEFINE_string("weights", "lopt/weights/gpt_digits_mlp", "G.pt weights directory.")
+def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+  """Defines this command line's flags in ``fv``, with their validators."""
+  flags.DEFINE_string("weights", "lopt/weights/gpt_digits_mlp", "G.pt weights directory.",
+                      flag_values=fv)
   flags.DEFINE_string("dataset", None, "Checkpoint dataset directory (or several, "
                       "comma-separated); default: the model's training data, from its "
-                      "manifest (extra.dataset).")
-  flags.DEFINE_string("out", "runs/gpt_digits_eval", "Output directory.")
-  flags.DEFINE_integer("num_nets", 16, "Held-out starting networks for prompt alignment.")
-  flags.DEFINE_integer("num_prompts", 20, "Prompts per network.")
+                      "manifest (extra.dataset).", flag_values=fv)
+  flags.DEFINE_string("out", "runs/gpt_digits_eval", "Output directory.", flag_values=fv)
+  flags.DEFINE_integer("num_nets", 16, "Held-out starting networks for prompt alignment.",
+                       flag_values=fv)
+  flags.DEFINE_integer("num_prompts", 20, "Prompts per network.", flag_values=fv)
   flags.DEFINE_integer("num_inits", 128, "Unseen random inits (and as many validation "
-                       "inits).")
-  flags.DEFINE_integer("recursive_steps", 10, "Recursive prompting updates.")
-  flags.DEFINE_integer("num_sampling_steps", 20, "Diffusion sampling steps.")
-  flags.DEFINE_float("eta", 0.0, "0 = DDIM, 1 = DDPM.")
+                       "inits).", flag_values=fv)
+  flags.DEFINE_integer("recursive_steps", 10, "Recursive prompting updates.", flag_values=fv)
+  flags.DEFINE_integer("num_sampling_steps", 20, "Diffusion sampling steps.", flag_values=fv)
+  flags.DEFINE_float("eta", 0.0, "0 = DDIM, 1 = DDPM.", flag_values=fv)
   flags.DEFINE_float("temperature", None, "Sampling temperature (default: chosen with the "
-                     "target on validation inits from --temperatures).")
+                     "target on validation inits from --temperatures).", lower_bound=0.0,
+                     flag_values=fv)
   flags.DEFINE_list("temperatures", ["1", "0.7", "0.5", "0.3", "0"],
-                    "Temperatures tried on validation inits when --temperature is not given.")
+                    "Temperatures tried on validation inits when --temperature is not given.",
+                    flag_values=fv)
   flags.DEFINE_float("guidance", None, "Guidance scale (default: chosen on validation "
-                     "networks from --guidances).")
+                     "networks from --guidances).", lower_bound=0.0, flag_values=fv)
   flags.DEFINE_list("guidances", ["0", "0.05", "0.1", "0.2", "0.3", "0.5"],
-                    "Guidance scales to choose from.")
+                    "Guidance scales to choose from.", flag_values=fv)
   flags.DEFINE_float("target", None, "The optimizer's prompt for the one-update figures "
-                     "(default: chosen on validation inits from --target_fractions).")
+                     "(default: chosen on validation inits from --target_fractions).",
+                     flag_values=fv)
   flags.DEFINE_list("target_fractions",
                     ["0", "0.025", "0.05", "0.075", "0.1", "0.2", "0.35", "0.5"],
                     "Target grid: best + f * (median final metric of the training runs - "
-                    "best).")
+                    "best).", flag_values=fv)
   flags.DEFINE_bool("save_settings", False, "Record the temperature, guidance and target in "
                     "the weights' manifest (extra.sampling_temperature, extra.guidance, "
-                    "extra.target), the optimizer's defaults.")
-  flags.DEFINE_alias("save_temperature", "save_settings")
+                    "extra.target), the optimizer's defaults.", flag_values=fv)
+  flags.DEFINE_alias("save_temperature", "save_settings", flag_values=fv)
   flags.DEFINE_bool("validation_only", False, "Only choose the temperature, guidance and "
                     "target and report their validation R^2 and one-update medians (to "
                     "compare seeds or configurations without looking at the reported "
-                    "figures).")
-  flags.DEFINE_integer("seed", 0, "Evaluation seed.")
-  flags.DEFINE_integer("adam_steps", 1000, "Adam steps per learning rate.")
-  flags.DEFINE_list("adam_lrs", [f"{lr:g}" for lr in ADAM_LRS], "Adam learning rates.")
+                    "figures).", flag_values=fv)
+  flags.DEFINE_integer("seed", 0, "Evaluation seed.", flag_values=fv)
+  flags.DEFINE_integer("adam_steps", 1000, "Adam steps per learning rate.", flag_values=fv)
+  flags.DEFINE_list("adam_lrs", [f"{lr:g}" for lr in ADAM_LRS], "Adam learning rates.",
+                    flag_values=fv)
+  for key in _BOUNDS:
+    flags.register_validator(key, functools.partial(_check_flag, key), flag_values=fv)
+  flags.register_validator("weights", lambda w: (pathlib.Path(w) / "manifest.json").is_file(),
+                           "--weights must be a G.pt weights directory (with manifest.json)",
+                           flag_values=fv)
+
+
+def _check_flag(key: str, value: Any) -> bool:
+  try:
+    if isinstance(value, list):
+      value = [float(x) for x in value]
+    check_settings(**{key: value})
+  except ValueError as e:
+    raise flags.ValidationError(str(e) if key in str(e) else f"{key}: {e}") from None
+  return True
+
+
+def run() -> None:
+  """The command line: ``python -m meta_train.gpt.evaluate``."""
+  define_flags()
   app.run(main)
+
+
+if __name__ == "__main__":
+  run()

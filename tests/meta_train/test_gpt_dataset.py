@@ -8,9 +8,10 @@ import pytest
 
 import tasks
 from lopt.gpt import param_spec
-from meta_train._gpt_data import load_dataset
-from meta_train._gpt_pairs import dense_layers, permutation_index, sample_pairs
-from meta_train.gpt_dataset import generate
+from lopt.gpt._tokenizer import dense_stack
+from meta_train.gpt._data import load_dataset
+from meta_train.gpt._pairs import permutation_index, sample_pairs
+from meta_train.gpt.dataset import generate
 
 ARGS = dict(task="digits_mlp", task_config={"hidden": [4]}, runs=4, runs_per_shard=2,
             checkpoints_per_run=3, steps_per_run=4, optimizers=("adam",), seed=3,
@@ -61,7 +62,7 @@ def test_resume_is_deterministic(dataset, tmp_path):
 
 
 def test_errors(dataset, tmp_path):
-  with pytest.raises(FileNotFoundError, match="gpt_dataset"):
+  with pytest.raises(FileNotFoundError, match="meta_train.gpt.dataset"):
     load_dataset(tmp_path / "nope")
   with pytest.raises(ValueError, match="different settings"):
     generate(dataset, **{**ARGS, "seed": 4})
@@ -90,7 +91,7 @@ def test_permutation_augmentation_keeps_the_function():
   task = tasks.get("digits_mlp", hidden=(6, 5))
   params = task.init(jax.random.key(0))
   spec = param_spec(params)
-  assert dense_layers(spec) is not None
+  assert dense_stack(spec) is not None
   flat = np.concatenate([np.ravel(x) for x in jax.tree.leaves(params)])
   idx = permutation_index(spec, np.random.default_rng(0))
   assert sorted(idx.tolist()) == list(range(flat.size)) and not np.array_equal(idx, np.arange(

@@ -1,6 +1,7 @@
 """G.pt training: runs, resumes, skips non-finite steps, exports weights usable by lopt.get."""
 
 import json
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -11,8 +12,8 @@ import pytest
 import lopt
 import tasks
 from lopt.gpt import GPT, param_spec
-from meta_train.gpt_eval import evaluate_gpt
-from meta_train.gpt_train import _make_step, split_runs, train_gpt
+from meta_train.gpt.evaluate import evaluate_gpt
+from meta_train.gpt.train import _make_step, split_runs, train_gpt
 
 CFG = {"steps": 4, "batch_size": 4, "holdout_runs": 2, "d_model": 16, "num_layers": 1,
        "num_heads": 2, "chunk_size": 64, "num_timesteps": 20, "warmup_steps": 1,
@@ -79,6 +80,25 @@ def test_resumes_from_checkpoint(trained):
   text = (root / "work" / "metrics.jsonl").read_text()
   steps = [json.loads(x)["step"] for x in text.splitlines()]
   assert steps == [2, 4, 6]
+
+
+def test_resume_keeps_config_and_cuts_metrics_back_to_the_checkpoint(trained, tmp_path):
+  root, _, _, _ = trained
+  work = tmp_path / "work"
+  shutil.copytree(root / "work", work)
+  config = (work / "config.json").read_text()
+  with open(work / "metrics.jsonl", "a") as f:  # rows past checkpoint 4, then a kill mid-write
+    f.write(json.dumps({"step": 6, "loss": 1.0}) + "\n" + '{"step": 8, "lo')
+  logs = []
+  train_gpt(str(root / "data"), str(work), {**CFG, "log_every": 1}, log=logs.append)
+  assert "resumed from step 4" in logs[0]
+  assert (work / "config.json").read_text() == config  # log_every may change; not rewritten
+  steps = [json.loads(x)["step"] for x in (work / "metrics.jsonl").read_text().splitlines()]
+  assert steps == [2, 4]
+  assert sorted(p.name for p in work.iterdir()) == [
+      "checkpoints", "config.json", "metrics.jsonl", "split.json", "weights"]
+  with pytest.raises(ValueError, match="different config \\(d_model: 16 -> 32"):
+    train_gpt(str(root / "data"), str(work), {**CFG, "d_model": 32})
 
 
 def test_weights_work_as_optimizer_and_reject_other_trees(trained):
@@ -217,7 +237,7 @@ def test_eval_validation_only_reports_no_test_figures(trained, data_final, tmp_p
 
 
 def test_baseline_helpers():
-  from meta_train._gpt_baselines import (
+  from meta_train.gpt._baselines import (
     knn_average,
     nearest_distance,
     r_squared,

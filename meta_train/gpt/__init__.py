@@ -1,0 +1,38 @@
+"""G.pt training: checkpoint datasets, training and evaluation of the generative optimizer.
+
+The model and the optimizer wrapper live in :mod:`lopt.gpt`; this package makes
+their training data and trains and evaluates them::
+
+  from meta_train import gpt
+  gpt.generate("runs/data", task="digits_mlp", runs=64, steps_per_run=200)
+  weights = gpt.train_gpt("runs/data", "runs/gpt", {"steps": 2000})
+  report = gpt.evaluate_gpt(str(weights), "runs/data", "runs/gpt_eval")
+
+Command lines (each ``--help`` lists its flags)::
+
+  python -m meta_train.gpt.dataset --task=digits_mlp --runs=512 --out=runs/gpt_digits_data
+  python -m meta_train.gpt.train --dataset=runs/gpt_digits_data --workdir=runs/gpt_digits
+  python -m meta_train.gpt.evaluate --weights=runs/gpt_digits/weights --out=runs/gpt_eval
+
+(``python -m meta_train.gpt_dataset``, ``gpt_train`` and ``gpt_eval`` still work.)
+
+Reference: Peebles et al. 2022, arXiv 2209.12892.
+"""
+
+from meta_train.gpt._data import CheckpointDataset as CheckpointDataset
+from meta_train.gpt._data import load_dataset as load_dataset
+from meta_train.gpt.dataset import DEFAULT_LR_RANGES as DEFAULT_LR_RANGES
+from meta_train.gpt.dataset import DEFAULT_TASK_CONFIGS as DEFAULT_TASK_CONFIGS
+from meta_train.gpt.dataset import generate as generate
+from meta_train.gpt.evaluate import ADAM_LRS as ADAM_LRS
+from meta_train.gpt.evaluate import evaluate_gpt as evaluate_gpt
+from meta_train.gpt.train import DEFAULT_TRAIN_CONFIG as DEFAULT_TRAIN_CONFIG
+from meta_train.gpt.train import split_runs as split_runs
+from meta_train.gpt.train import task_grad_fn as task_grad_fn
+from meta_train.gpt.train import train_gpt as train_gpt
+
+__all__ = [
+    "ADAM_LRS", "DEFAULT_LR_RANGES", "DEFAULT_TASK_CONFIGS", "DEFAULT_TRAIN_CONFIG",
+    "CheckpointDataset", "evaluate_gpt", "generate", "load_dataset", "split_runs",
+    "task_grad_fn", "train_gpt",
+]
