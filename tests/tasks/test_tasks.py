@@ -12,13 +12,23 @@ import tasks
 
 EMBEDDED = [n for n in tasks.available() if n not in tasks.TFDS_TASKS]
 # Small configurations keep the contract tests fast; defaults are used elsewhere.
-SMALL = {"char_lm": dict(dim=16, layers=1, seq_len=16, batch_size=4),
+SMALL = {"char_lm": dict(dim=16, layers=1, seq_len=16, batch_size=4, eval_batch_size=8),
+         "char_lm_python": dict(dim=16, layers=1, seq_len=16, batch_size=4, eval_batch_size=8),
          "digits_cnn": dict(channels=(4, 8), batch_size=16),
-         "cartpole": dict(horizon=20, batch_size=2), "quadratic": dict(dim=5)}
+         "digits_autoencoder": dict(hidden=(16, 4), batch_size=16),
+         "cartpole": dict(horizon=20, batch_size=2, eval_batch_size=4),
+         "acrobot": dict(horizon=20, batch_size=2, eval_batch_size=4),
+         "quadratic": dict(dim=5)}
 
 
 def _finite(tree):
   return all(np.all(np.isfinite(np.asarray(x, np.float32))) for x in jax.tree.leaves(tree))
+
+
+def _assert_equal(a, b):
+  if jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
+    a, b = jax.random.key_data(a), jax.random.key_data(b)
+  np.testing.assert_array_equal(a, b)
 
 
 def _check_task(task):
@@ -29,8 +39,13 @@ def _check_task(task):
   assert loss.shape == () and np.isfinite(float(loss))
   assert _finite(grads) and jax.tree.structure(grads) == jax.tree.structure(params)
   assert np.isfinite(float(task.normalize(loss)))
-  metrics = jax.jit(task.metrics)(params, key, task.batch(key, "test"))
+  # Metrics on the evaluation batch, which is the same for the same key.
+  eval_batch = task.eval_batch(key, "test")
+  jax.tree.map(_assert_equal, eval_batch, task.eval_batch(key, "test"))
+  metrics = jax.jit(task.metrics)(params, key, eval_batch)
   assert "loss" in metrics and all(np.isfinite(float(v)) for v in metrics.values())
+  # config() names every constructor argument: rebuilding gives the same task.
+  assert type(task)(**task.config()).config() == task.config()
   # vmap over keys: init, batch and loss of 3 instances at once.
   keys = jax.random.split(key, 3)
   vparams = jax.vmap(task.init)(keys)
@@ -109,7 +124,7 @@ def test_train_scan_matches_python_loop():
                result.params, params)
 
 
-@pytest.mark.parametrize("name", ["digits_mlp", "quadratic", "cartpole"])
+@pytest.mark.parametrize("name", ["digits_mlp", "quadratic", "cartpole", "digits_autoencoder"])
 def test_training_reduces_loss(name):
   task = tasks.get(name, **SMALL.get(name, {}))
   lr = {"cartpole": 3e-2}.get(name, 3e-2)
@@ -131,6 +146,47 @@ def test_evaluate_reports_error_on_full_test_split():
   assert set(metrics) == {"loss", "error"} and 0.0 <= metrics["error"] <= 1.0
 
 
-def test_char_lm_text_is_embedded_ascii():
-  text = tasks.embedded_text()
-  assert text.size > 30_000 and int(text.max()) < 128
+@pytest.mark.parametrize("corpus,size", [("sklearn_descr", 30_000), ("python_stdlib", 2_000_000)])
+def test_char_lm_text_is_embedded_ascii(corpus, size):
+  text = tasks.embedded_text(corpus)
+  assert text.size > size and int(text.max()) < 128
+  task = tasks.CharLM(corpus=corpus, dim=8, layers=1, seq_len=8, eval_batch_size=5)
+  n = int(0.9 * text.size)
+  np.testing.assert_array_equal(task._splits["test"], text[n:])
+  assert task.eval_batch(jax.random.key(0)).shape == (5, 9)
+  with pytest.raises(KeyError, match="valid: .*python_stdlib"):
+    tasks.embedded_text("nope")
+
+
+def test_eval_batch_is_whole_split_or_large_batch():
+  mlp = tasks.get("digits_mlp", hidden=(8,), batch_size=16)
+  x, y = mlp.eval_batch(jax.random.key(0))
+  assert x.shape[0] == y.shape[0] == tasks.digits().test_x.shape[0]
+  jax.tree.map(np.testing.assert_array_equal, mlp.full_batch("train"),
+               mlp.eval_batch(jax.random.key(1), "train"))
+  assert tasks.get("cartpole").eval_batch(jax.random.key(0)).shape[0] == 64
+  assert tasks.get("char_lm").eval_batch(jax.random.key(0)).shape == (256, 33)
+  ae = tasks.get("digits_autoencoder")
+  assert ae.eval_batch(jax.random.key(0)).shape == tasks.digits().test_x.shape
+  quad = tasks.get("quadratic", dim=3, noise=1.0)  # default: one training batch
+  np.testing.assert_array_equal(quad.eval_batch(jax.random.key(0), "test"),
+                                quad.batch(jax.random.key(0), "test"))
+
+
+def test_image_mlp_layer_norm_and_activations():
+  plain = tasks.ImageMLP(hidden=(8, 4)).init(jax.random.key(0))
+  assert sorted(plain) == ["Dense_0", "Dense_1", "Dense_2"]  # default tree unchanged
+  for act in ("leaky_relu", "selu", "softplus", "sigmoid"):
+    task = tasks.ImageMLP(hidden=(8, 4), activation=act, layer_norm=True, batch_size=8)
+    params = task.init(jax.random.key(0))
+    assert sorted(params) == ["Dense_0", "Dense_1", "Dense_2", "LayerNorm_0", "LayerNorm_1"]
+    assert np.isfinite(float(task.loss(params, None, task.batch(jax.random.key(1)))))
+
+
+def test_acrobot_normalizes_random_policy_near_one():
+  task = tasks.get("acrobot", horizon=20, batch_size=2)
+  assert task.name == "acrobot" and task.env_name == "Acrobot-v1"
+  metrics = tasks.evaluate(task, task.init(jax.random.key(0)), jax.random.key(0))
+  assert metrics["return"] == -20.0  # no random policy swings up within 20 steps
+  assert float(task.normalize(jnp.float32(metrics["loss"]))) == 1.0
+  assert float(tasks.get("cartpole").normalize(jnp.float32(-200.0))) == 0.0
