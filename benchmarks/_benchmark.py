@@ -25,8 +25,15 @@ import numpy as np
 import lopt
 from benchmarks import _protocol as protocol
 from benchmarks._runs import Runs, eval_every, grid_runs, time_per_step, train_runs
-from benchmarks._specs import (OptimizerSpec, build_optimizer, parse_spec, tunable, tune_grid,
-                               unavailable_reason)
+from benchmarks._specs import (
+  OptimizerSpec,
+  build_optimizer,
+  parse_spec,
+  tunable,
+  tune_grid,
+  unavailable_reason,
+  weights_digest,
+)
 from benchmarks._suites import SuiteTask
 
 __all__ = ["PROTOCOL_VERSION", "REFERENCE", "beats_tuned_adam", "not_applicable_reason",
@@ -252,8 +259,8 @@ def _benchmark_task(entry: SuiteTask, specs: Sequence[OptimizerSpec], tune: Sequ
         to_time[label] = lopt.get(name, learning_rate=b["best_learning_rate"])
   for spec in specs:
     old = (previous or {}).get("optimizers", {}).get(spec.text)
-    if old is not None and not spec.learned:          # deterministic given the seeds
-      rows[spec.text] = old
+    if old is not None and old.get("weights_digest") == weights_digest(spec):
+      rows[spec.text] = old      # deterministic given the seeds and (unchanged) weights
       progress(f"{entry.label}: {spec.text} (reused)", keys.shape[0])
       continue
     tx = build_optimizer(spec, horizon)
@@ -266,6 +273,7 @@ def _benchmark_task(entry: SuiteTask, specs: Sequence[OptimizerSpec], tune: Sequ
     runs = train_runs(task, tx, horizon, keys, every=every, eval_key=eval_key)
     rows[spec.text] = {**_row(runs.losses, runs.test, runs.test_steps, horizon, ema_decay, ref),
                        "tuned": False, "settings": _settings(spec),
+                       "weights_digest": weights_digest(spec),
                        "compile_seconds": runs.compile_seconds}
     to_time[spec.text] = tx
     progress(f"{entry.label}: {spec.text}", keys.shape[0])
@@ -322,8 +330,10 @@ def run_benchmark(optimizers: Sequence[str], entries: Sequence[SuiteTask], *,
                   baseline_horizon_mult: int = 4,
                   learning_rates: np.ndarray | Mapping[str, np.ndarray] | None = None,
                   lrs_per_decade: int = 3, ema_decay: float | None = None,
-                  eval_points: int = 40, time_rounds: int = 7, seed: int = 0,
-                  verbose: bool = True, reuse: dict[str, Any] | None = None) -> dict[str, Any]:
+                  eval_points: int = 25, time_rounds: int = 7, seed: int = 0,
+                  verbose: bool = True, reuse: dict[str, Any] | None = None,
+                  on_task_done: Callable[[dict[str, Any]], None] | None = None
+                  ) -> dict[str, Any]:
   """Runs every optimizer and the tuned baselines on every task.
 
   Per task, each name in ``tune`` (Adam always among them: it is the
@@ -361,8 +371,12 @@ def run_benchmark(optimizers: Sequence[str], entries: Sequence[SuiteTask], *,
     seed: the base seed; run ``i`` of every optimizer uses the same key.
     verbose: print a progress line with ETA after every job.
     reuse: results of an earlier run with the same settings: the baselines of
-      tasks with the same configuration and horizon, and the hand-designed
-      rows, are taken from it, so adding an optimizer costs only its own runs.
+      tasks with the same configuration and horizon, and the rows of the same
+      specs (learned ones only while their weights are unchanged), are taken
+      from it, so adding an optimizer costs only its own runs, and a run cut
+      off part-way resumes from the results it saved.
+    on_task_done: called with the results so far (with their summary) after
+      each task, e.g. to save them, so a long run can be resumed.
 
   Returns:
     A JSON-serializable dict: ``config``, ``tasks`` (per task: ``baselines``
@@ -388,7 +402,10 @@ def run_benchmark(optimizers: Sequence[str], entries: Sequence[SuiteTask], *,
   for name, g in grids.items():
     if g.ndim != 1 or g.size < 1 or not np.all(np.isfinite(g) & (g > 0)):
       raise ValueError(f"learning rates of {name!r} must be positive and finite, got {g}")
+  settings = {"num_seeds": num_seeds, "seed": seed, "ema_decay": ema_decay,
+              "baseline_horizon_mult": baseline_horizon_mult, "eval_points": eval_points}
   if reuse is not None:
+    _check_reusable(reuse, **settings)
     optimizers = list(dict.fromkeys([*reuse["config"]["optimizers"], *optimizers]))
   specs = [parse_spec(s) for s in optimizers]
   skipped = {s.text: r for s in specs if (r := unavailable_reason(s)) is not None}
@@ -400,10 +417,7 @@ def run_benchmark(optimizers: Sequence[str], entries: Sequence[SuiteTask], *,
       raise ValueError(f"optimizer spec {s.text!r} cannot be built: {e}") from None
   for spec, why in skipped.items():
     print(f"note: skipping {spec}: {why}", flush=True)
-  settings = {"num_seeds": num_seeds, "seed": seed, "ema_decay": ema_decay,
-              "baseline_horizon_mult": baseline_horizon_mult, "eval_points": eval_points}
   if reuse is not None:
-    _check_reusable(reuse, **settings)
     for name in tune:
       old = reuse["config"].get("learning_rates", {}).get(name)
       if old is not None and old != [float(x) for x in grids[name]]:
@@ -433,9 +447,11 @@ def run_benchmark(optimizers: Sequence[str], entries: Sequence[SuiteTask], *,
         _print_progress(done[0], total, start, what)
     results["tasks"][entry.label] = _benchmark_task(
         entry, specs, tune, grids, cfg, keys, eval_key, progress, _reusable(entry, reuse))
-  results["summary"] = summarize(results)
-  results["meta_training"] = meta_training_gain(results)
-  results["config"]["wall_seconds"] = time.perf_counter() - start
+    results["summary"] = summarize(results)
+    results["meta_training"] = meta_training_gain(results)
+    results["config"]["wall_seconds"] = time.perf_counter() - start
+    if on_task_done is not None:
+      on_task_done(results)
   return results
 
 

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import lopt
 
 __all__ = ["TUNE_RANGES", "OptimizerSpec", "build_optimizer", "parse_spec", "split_specs",
-           "tunable", "tune_grid", "unavailable_reason"]
+           "tunable", "tune_grid", "unavailable_reason", "weights_digest"]
 
 #: Learning-rate ranges over which each hand-designed optimizer is tuned (log grid).
 TUNE_RANGES: dict[str, tuple[float, float]] = {
@@ -134,6 +134,35 @@ def unavailable_reason(spec: OptimizerSpec) -> str | None:
     raise FileNotFoundError(f"weights of optimizer spec {spec.text!r} not found: "
                             f"{spec.weights!r} does not exist (or use :pretrained / :fresh)")
   return None
+
+
+def weights_digest(spec: OptimizerSpec) -> str | None:
+  """A fingerprint of the weights a learned spec loads (None for hand-designed ones).
+
+  ``"fresh"`` for an untrained init; else a SHA-256 over the files of the
+  weights directory, so reused results of learned optimizers are only taken
+  when their weights have not changed.
+  """
+  import hashlib
+
+  if not spec.learned:
+    return None
+  if spec.weights in (None, "fresh"):
+    return "fresh"
+  if spec.weights == "pretrained":
+    path = (lopt.gpt.pretrained_gpt_path() if spec.name == "gpt"
+            else lopt.pretrained_path(spec.name))
+  else:
+    path = pathlib.Path(spec.weights)
+  h = hashlib.sha256()
+  path = pathlib.Path(path)
+  files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+  for f in files:
+    if f.suffix in (".png", ".md"):   # plots and notes beside the weights
+      continue
+    h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
+    h.update(f.read_bytes())
+  return h.hexdigest()[:16]
 
 
 def has_pretrained_gpt() -> bool:

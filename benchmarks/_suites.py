@@ -48,25 +48,25 @@ class SuiteTask(NamedTuple):
 # dimension 10-1000 with condition <= 1000; G.pt: the (32,) digits MLP).
 # tests/benchmarks/test_suites.py checks this by configuration. More than half
 # of the tasks run 1,000 steps.
-_HELDOUT = (
-    SuiteTask("digits_cnn", "digits_cnn", {"channels": (16, 32)}, 1000),
-    SuiteTask("digits_cnn_3layer", "digits_cnn",
-              {"channels": (8, 16, 32), "activation": "gelu", "batch_size": 64}, 1000),
-    SuiteTask("digits_mlp_wide", "digits_mlp", {"hidden": (256, 256, 128)}, 500),
-    SuiteTask("digits_mlp_deep", "digits_mlp", {"hidden": (64,) * 6, "activation": "tanh"},
-              1000),
-    SuiteTask("digits_mlp_layernorm", "digits_mlp",
-              {"hidden": (128, 64), "activation": "selu", "layer_norm": True}, 500),
-    SuiteTask("digits_autoencoder", "digits_autoencoder", {"hidden": (32, 8)}, 1000),
+_HELDOUT = (   # cheapest first, so a long run saves (and can resume from) the quick tasks early
     SuiteTask("quadratic_illcond", "quadratic", {"dim": 256, "condition": 1e4, "noise": 0.1},
               1000),
-    SuiteTask("char_lm", "char_lm", {"dim": 32, "layers": 2, "seq_len": 32, "batch_size": 16},
+    SuiteTask("digits_autoencoder", "digits_autoencoder", {"hidden": (32, 8)}, 1000),
+    SuiteTask("digits_mlp_layernorm", "digits_mlp",
+              {"hidden": (128, 64), "activation": "selu", "layer_norm": True}, 500),
+    SuiteTask("cartpole", "cartpole", {}, 300),
+    SuiteTask("digits_mlp_deep", "digits_mlp", {"hidden": (64,) * 6, "activation": "tanh"},
               1000),
+    SuiteTask("acrobot", "acrobot", {}, 300),
+    SuiteTask("digits_mlp_wide", "digits_mlp", {"hidden": (256, 256, 128)}, 500),
+    SuiteTask("digits_cnn_3layer", "digits_cnn",
+              {"channels": (8, 16, 32), "activation": "gelu", "batch_size": 64}, 1000),
+    SuiteTask("digits_cnn", "digits_cnn", {"channels": (16, 32)}, 1000),
     SuiteTask("char_lm_python", "char_lm",
               {"corpus": "python_stdlib", "dim": 32, "layers": 2, "seq_len": 32,
                "batch_size": 16}, 1000),
-    SuiteTask("cartpole", "cartpole", {}, 300),
-    SuiteTask("acrobot", "cartpole", {"env_name": "Acrobot-v1"}, 300),
+    SuiteTask("char_lm", "char_lm", {"dim": 32, "layers": 2, "seq_len": 32, "batch_size": 16},
+              1000),
 )
 
 # A few minutes: three of the held-out tasks at shorter horizons, for quick checks.

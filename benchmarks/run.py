@@ -2,8 +2,8 @@ r"""Benchmark optimizers against tuned baselines that run longer, on a task suit
 
 Usage::
 
-  python -m benchmarks.run --optimizers="sgd(learning_rate=0.1),celo2_lopt:pretrained,celo2_lopt:fresh" \
-      --tasks=heldout --seeds=3 --out=bench_out
+  python -m benchmarks.run --tasks=heldout --seeds=3 --out=bench_out \
+      --optimizers="sgd(learning_rate=0.1),celo2_lopt:pretrained,celo2_lopt:fresh"
 
 For each task, the optimizers in ``--tune`` (default adam and momentum) are
 tuned over their own learning-rate grids (``benchmarks.TUNE_RANGES``, 3 rates
@@ -16,7 +16,8 @@ summary their IQMs with bootstrap 95 % intervals; ``name:pretrained`` next to
 ``name:fresh`` also gives "did meta-training help". Writes
 ``<out>/results.json``, ``<out>/results.md`` and PNG plots, and prints the
 markdown. ``--reuse=<results.json>`` adds optimizers to an earlier run without
-re-running its baselines. See docs/results.md for a full run.
+re-running its baselines; results.json is rewritten after every task, so a run
+cut off part-way resumes with ``--reuse=<out>/results.json``. See docs/results.md for a full run.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from typing import Any
 from absl import app, flags, logging
 
 from benchmarks._benchmark import run_benchmark
-from benchmarks._report import markdown, save_results
+from benchmarks._report import markdown, save_results, write_json
 from benchmarks._runs import lr_grid
 from benchmarks._specs import parse_spec, split_specs, tune_grid, unavailable_reason
 from benchmarks._suites import parse_tasks
@@ -113,7 +114,7 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_float("ema", None, "EMA decay in [0, 1) smoothing training-loss curves (default: "
                      "a window of 2 % of each task's horizon, at most 0.95).", lower_bound=0.0,
                      upper_bound=0.999999, flag_values=fv)
-  flags.DEFINE_integer("eval_points", 40, "Test metrics are measured at about this many steps "
+  flags.DEFINE_integer("eval_points", 25, "Test metrics are measured at about this many steps "
                        "per horizon.", lower_bound=1, flag_values=fv)
   flags.DEFINE_integer("time_rounds", 7, "Interleaved timing rounds per optimizer.",
                        lower_bound=1, flag_values=fv)
@@ -131,7 +132,8 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                            flag_values=fv)
   flags.register_validator("reuse", _check_reuse, message="bad --reuse", flag_values=fv)
   flags.register_multi_flags_validator(
-      ["num_lrs", "lr_min", "lr_max"], _check_grid, message="give all of --num_lrs, --lr_min and --lr_max (0 < lr_min <= lr_max), or none",
+      ["num_lrs", "lr_min", "lr_max"], _check_grid,
+      message="give all of --num_lrs, --lr_min and --lr_max (0 < lr_min <= lr_max), or none",
       flag_values=fv)
 
 
@@ -144,7 +146,8 @@ def run_from_flags(fv: flags.FlagValues = flags.FLAGS) -> dict[str, Any]:
       split_specs(fv.optimizers), entries, tune=fv.tune, num_seeds=fv.seeds,
       baseline_horizon_mult=fv.baseline_horizon_mult, learning_rates=grid,
       lrs_per_decade=fv.lrs_per_decade, ema_decay=fv.ema, eval_points=fv.eval_points,
-      time_rounds=fv.time_rounds, seed=fv.seed, reuse=reuse)
+      time_rounds=fv.time_rounds, seed=fv.seed, reuse=reuse,
+      on_task_done=lambda r: write_json(r, pathlib.Path(fv.out) / "results.json"))
   results["config"]["command"] = "python -m benchmarks.run " + " ".join(
       fv[f].serialize() for f in _FLAG_ORDER if fv[f].present)
   paths = save_results(results, fv.out)

@@ -46,6 +46,10 @@ class MixtureFamily(tasks.TaskFamily):
     cfg = dict(cfg)
     return self._members[cfg.pop("family")].task(cfg)
 
+  def contains(self, task: tasks.Task) -> bool:
+    """Whether any member family can draw ``task``."""
+    return any(f.contains(task) for f in self._members.values())
+
   def __repr__(self) -> str:
     return f"MixtureFamily({self.name!r}, members={self._names})"
 

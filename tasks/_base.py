@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import itertools
 from typing import Any, Mapping
 
 import jax
@@ -92,6 +93,17 @@ class Task(abc.ABC):
     return f"{type(self).__name__}({args})"
 
 
+def _canonical(cfg: Mapping[str, Any]) -> dict[str, Any]:
+  """A config with tuples as lists and numbers as floats, for comparisons."""
+  def canon(v):
+    if isinstance(v, (tuple, list)):
+      return [canon(x) for x in v]
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+      return v
+    return float(v)
+  return {k: canon(v) for k, v in cfg.items()}
+
+
 class TaskFamily(abc.ABC):
   """A distribution over task configurations.
 
@@ -108,6 +120,16 @@ class TaskFamily(abc.ABC):
   @abc.abstractmethod
   def task(self, cfg: Mapping[str, Any]) -> Task:
     """Builds the task of configuration ``cfg``."""
+
+  def contains(self, task: Task) -> bool:
+    """Whether ``task`` (same class and ``config()``) can be drawn from this family.
+
+    Used to keep held-out benchmark tasks out of meta-training families.
+
+    Raises:
+      NotImplementedError: a family whose configurations cannot be enumerated.
+    """
+    raise NotImplementedError(f"{type(self).__name__} cannot tell which tasks it contains")
 
 
 class ChoiceFamily(TaskFamily):
@@ -128,6 +150,26 @@ class ChoiceFamily(TaskFamily):
 
   def task(self, cfg: Mapping[str, Any]) -> Task:
     return self._builder(**cfg)
+
+  def configs(self) -> list[dict[str, Any]]:
+    """Every configuration this family can draw (the product of the choices)."""
+    names = sorted(self._choices)
+    return [{**self._fixed, **dict(zip(names, combo))}
+            for combo in itertools.product(*(self._choices[n] for n in names))]
+
+  def contains(self, task: Task) -> bool:
+    """Whether ``task`` equals a member: same class and the same full ``config()``.
+
+    One member is built to learn the class and the defaults of the fields the
+    family does not choose; the other members are compared by configuration.
+    """
+    configs = self.configs()
+    proto = self.task(configs[0])
+    if type(proto) is not type(task):
+      return False
+    defaults = _canonical(proto.config())
+    target = _canonical(task.config())
+    return any({**defaults, **_canonical(c)} == target for c in configs)
 
   def __repr__(self) -> str:
     return f"ChoiceFamily({self.name!r}, choices={self._choices})"

@@ -138,3 +138,53 @@ class TestIqmAndBootstrap:
     point, lo, hi = p.bootstrap_ci(np.array([1.0, 2.0, 3.0, 4.0]), stat=np.mean, num_samples=500)
     assert point == pytest.approx(2.5)
     assert 1.0 <= lo < 2.5 < hi <= 4.0
+
+
+class TestHorizonSpeedup:
+  """Speedups at the horizon against a baseline that runs 4x longer."""
+
+  T = 100
+  steps = np.arange(1, 4 * T + 1, dtype=np.float64)
+  baseline = np.exp(-steps / 100)   # a 4x-horizon baseline curve
+
+  def test_speedup_of_three_with_a_4x_baseline(self):
+    # The optimizer reaches exp(-3) in T = 100 steps; the baseline needs 300.
+    s, lower = p.horizon_speedup(np.exp(-3.0), self.baseline, self.T)
+    assert s == pytest.approx(3.0) and not lower
+
+  def test_never_reached_is_a_flagged_lower_bound(self):
+    s, lower = p.horizon_speedup(np.exp(-5.0), self.baseline, self.T)
+    assert lower and s == pytest.approx(4.0)   # >= 4: all the baseline's 400 steps
+
+  def test_per_seed_values(self):
+    s, lower = p.horizon_speedup(np.exp(-np.array([1.0, 2.0, 9.0])), self.baseline, self.T)
+    np.testing.assert_allclose(s, [1.0, 2.0, 4.0])
+    np.testing.assert_array_equal(lower, [False, False, True])
+
+  def test_test_loss_on_a_step_grid(self):
+    # Test losses every 20 steps; the first grid point at or below the target counts.
+    grid = np.arange(20, 4 * self.T + 1, 20)
+    test_env = 1.0 / grid
+    s, lower = p.horizon_speedup(1.0 / 250, test_env, self.T, grid=grid)
+    assert s == pytest.approx(2.6) and not lower    # reached at step 260 (between grid points)
+    s, lower = p.horizon_speedup(1.0 / 180, test_env, self.T, grid=grid)
+    assert s == pytest.approx(1.8)
+    with pytest.raises(ValueError, match="grid"):
+      p.horizon_speedup(0.1, test_env, self.T, grid=grid[:-1])
+
+  def test_wallclock_from_per_step_times(self):
+    # 3x fewer steps, each 2x as expensive as the baseline's: 1.5x in wall-clock.
+    assert p.wallclock_speedup(3.0, 0.02, 0.01) == pytest.approx(1.5)
+    np.testing.assert_allclose(p.wallclock_speedup(np.array([1.0, 4.0]), 0.005, 0.01), [2.0, 8.0])
+    with pytest.raises(ValueError, match="positive"):
+      p.wallclock_speedup(1.0, 0.0, 0.01)
+
+  def test_pretrained_over_fresh_ratio(self):
+    pre = np.array([[2.0, 4.0], [1.0, 1.0], [3.0, 3.0]])
+    fresh = np.array([[1.0, 2.0], [2.0, 2.0], [1.0, 1.0]])
+    r = p.ratio_scores(pre, fresh)
+    np.testing.assert_allclose(r, [[2.0, 2.0], [0.5, 0.5], [3.0, 3.0]])
+    point, lo, hi = p.bootstrap_ci(r, num_samples=100)   # every task's runs agree: no spread
+    assert point == lo == hi == pytest.approx(np.mean([0.5, 2.0, 2.0, 3.0]))  # IQM of six
+    with pytest.raises(ValueError, match="shapes"):
+      p.ratio_scores(pre, fresh[:2])

@@ -3,6 +3,7 @@
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -14,111 +15,161 @@ import tasks
 from benchmarks import run as run_cli
 
 TINY = benchmarks.SuiteTask("quad", "quadratic", {"dim": 4, "condition": 10.0}, 25)
+GRIDS = {"adam": np.array([1e-2, 3e-1, 1e30]), "momentum": np.array([1e-2, 1e-1])}
 
 
 def test_vmapped_runs_match_tasks_train():
   task = TINY.build()
   keys = jax.random.split(jax.random.key(3), 2)
-  runs = benchmarks.train_runs(task, lopt.get("momentum"), 25, keys)
+  runs = benchmarks.train_runs(task, lopt.get("momentum"), 25, keys, every=5)
   assert runs.losses.shape == (2, 25)
   ref = tasks.train(task, lopt.get("momentum"), 25, keys[1])
   np.testing.assert_allclose(runs.losses[1], ref.losses, rtol=1e-5)
-  grid = benchmarks.adam_grid(task, np.array([1e-2, 1e-1]), 25, keys)
+  # Test metrics on the step grid: the last point is the final parameters' test loss.
+  np.testing.assert_array_equal(runs.test_steps, [5, 10, 15, 20, 25])
+  final = tasks.evaluate(task, jax.tree.map(lambda a: a[1], runs.params), jax.random.key(1))
+  assert runs.test["loss"][1, -1] == pytest.approx(final["loss"], rel=1e-5)
+  grid = benchmarks.grid_runs(task, lambda lr: optax.adam(lr), np.array([1e-2, 1e-1]), 25, keys)
   assert grid.losses.shape == (2, 2, 25) and grid.num_runs == 4
   ref = tasks.train(task, optax.adam(1e-1), 25, keys[1])
-  # The injected learning rate is a float32 array: agreement to float32 rounding.
+  # The traced learning rate is a float32 array: agreement to float32 rounding.
   np.testing.assert_allclose(grid.losses[1, 1], ref.losses, rtol=1e-4)
-  assert grid.ms_per_step > 0
+  assert benchmarks.eval_every(1000, 25) == 40 and benchmarks.eval_every(53, 25) == 1
+  secs = benchmarks.time_per_step(task, {"sgd": lopt.get("sgd"), "adam": lopt.get("adam")},
+                                  keys[0], block=5, rounds=2, min_seconds=0.001)
+  assert set(secs) == {"sgd", "adam"} and all(s > 0 for s in secs.values())
 
 
-def test_run_benchmark_writes_json_markdown_and_plots(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def results():
   # 1e30 makes Adam overflow: a diverged learning rate must be counted, not crash.
-  results = benchmarks.run_benchmark(
-      ["sgd", "lion", "mlp_lopt:pretrained"], [TINY], num_seeds=2,
-      learning_rates=np.array([1e-2, 3e-1, 1e30]))
-  out = capsys.readouterr().out
-  assert "ETA" in out
-  t = results["tasks"]["quad"]
-  assert t["adam"]["best_learning_rate"] == pytest.approx(0.3)
-  assert t["adam"]["diverged_by_lr"][2] == 2
-  assert t["adam"]["final_loss_by_lr"][2] is None
-  for name in ("sgd", "lion"):
-    r = t["optimizers"][name]
-    assert r["final_loss"] <= r["curve"][0]
-    assert r["best_loss"] <= r["final_loss"]
-    assert r["speedup"] > 0 and len(r["speedup_per_seed"]) == 2
-    assert {"loss", "distance"} <= set(r["test"])
-    assert r["loss_ratio"] == pytest.approx(
-        r["final_loss"] / t["adam"]["envelope_full"][-1], rel=1e-5)
-  if lopt.has_pretrained("mlp_lopt"):
-    assert "mlp_lopt:pretrained" in t["optimizers"]
-  else:
-    assert "mlp_lopt:pretrained" in results["skipped"] and "note: skipping" in out
-  s = results["summary"]
-  assert set(s) >= {"adam (tuned)", "sgd", "lion"}
-  assert s["sgd"]["ci95"][0] <= s["sgd"]["iqm_speedup"] <= s["sgd"]["ci95"][1]
+  return benchmarks.run_benchmark(
+      ["sgd", "lion(learning_rate=3e-4)", "celo2_lopt:pretrained", "celo2_lopt:fresh"], [TINY],
+      num_seeds=2, learning_rates=GRIDS, time_rounds=2, eval_points=5, verbose=False)
 
+
+def test_run_benchmark_rows_and_speedups(results):
+  t = results["tasks"]["quad"]
+  assert t["baseline_steps"] == 100 and t["eval_every"] == 5
+  adam = t["baselines"]["adam"]
+  assert len(adam["envelope_full"]) == 100 and adam["test_steps"][-1] == 100
+  assert adam["best_learning_rate"] == pytest.approx(0.3)
+  assert adam["diverged_by_lr"][2] == 2 and adam["final_loss_by_lr"][2] is None
+  rows = t["optimizers"]
+  assert list(rows)[:2] == ["adam (tuned)", "momentum (tuned)"]
+  assert rows["adam (tuned)"]["tuned"] and not rows["sgd"]["tuned"]
+  assert rows["lion(learning_rate=3e-4)"]["settings"] == "learning_rate=0.0003"
+  # Adam's own row is the envelope at its best rate: a speedup of at most 1.
+  assert rows["adam (tuned)"]["speedup_steps"] <= 1.0
+  for name, r in rows.items():
+    assert len(r["speedup_steps_per_seed"]) == 2 and r["final_loss"] is not None, name
+    assert len(r["test_curve"]["loss"]) == 5 and r["test_steps"][-1] == 25
+    assert r["test"]["loss"] == pytest.approx(r["test_curve"]["loss"][-1], rel=1e-4)
+    ratio = r["reference_seconds_per_step"] / r["seconds_per_step"]
+    assert r["speedup_wallclock"] == pytest.approx(r["speedup_steps"] * ratio)
+    # The step speedup is what the 4x envelope needs for the final loss, over 25 steps.
+    env = np.array([np.inf if v is None else v for v in adam["envelope_full"]])
+    s, lower = benchmarks.horizon_speedup(r["final_loss"], env, 25)
+    assert r["speedup_steps"] == pytest.approx(float(s), rel=1e-6, abs=0.04), name
+  s = results["summary"]
+  assert s["adam (tuned)"]["tuned"] and not s["sgd"]["tuned"]
+  for kind in ("steps", "test", "wallclock"):
+    lo, hi = s["sgd"][kind]["ci95"]
+    assert lo <= s["sgd"][kind]["iqm"] <= hi
+  gain = results["meta_training"]["celo2_lopt:pretrained vs celo2_lopt:fresh"]
+  pre = np.array(rows["celo2_lopt:pretrained"]["speedup_steps_per_seed"])
+  fresh = np.array(rows["celo2_lopt:fresh"]["speedup_steps_per_seed"])
+  assert gain["steps"]["iqm"] == pytest.approx(benchmarks.iqm(pre / fresh))
+
+
+def test_files_markdown_and_reuse(results, tmp_path, capsys):
   paths = benchmarks.save_results(results, tmp_path)
   loaded = json.loads(paths["json"].read_text())
-  assert loaded["tasks"]["quad"]["adam"]["learning_rates"][2] == 1e30
+  assert loaded["tasks"]["quad"]["baselines"]["adam"]["learning_rates"][2] == 1e30
   md = paths["markdown"].read_text()
-  assert "| sgd |" in md and "IQM speedup" in md and "### quad" in md
-  names = sorted(p.name for p in paths["plots"])
-  assert names == ["curves_quad.png", "speedup.png"]
+  assert "| sgd | no |" in md and "| adam (tuned) | tuned |" in md and "### quad" in md
+  assert "Did meta-training help?" in md and "Rows marked *tuned*" in md
+  assert sorted(p.name for p in paths["plots"]) == ["curves_quad.png", "speedup.png"]
   assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths["plots"])
 
-  # Adding an optimizer reuses tuned Adam and the hand-designed runs from the JSON.
-  more = benchmarks.run_benchmark(["momentum"], [TINY], num_seeds=2,
-                                  learning_rates=np.array([1e-2, 3e-1, 1e30]), reuse=loaded)
+  # Adding an optimizer reuses the baselines and every row whose weights are unchanged.
+  more = benchmarks.run_benchmark(["momentum"], [TINY], num_seeds=2, learning_rates=GRIDS,
+                                  time_rounds=2, eval_points=5, reuse=loaded)
   t2 = more["tasks"]["quad"]
-  assert t2["adam"] == loaded["tasks"]["quad"]["adam"]
-  assert t2["optimizers"]["sgd"] == loaded["tasks"]["quad"]["optimizers"]["sgd"]
-  # Learned optimizers are re-run (their weights may have changed), hand-designed reused.
-  expected = ["sgd", "lion"] + (["mlp_lopt:pretrained"] if lopt.has_pretrained("mlp_lopt")
-                                else []) + ["momentum"]
-  assert list(t2["optimizers"]) == expected
-  assert "adam (reused)" in capsys.readouterr().out
+  assert t2["baselines"] == loaded["tasks"]["quad"]["baselines"]
+  for name in ("sgd", "celo2_lopt:pretrained", "adam (tuned)"):
+    assert t2["optimizers"][name] == loaded["tasks"]["quad"]["optimizers"][name]
+  assert "momentum" in t2["optimizers"]
+  assert "adam grid (reused)" in capsys.readouterr().out
   with pytest.raises(ValueError, match="num_seeds"):
-    benchmarks.run_benchmark(["momentum"], [TINY], num_seeds=3, reuse=loaded)
+    benchmarks.run_benchmark(["momentum"], [TINY], num_seeds=3, learning_rates=GRIDS,
+                             reuse=loaded)
+  with pytest.raises(ValueError, match="protocol version 1"):
+    benchmarks.run_benchmark(["momentum"], [TINY], reuse={"config": {}})
 
 
-def test_command_line(tmp_path, capsys):
-  argv = ["run", "--optimizers=sgd", "--tasks=quadratic_tiny", "--steps=20", "--seeds=1",
-          "--num_lrs=3", f"--out={tmp_path}"]
+def test_command_line_and_flag_errors(tmp_path, capsys):
+  argv = ["run", "--optimizers=sgd(learning_rate=0.05)", "--tasks=quadratic_tiny", "--steps=10",
+          "--seeds=1", "--num_lrs=2", "--lr_min=0.01", "--lr_max=0.1", "--tune=adam",
+          "--baseline_horizon_mult=2", "--time_rounds=1", f"--out={tmp_path}"]
   fv = flags.FlagValues()
   run_cli.define_flags(fv)
   fv(argv)
   run_cli.run_from_flags(fv)
   out = capsys.readouterr().out
-  assert "| sgd |" in out and str(tmp_path) in out
+  assert "| sgd(learning_rate=0.05) | no |" in out and str(tmp_path) in out
   results = json.loads((tmp_path / "results.json").read_text())
-  assert len(results["config"]["learning_rates"]) == 3
+  assert results["config"]["learning_rates"] == {"adam": [0.01, 0.1]}
   assert results["config"]["command"].startswith("python -m benchmarks.run --optimizers=sgd")
   assert (tmp_path / "curves_quadratic_tiny.png").exists()
+  bad = {"--optimizers=adamm": "did you mean 'adam'", "--tasks=nosuch": "valid|suites",
+         "--lr_min=-1": "non-negative", "--num_lrs=3": "give all of",
+         "--tune=celo2_lopt": "only hand-designed", "--optimizers=celo2_lopt:/no/dir": "not found",
+         "--reuse=/no/file.json": "no such file", "--baseline_horizon_mult=0": "positive"}
+  for arg, match in bad.items():
+    fv = flags.FlagValues()
+    run_cli.define_flags(fv)
+    with pytest.raises(flags.Error, match=match):
+      fv(["run", arg])
 
 
-def test_bad_names_are_clear_errors():
+def test_specs():
+  s = benchmarks.parse_spec("sgd(learning_rate=0.1, momentum=0.9)")
+  assert (s.name, s.weights, s.kwargs) == ("sgd", None, {"learning_rate": 0.1, "momentum": 0.9})
+  s = benchmarks.parse_spec("celo2_lopt:pretrained(num_steps=None)")
+  assert (s.name, s.weights, s.kwargs) == ("celo2_lopt", "pretrained", {"num_steps": None})
+  assert benchmarks.split_specs("sgd(learning_rate=0.1,momentum=0.9),celo2_lopt:fresh") == [
+      "sgd(learning_rate=0.1,momentum=0.9)", "celo2_lopt:fresh"]
+  for bad, match in {"sgd(0.1)": "keyword", "sgd:pretrained": "takes no weights",
+                     "sgd(learning_rate=x)": "literal", "1sgd": "malformed"}.items():
+    with pytest.raises(ValueError, match=match):
+      benchmarks.parse_spec(bad)
+  with pytest.raises(ValueError, match="unbalanced"):
+    benchmarks.split_specs("sgd(learning_rate=0.1")
   with pytest.raises(KeyError, match="valid names"):
     benchmarks.run_benchmark(["no_such_opt"], [TINY])
-  with pytest.raises(KeyError, match="suites: "):
-    benchmarks.parse_tasks("no_such_task")
-  with pytest.raises(KeyError, match="valid suites"):
-    benchmarks.suite("nope")
+  with pytest.raises(ValueError, match="cannot be built"):
+    benchmarks.run_benchmark(["sgd(learning_rat=0.1)"], [TINY])
+  with pytest.raises(KeyError, match="only hand-designed"):
+    benchmarks.run_benchmark(["sgd"], [TINY], tune=["celo2_lopt"])
+  assert len(benchmarks.tune_grid("adam")) == 13      # 1e-4..1 at 3 per decade
 
 
-def test_suites_resolve():
-  for name, entries in benchmarks.SUITES.items():
-    assert entries, name
-    assert len({e.label for e in entries}) == len(entries)
-    for e in entries:
-      assert e.task in tasks.available() and e.steps > 1
-  assert [e.label for e in benchmarks.parse_tasks("digits_cnn,quadratic", steps=7)] == [
-      "digits_cnn", "quadratic"]
-  assert all(e.steps == 7 for e in benchmarks.parse_tasks("heldout", steps=7))
-  # Checkpoints are chosen on "validation", so it must not share a task with "heldout".
-  key = lambda e: (e.task, repr(sorted(e.cfg.items())))
-  assert not {key(e) for e in benchmarks.suite("validation")} & {
-      key(e) for e in benchmarks.suite("heldout")}
+def test_a_task_object_is_a_suite_entry():
+  def loss(params, key, batch):
+    del key
+    return jnp.mean((batch[0] @ params["w"] - batch[1]) ** 2)
+
+  x = jax.random.normal(jax.random.key(0), (64, 3))
+  y = x @ jnp.array([1.0, -2.0, 0.5])
+  mine = tasks.from_functions(lambda key: {"w": jnp.zeros(3)}, loss,
+                              lambda key, split: (x, y), name="linreg")
+  entry = benchmarks.SuiteTask("mine", mine, {}, 10)
+  assert entry.build() is mine and entry.task_name == "linreg"
+  r = benchmarks.run_benchmark(["sgd"], [entry], tune=["adam"], num_seeds=1, time_rounds=1,
+                               learning_rates=np.array([0.1]), verbose=False)
+  assert r["tasks"]["mine"]["optimizers"]["sgd"]["final_loss"] < float(loss({"w": jnp.zeros(3)},
+                                                                          None, (x, y)))
 
 
 def test_optimizer_tied_to_another_architecture_is_not_applicable():
@@ -154,8 +205,8 @@ def test_gpt_runs_on_its_architecture_and_is_not_applicable_elsewhere(tmp_path, 
   lopt.gpt.save_gpt(tmp_path / "w", gpt, gpt.init(jax.random.key(1)), stats, best_metric=0.1,
                     task={"name": "quadratic", "config": {"dim": 4}})
   spec = f"gpt:{tmp_path / 'w'}"
-  results = benchmarks.run_benchmark([spec], [task4, task5], num_seeds=1,
-                                     learning_rates=np.array([0.1]))
+  results = benchmarks.run_benchmark([spec], [task4, task5], num_seeds=1, tune=["adam"],
+                                     learning_rates=np.array([0.1]), time_rounds=1)
   assert spec in results["tasks"]["quad4"]["optimizers"]
   assert spec in results["tasks"]["quad5"]["not_applicable"]
   assert results["summary"][spec]["num_tasks"] == 1
@@ -164,9 +215,9 @@ def test_gpt_runs_on_its_architecture_and_is_not_applicable_elsewhere(tmp_path, 
 
 
 def test_beats_tuned_adam_counts_lower_bounds():
-  """A speedup Adam never reaches within the horizon (a lower bound >= 1) counts as faster."""
-  from benchmarks._benchmark import beats_tuned_adam
-  assert beats_tuned_adam({"speedup": 1.3, "speedup_is_lower_bound": False})
-  assert beats_tuned_adam({"speedup": 1.0, "speedup_is_lower_bound": True})
-  assert not beats_tuned_adam({"speedup": 1.0, "speedup_is_lower_bound": False})
-  assert not beats_tuned_adam({"speedup": 0.8, "speedup_is_lower_bound": False})
+  """A speedup Adam never reaches within its longer runs (a lower bound >= 1) counts."""
+  row = lambda s, lower: {"speedup_steps": s, "speedup_steps_is_lower_bound": lower}
+  assert benchmarks.beats_tuned_adam(row(1.3, False))
+  assert benchmarks.beats_tuned_adam(row(4.0, True))
+  assert not benchmarks.beats_tuned_adam(row(1.0, False))
+  assert not benchmarks.beats_tuned_adam(row(0.8, False))

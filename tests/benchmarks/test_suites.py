@@ -1,0 +1,84 @@
+"""The named suites resolve, and the held-out suites are disjoint from every shipped
+optimizer's meta-training tasks (checked by configuration, not by label)."""
+
+import json
+
+import pytest
+
+import benchmarks
+import lopt
+import tasks
+from meta_train._families import get_family
+
+HELDOUT = ("heldout", "heldout_quick")
+
+
+def _shipped_training_tasks():
+  """(optimizer, family or task) for every shipped learned optimizer, from its manifest."""
+  out = []
+  for name in lopt.available_learned():
+    if not lopt.has_pretrained(name):
+      continue
+    manifest = json.loads((lopt.pretrained_path(name) / "manifest.json").read_text())
+    cfg = manifest["extra"]["meta_training"]["config"]
+    family = cfg.get("task_family") or cfg["train"]["task_family"]
+    out.append((name, get_family(family)))
+  gpt = lopt.gpt.pretrained_gpt_path() / "manifest.json"
+  if gpt.exists():
+    t = json.loads(gpt.read_text())["task"]
+    out.append(("gpt", tasks.get(t["name"], **t["config"])))
+  return out
+
+
+def test_heldout_suite_v2_shape():
+  entries = benchmarks.suite("heldout")
+  assert len(entries) >= 10
+  assert sum(e.steps >= 1000 for e in entries) * 2 >= len(entries)
+  kinds = {e.task for e in entries}
+  assert {"digits_cnn", "digits_mlp", "char_lm", "cartpole", "quadratic",
+          "digits_autoencoder"} <= kinds
+  assert 3 <= len(benchmarks.suite("heldout_quick")) <= 4
+
+
+def test_heldout_is_disjoint_from_every_shipped_optimizers_training_tasks():
+  shipped = _shipped_training_tasks()
+  assert {n for n, _ in shipped} >= {"celo2_lopt", "mlp_lopt"}
+  for suite in HELDOUT:
+    for e in benchmarks.suite(suite):
+      task = e.build()
+      for name, source in shipped:
+        if isinstance(source, tasks.Task):
+          inside = type(task) is type(source) and task.config() == source.config()
+        else:
+          inside = source.contains(task)
+        assert not inside, f"{suite}/{e.label} is in {name}'s meta-training tasks"
+
+
+def test_the_disjointness_check_can_fail():
+  family = get_family("mlp_quad")
+  assert family.contains(tasks.get("digits_mlp", hidden=(64, 64), activation="tanh",
+                                   batch_size=32))
+  assert family.contains(tasks.get("quadratic", dim=10, condition=100.0, noise=0.1, seed=3))
+  assert not family.contains(tasks.get("digits_mlp", hidden=(64, 64), activation="tanh",
+                                       batch_size=32, layer_norm=True))
+
+
+def test_suites_resolve():
+  labels = [e.label for s in benchmarks.SUITES.values() for e in s]
+  assert len(set(labels)) == len(labels)     # labels are unique across suites
+  for name, entries in benchmarks.SUITES.items():
+    assert entries, name
+    for e in entries:
+      assert e.task in tasks.available() and e.steps > 1
+  assert [e.label for e in benchmarks.parse_tasks("digits_cnn,quadratic", steps=7)] == [
+      "digits_cnn", "quadratic"]
+  assert all(e.steps == 7 for e in benchmarks.parse_tasks("heldout", steps=7))
+  # Checkpoints are chosen on "validation", so it must not share a task with the held-out suites.
+  key = lambda e: (e.task, repr(sorted(e.cfg.items())))
+  for suite in HELDOUT:
+    assert not {key(e) for e in benchmarks.suite("validation")} & {
+        key(e) for e in benchmarks.suite(suite)}
+  with pytest.raises(KeyError, match="suites: "):
+    benchmarks.parse_tasks("no_such_task")
+  with pytest.raises(KeyError, match="valid suites"):
+    benchmarks.suite("nope")
