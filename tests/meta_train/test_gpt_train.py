@@ -114,32 +114,23 @@ def test_weights_work_as_optimizer_and_reject_other_trees(trained):
     opt.init(other)
 
 
-def test_condition_grad_training_and_optimizer(trained):
+def test_condition_grad_and_prompt_dropout_give_a_guidable_optimizer(trained):
   root, task, _, _ = trained
   weights = train_gpt(str(root / "data"), str(root / "work_grad"),
-                      {**CFG, "steps": 2, "condition_grad": True}, log=lambda msg: None)
+                      {**CFG, "steps": 2, "condition_grad": True, "prompt_dropout": 0.3},
+                      log=lambda msg: None)
   m = lopt.gpt.load_gpt(weights)
   assert m.model.cfg["condition_grad"] and float(jnp.min(m.stats["grad_scale"])) > 0
-  params = task.init(jax.random.key(5))
-  grads = jax.grad(task.loss)(params, jax.random.key(0), task.batch(jax.random.key(0)))
-  opt = lopt.get("gpt", weights=str(weights), num_sampling_steps=2)
-  updates, _ = jax.jit(opt.update)(grads, opt.init(params), params, loss=jnp.float32(2.3))
-  assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(updates))
-
-
-def test_prompt_dropout_training_gives_a_guidable_optimizer(trained):
-  root, task, _, _ = trained
-  weights = train_gpt(str(root / "data"), str(root / "work_cfg"),
-                      {**CFG, "steps": 2, "prompt_dropout": 0.3}, log=lambda msg: None)
-  m = lopt.gpt.load_gpt(weights)
   assert m.model.cfg["prompt_dropout"] == 0.3 and "null_target" in m.params
   params = task.init(jax.random.key(5))
+  grads = jax.grad(task.loss)(params, jax.random.key(0), task.batch(jax.random.key(0)))
   opt = lopt.get("gpt", weights=str(weights), num_sampling_steps=2, guidance=0.5)
-  updates, _ = jax.jit(opt.update)(params, opt.init(params), params, loss=jnp.float32(2.3))
+  updates, _ = jax.jit(opt.update)(grads, opt.init(params), params, loss=jnp.float32(2.3))
   assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(updates))
   with pytest.raises(ValueError, match="prompt_dropout"):
     train_gpt(str(root / "data"), str(root / "work_bad"), {**CFG, "prompt_dropout": 1.5},
               log=lambda msg: None)
+  assert not (root / "work_bad").exists()
 
 
 @pytest.mark.slow

@@ -36,36 +36,29 @@ def finished(tmp_path_factory):
   return workdir, result
 
 
-def _copy(finished, tmp_path):
+def test_resume_survives_a_cut_off_metrics_line_a_damaged_checkpoint_and_a_stale_lock(
+    finished, tmp_path):
   workdir = tmp_path / "w"
   shutil.copytree(finished[0], workdir)
-  return workdir
-
-
-def test_cut_off_metrics_line_and_rows_past_the_checkpoint_are_dropped(finished, tmp_path):
-  workdir = _copy(finished, tmp_path)
-  shutil.rmtree(workdir / "checkpoints" / "2")  # killed after step 2's row, before its save
   with open(workdir / "metrics.jsonl", "a") as f:
     f.write('{"dropped_instances": 0.0, "es_')  # killed mid-write
-  result, _ = _train(workdir)
-  rows = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
-  assert [r["step"] for r in rows] == [1, 2]
-  jax.tree.map(np.testing.assert_array_equal, result.meta_params, finished[1].meta_params)
-  assert not (workdir / "run.lock").exists()  # released
-
-
-def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(finished, tmp_path):
-  workdir = _copy(finished, tmp_path)
   damaged = [p for p in (workdir / "checkpoints" / "2").rglob("*") if p.is_file()
              and p.stat().st_size > 64]
   assert damaged
-  for p in damaged:
+  for p in damaged:  # the newest checkpoint's data files are cut short
     os.truncate(p, p.stat().st_size // 2)
+  dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                        capture_output=True, text=True, check=True)
+  (workdir / "run.lock").write_text(json.dumps({"pid": int(dead.stdout), "host":
+                                                socket.gethostname()}))  # left by a kill -9
   result, logs = _train(workdir)
   assert len(logs) == 1 and "skipping checkpoint 2" in logs[0] and "from checkpoint 1" in logs[0]
   assert (workdir / "damaged_checkpoints" / "2").is_dir()  # kept for inspection
   assert (workdir / "checkpoints" / "2").is_dir()  # written again
+  rows = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in rows] == [1, 2]  # row 2 dropped with its checkpoint, then redone
   jax.tree.map(np.testing.assert_array_equal, result.meta_params, finished[1].meta_params)
+  assert not (workdir / "run.lock").exists()  # taken over, then released
 
 
 _HOLD_LOCK = """
@@ -78,9 +71,9 @@ time.sleep(60)
 """
 
 
-def test_second_process_is_refused_at_once_and_a_dead_ones_lock_is_taken_over(finished,
-                                                                              tmp_path):
-  workdir = _copy(finished, tmp_path)
+def test_a_second_process_is_refused_at_once(finished, tmp_path):
+  workdir = tmp_path / "w"
+  shutil.copytree(finished[0], workdir)
   holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(workdir / "run.lock")],
                             stdout=subprocess.PIPE, text=True)
   try:
