@@ -12,11 +12,14 @@ Every optimizer, hand-designed or learned, is an
 from lopt._adafac_mlp_lopt import AdafacMLPLOpt as AdafacMLPLOpt
 from lopt._base import LearnedOptimizer as LearnedOptimizer
 from lopt._base import check_trees as check_trees
+from lopt._base import setting as setting
 from lopt._base import with_checks as with_checks
 from lopt._celo2_lopt import Celo2LOpt as Celo2LOpt
 from lopt._hierarchical_lopt import HierarchicalLOpt as HierarchicalLOpt
 from lopt._layerwise_combo_lopt import LayerwiseComboLOpt as LayerwiseComboLOpt
 from lopt._mlp_lopt import MLPLOpt as MLPLOpt
+from lopt._per_param_lopt import MagnitudeLOpt as MagnitudeLOpt
+from lopt._per_param_lopt import PerParamLOpt as PerParamLOpt
 from lopt._registry import available as available
 from lopt._registry import available_learned as available_learned
 from lopt._registry import get as get
@@ -47,6 +50,8 @@ __all__ = [
     "LayerwiseComboLOpt",
     "LearnedOptimizer",
     "MLPLOpt",
+    "MagnitudeLOpt",
+    "PerParamLOpt",
     "available",
     "available_learned",
     "check_trees",
@@ -60,5 +65,6 @@ __all__ = [
     "register",
     "register_learned",
     "save_weights",
+    "setting",
     "with_checks",
 ]

@@ -29,21 +29,17 @@ optimizers" (arXiv 2203.11860), whose AdafacMLPLOpt this follows in spirit.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Sequence
+import dataclasses
+from typing import Any, ClassVar, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lopt._base import LearnedOptimizer, with_checks
-from lopt._per_param_mlp import (
-    TIME_FEATURE_NAMES,
-    FlatLayout,
-    mlp_forward_t,
-    mlp_init,
-    time_features,
-)
+from lopt import _per_param_lopt as pp
+from lopt._base import with_checks
+from lopt._per_param_mlp import TIME_FEATURE_NAMES, FlatLayout, mlp_forward_t, time_features
 
 __all__ = ["AdafacMLPLOpt", "AdafacMLPLOptState"]
 
@@ -90,55 +86,30 @@ def _second_moment(g, row, col, decays):
   return row, col, v
 
 
-class AdafacMLPLOpt(LearnedOptimizer):
+@dataclasses.dataclass(frozen=True, kw_only=True, repr=False)
+class AdafacMLPLOpt(pp.MagnitudeLOpt):
   """Per-parameter MLP learned optimizer over Adafactor-style features.
 
+  Fields of :class:`~lopt.PerParamLOpt` and :class:`~lopt.MagnitudeLOpt`
+  (``hidden_size``, ``hidden_layers``, ``chunk``, ``step_mult``, ``exp_mult``), and:
+
   Args:
-    hidden_size: width of each hidden layer.
-    hidden_layers: number of hidden layers.
     decays: decays of the momenta and of the factored second moments.
-    step_mult: ``c1`` in ``step = d * exp(m * c2) * c1``.
-    exp_mult: ``c2``.
-    chunk: rows per iteration of the MLP loop (speed only; not part of the config);
-      None: cache-sized on CPU, one chunk on accelerators (see ``default_chunk``).
   """
 
+  hidden_size: int = 8
+  decays: tuple[float, ...] = (0.9, 0.99, 0.999)
+
   name = "adafac_mlp_lopt"
-  feature_major = True
-
-  def __init__(self, hidden_size: int = 8, hidden_layers: int = 2,
-               decays: Sequence[float] = (0.9, 0.99, 0.999), step_mult: float = 1e-3,
-               exp_mult: float = 1e-3, chunk: int | None = None):
-    self.hidden_size = int(hidden_size)
-    self.hidden_layers = int(hidden_layers)
-    self.decays = tuple(float(d) for d in decays)
-    self.step_mult = float(step_mult)
-    self.exp_mult = float(exp_mult)
-    self.chunk = None if chunk is None else int(chunk)
-
-  def config(self) -> dict[str, Any]:
-    return {"hidden_size": self.hidden_size, "hidden_layers": self.hidden_layers,
-            "decays": list(self.decays), "step_mult": self.step_mult,
-            "exp_mult": self.exp_mult}
+  #: Per-tensor features, then the training-step embedding (first-layer bias per block).
+  shared_feature_names: ClassVar[tuple[str, ...]] = TENSOR_FEATURE_NAMES + TIME_FEATURE_NAMES
 
   @property
   def param_feature_names(self) -> tuple[str, ...]:
+    """Names of the per-parameter feature columns, in order."""
     ds = [f"{d:g}" for d in self.decays]
     return (("g", "p") + tuple(f"m{d}" for d in ds) + tuple(f"g/rms{d}" for d in ds)
             + tuple(f"m{d}/rms{d}" for d in ds))
-
-  @property
-  def feature_names(self) -> tuple[str, ...]:
-    """Per-parameter features, then per-tensor features, then the time embedding."""
-    return self.param_feature_names + TENSOR_FEATURE_NAMES + TIME_FEATURE_NAMES
-
-  @property
-  def mlp_sizes(self) -> tuple[int, ...]:
-    return ((len(self.feature_names),) + (self.hidden_size,) * self.hidden_layers + (2,))
-
-  def init(self, key: jax.Array) -> dict[str, Any]:
-    """Returns ``{"mlp": [{"w", "b"}, ...]}`` with LeCun-normal weights."""
-    return {"mlp": mlp_init(key, self.mlp_sizes)}
 
   def transform(self, meta_params: Any, num_steps: int | None = None
                 ) -> optax.GradientTransformationExtraArgs:
@@ -147,10 +118,9 @@ class AdafacMLPLOpt(LearnedOptimizer):
     nd = len(self.decays)
     nf = len(self.param_feature_names)
     nt = len(TENSOR_FEATURE_NAMES)
-    chunk, c1, c2 = self.chunk, self.step_mult, self.exp_mult
 
     def init_fn(params):
-      layout = FlatLayout.from_tree(params, max_chunk=chunk)
+      layout = self.layout(params)
       rows, cols = [], []
       for shape in layout.shapes:
         if _factored(shape):
@@ -165,7 +135,7 @@ class AdafacMLPLOpt(LearnedOptimizer):
 
     def update_fn(updates, state, params=None, **extra):
       del extra  # loss= is accepted and ignored
-      layout = FlatLayout.from_tree(updates, max_chunk=chunk)
+      layout = self.layout(updates)
       nb, blk = layout.chunk // layout.block, layout.block
       g_leaves = [x.astype(jnp.float32) for x in layout.treedef.flatten_up_to(updates)]
       p_leaves = ([x.astype(jnp.float32) for x in layout.treedef.flatten_up_to(params)]
@@ -201,17 +171,13 @@ class AdafacMLPLOpt(LearnedOptimizer):
 
       def chunk_step(i, g_c, p_c, m_c, blocks_c):
         rs_c = jax.lax.dynamic_slice_in_dim(rs, i * layout.chunk, layout.chunk, axis=1)
-        m_c = decays[:, None] * m_c + (1 - decays[:, None]) * g_c[None, :]
-        blocks_c = blocks_c.T                                     # (H + 2, nb)
-        g_scale, p_scale = blocks_c[-2][:, None], blocks_c[-1][:, None]
-        gn = (g_c.reshape(nb, blk) * g_scale).reshape(-1)
-        pn = (p_c.reshape(nb, blk) * p_scale).reshape(-1)
-        mn = (m_c.reshape(nd, nb, blk) * g_scale[None]).reshape(nd, -1)
+        m_c = pp.ema(m_c, g_c[None, :], decays[:, None])
+        scales = blocks_c[:, -2:]                                  # (nb, 2): 1/rms(g), 1/rms(p)
+        gn, pn = pp.scale_blocks(jnp.stack([g_c, p_c]), scales, nb, blk)
+        mn = pp.scale_blocks(m_c, jnp.broadcast_to(scales[:, :1], (nb, nd)), nb, blk)
         x = jnp.concatenate([gn[None], pn[None], mn, g_c[None] * rs_c, m_c * rs_c], axis=0)
-        first_bias = jnp.broadcast_to(blocks_c[:-2][:, :, None],
-                                      (blocks_c.shape[0] - 2, nb, blk)).reshape(-1, nb * blk)
-        out = mlp_forward_t(body, x, first_bias=first_bias)
-        return out[0] * jnp.exp(out[1] * c2) * c1, m_c
+        out = mlp_forward_t(body, x, first_bias=pp.block_bias(blocks_c[:, :-2], nb, blk))
+        return self.step(out), m_c
 
       step, momenta = layout.map_chunks(
           chunk_step, jnp.arange(layout.num_chunks), g, p, state.momenta,

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import abc
-from typing import Any
+import dataclasses
+import types
+import typing
+from typing import Any, ClassVar
 
 import jax
 import optax
 
-__all__ = ["LearnedOptimizer", "check_trees", "with_checks"]
+from lopt._per_param_mlp import FlatLayout
+
+__all__ = ["LearnedOptimizer", "check_trees", "setting", "with_checks"]
 
 Params = Any
 MetaParams = Any
@@ -81,6 +86,34 @@ def with_checks(tx: optax.GradientTransformation, name: str
   return optax.GradientTransformationExtraArgs(inner.init, update_fn)
 
 
+def setting(default: Any, *, config: bool = True) -> Any:
+  """A dataclass field of a learned optimizer; ``config=False`` keeps it out of :meth:`config`.
+
+  Fields left out of the config (a chunk size, how ``init`` starts) change speed or
+  the starting point, not the architecture: weights saved with one value load into
+  an optimizer built with another.
+  """
+  return dataclasses.field(default=default, metadata={"config": config})
+
+
+def _coerce(value: Any, hint: Any) -> Any:
+  """Converts a constructor argument to its field's declared type (lists -> tuples...)."""
+  if hint in (int, float, bool, str):
+    return hint(value)
+  origin, args = typing.get_origin(hint), typing.get_args(hint)
+  if origin in (types.UnionType, typing.Union):
+    if value is None and type(None) in args:
+      return None
+    return _coerce(value, next(a for a in args if a is not type(None)))
+  if origin is tuple:
+    return tuple(_coerce(v, args[0]) for v in value)
+  return value
+
+
+def _plain(value: Any) -> Any:
+  return list(value) if isinstance(value, tuple) else value
+
+
 class LearnedOptimizer(abc.ABC):
   """A learned optimizer: learnable weights plus a rule that turns them into optax.
 
@@ -92,9 +125,31 @@ class LearnedOptimizer(abc.ABC):
   ``transform`` must be differentiable with respect to ``meta_params`` and
   vmap-able over it, so meta-training can unroll the optimizer. ``name`` and
   ``config()`` identify the architecture in saved-weight manifests.
+
+  Subclasses written as frozen, keyword-only dataclasses declare each setting
+  once, as a field: the field gives the constructor argument (converted to its
+  declared type), the :meth:`config` entry and the manifest entry. The class
+  attributes below describe the per-parameter MLP, if there is one; tools (speed
+  benchmarks) read them without ``getattr`` fallbacks.
   """
 
-  name: str = "learned_optimizer"
+  name: ClassVar[str] = "learned_optimizer"
+  #: Whether the per-parameter MLP runs on ``(features, rows)`` chunks (``mlp_forward_t``).
+  feature_major: ClassVar[bool] = False
+  #: Names of every input feature, recorded in manifests (None: no feature list).
+  feature_names: ClassVar[tuple[str, ...] | None] = None
+  #: Names of the per-parameter feature columns (None: no per-parameter MLP).
+  param_feature_names: ClassVar[tuple[str, ...] | None] = None
+  #: Layer sizes of the per-parameter MLP, input first (None: no per-parameter MLP).
+  mlp_sizes: ClassVar[tuple[int, ...] | None] = None
+  #: Config keys of older versions and the fields they are now called; saved
+  #: manifests that use an old key keep loading.
+  RENAMED: ClassVar[dict[str, str]] = {}
+
+  def __post_init__(self) -> None:
+    hints = typing.get_type_hints(type(self))
+    for f in dataclasses.fields(self):
+      object.__setattr__(self, f.name, _coerce(getattr(self, f.name), hints[f.name]))
 
   @abc.abstractmethod
   def init(self, key: jax.Array) -> MetaParams:
@@ -106,8 +161,24 @@ class LearnedOptimizer(abc.ABC):
     """Returns the optimizer defined by ``meta_params`` for a ``num_steps`` horizon."""
 
   def config(self) -> dict[str, Any]:
-    """The JSON-serializable constructor arguments that define the architecture."""
-    return {}
+    """The JSON-serializable constructor arguments that define the architecture.
+
+    For a dataclass subclass: every field not declared with ``setting(...,
+    config=False)``; tuples become lists.
+    """
+    if not dataclasses.is_dataclass(self):
+      return {}
+    return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)
+            if f.metadata.get("config", True)}
+
+  @classmethod
+  def renamed_config(cls, config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with keys of older versions (:attr:`RENAMED`) mapped to today's names."""
+    return {cls.RENAMED.get(k, k): v for k, v in config.items()}
+
+  def layout(self, params: Any) -> FlatLayout:
+    """The flat row layout (padding, chunks) the optimizer uses for ``params``' tree."""
+    return FlatLayout.from_tree(params)
 
   def __repr__(self) -> str:
     args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())

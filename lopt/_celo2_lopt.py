@@ -46,17 +46,20 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from lopt import _per_param_lopt as pp
 from lopt import _per_tensor as pt
-from lopt._base import LearnedOptimizer, with_checks
-from lopt._per_param_mlp import TIME_FEATURE_NAMES, FlatLayout, mlp_forward_t, time_features
+from lopt._base import setting, with_checks
+from lopt._per_param_lopt import PerParamLOpt, pass_through_mlp
+from lopt._per_param_mlp import TIME_FEATURE_NAMES, mlp_forward_t, time_features
 
 __all__ = ["Celo2LOpt", "Celo2LOptState", "newton_schulz"]
 
@@ -107,81 +110,65 @@ class Celo2LOptState(NamedTuple):
   rms: jax.Array
 
 
-class Celo2LOpt(LearnedOptimizer):
+@dataclasses.dataclass(frozen=True, kw_only=True, repr=False)
+class Celo2LOpt(PerParamLOpt):
   """Celo2-style learned optimizer: tiny normalized MLP + Newton-Schulz + learned schedule.
 
+  Fields of :class:`~lopt.PerParamLOpt` (``hidden_size``, Celo2: 8;
+  ``hidden_layers``, Celo2: 2; ``chunk``), and:
+
   Args:
-    hidden: MLP width (Celo2: 8).
-    hidden_layers: MLP hidden layers (Celo2: 2).
     momentum_decays: decays of the momentum accumulators.
     rms_decay: decay of the squared-gradient accumulator.
     orthogonalize: apply Newton-Schulz to matrix (``ndim >= 2``) updates.
     ns_iters: Newton-Schulz iterations.
     weight_decay: decoupled weight decay on matrices, scaled by the schedule.
-    init: how :meth:`init` sets the MLP. ``"momentum"`` (default): the MLP
-      passes the first momentum feature through unchanged (two ReLU units,
-      ``relu(m) - relu(-m)``) and its other units start small with zero output
-      weight, so the untrained optimizer *is* Muon-style orthogonalized momentum
-      on matrices and normalized momentum on vectors, under the learned
-      schedule -- a strong prior that meta-training refines. ``"random"``:
-      LeCun-normal layers (the direction starts as noise).
+    init_kind: how :meth:`init` sets the MLP. ``"momentum"`` (default): the MLP
+      passes the first momentum feature through unchanged
+      (:func:`~lopt._per_param_lopt.pass_through_mlp`) and its other units start
+      small with no path to the output, so the untrained optimizer *is* Muon-style
+      orthogonalized momentum on matrices and normalized momentum on vectors,
+      under the learned schedule -- a strong prior that meta-training refines.
+      ``"random"``: LeCun-normal layers (the direction starts as noise).
     init_lr: peak step size of the initial schedule.
 
-  ``init`` and ``init_lr`` only shape :meth:`init`; they are not part of
+  ``init_kind`` and ``init_lr`` only shape :meth:`init`; they are not part of
   :meth:`config` (weights trained from either start load into any instance).
   """
 
-  name = "celo2_lopt"
+  hidden_size: int = 8
+  momentum_decays: tuple[float, ...] = (0.9, 0.99, 0.999)
+  rms_decay: float = 0.95
+  orthogonalize: bool = True
+  ns_iters: int = 5
+  weight_decay: float = 0.0
+  init_kind: str = setting("momentum", config=False)
+  init_lr: float = setting(3e-3, config=False)
 
-  def __init__(self, *, hidden: int = 8, hidden_layers: int = 2,
-               momentum_decays: tuple[float, ...] = (0.9, 0.99, 0.999),
-               rms_decay: float = 0.95, orthogonalize: bool = True, ns_iters: int = 5,
-               weight_decay: float = 0.0, init: str = "momentum", init_lr: float = 3e-3):
-    if init not in ("momentum", "random"):
-      raise ValueError(f"unknown init {init!r}; valid: 'momentum', 'random'")
-    if init == "momentum" and hidden_layers > 0 and hidden < 2:
-      raise ValueError("init='momentum' needs hidden >= 2 (two ReLU units pass the momentum)")
-    if not init_lr > 0:
-      raise ValueError(f"init_lr must be > 0, got {init_lr}")
-    self.init_kind = init
-    self.init_lr = float(init_lr)
-    self.hidden = int(hidden)
-    self.hidden_layers = int(hidden_layers)
-    self.momentum_decays = tuple(float(d) for d in momentum_decays)
-    self.rms_decay = float(rms_decay)
-    self.orthogonalize = bool(orthogonalize)
-    self.ns_iters = int(ns_iters)
-    self.weight_decay = float(weight_decay)
+  name = "celo2_lopt"
+  shared_feature_names: ClassVar[tuple[str, ...]] = ()
+
+  def __post_init__(self) -> None:
+    super().__post_init__()
+    if self.init_kind not in ("momentum", "random"):
+      raise ValueError(f"unknown init_kind {self.init_kind!r}; valid: 'momentum', 'random'")
+    if self.init_kind == "momentum" and self.hidden_layers > 0 and self.hidden_size < 2:
+      raise ValueError("init_kind='momentum' needs hidden_size >= 2 (two ReLU units pass "
+                       "the momentum)")
+    if not self.init_lr > 0:
+      raise ValueError(f"init_lr must be > 0, got {self.init_lr}")
 
   @property
-  def feature_names(self) -> tuple[str, ...]:
+  def param_feature_names(self) -> tuple[str, ...]:
     """Per-parameter MLP inputs, in column order."""
     m = tuple(f"m{d:g}" for d in self.momentum_decays)
     return ("g", "clip(g)", "p") + m + ("rms",) + tuple(f"{n}/rms" for n in m) + ("g/rms",)
-
-  @property
-  def num_features(self) -> int:
-    return len(self.feature_names)
-
-  # The per-parameter MLP runs on feature-major chunks (read by benchmarks.speed).
-  feature_major = True
-
-  @property
-  def mlp_sizes(self) -> tuple[int, ...]:
-    """Layer sizes of the per-parameter MLP (input first)."""
-    return (self.num_features,) + (self.hidden,) * self.hidden_layers + (1,)
-
-  def config(self) -> dict[str, Any]:
-    return {"hidden": self.hidden, "hidden_layers": self.hidden_layers,
-            "momentum_decays": list(self.momentum_decays), "rms_decay": self.rms_decay,
-            "orthogonalize": self.orthogonalize, "ns_iters": self.ns_iters,
-            "weight_decay": self.weight_decay}
 
   def init(self, key: jax.Array) -> dict[str, Any]:
     """Returns ``{"mlp": [...], "log_mult_1d": (), "schedule": {...}}``.
 
     The schedule starts at ``lr = init_lr`` with a 2 % warmup and a cosine decay
-    to 10 % of the peak; the MLP starts as described by ``init`` (see the class).
+    to 10 % of the peak; the MLP starts as described by ``init_kind`` (see the class).
     """
     sizes = self.mlp_sizes
     schedule = {"log_lr": jnp.asarray(np.log(self.init_lr), jnp.float32),
@@ -190,33 +177,10 @@ class Celo2LOpt(LearnedOptimizer):
                 "corr": jnp.zeros((len(TIME_FEATURE_NAMES),), jnp.float32)}
     mlp = pt.dense_init(key, list(zip(sizes[:-1], sizes[1:])))
     if self.init_kind == "momentum":
-      mlp = self._momentum_init(mlp)
+      column = self.feature_names.index(f"m{self.momentum_decays[0]:g}")
+      mlp = pass_through_mlp(mlp, column, noise=0.1)
     return {"mlp": mlp, "log_mult_1d": jnp.zeros((), jnp.float32),
             "schedule": schedule}
-
-  def _momentum_init(self, mlp: list[dict[str, jax.Array]], noise: float = 0.1
-                     ) -> list[dict[str, jax.Array]]:
-    """Rewrites LeCun layers so the MLP outputs exactly the first momentum feature.
-
-    Units 0 and 1 of every hidden layer carry ``relu(m)`` and ``relu(-m)``; the
-    output is their difference. The other units keep ``noise`` times their random
-    weights but have no path into units 0/1 or to the output, so they change
-    nothing until meta-training gives them an output weight.
-    """
-    i = self.feature_names.index(f"m{self.momentum_decays[0]:g}")
-    out = []
-    for n, layer in enumerate(mlp):  # jnp only: init is traced by eval_shape/jit/vmap
-      w = layer["w"].astype(jnp.float32) * noise
-      if len(mlp) == 1:  # no hidden layer: a linear read-out of the feature
-        w = jnp.zeros_like(w).at[i, 0].set(1.0)
-      elif n == len(mlp) - 1:  # output layer
-        w = jnp.zeros_like(w).at[0, 0].set(1.0).at[1, 0].set(-1.0)
-      elif n == 0:
-        w = w.at[:, :2].set(0.0).at[i, 0].set(1.0).at[i, 1].set(-1.0)
-      else:
-        w = w.at[:2, :].set(0.0).at[:, :2].set(0.0).at[0, 0].set(1.0).at[1, 1].set(1.0)
-      out.append({"w": w, "b": jnp.zeros_like(layer["b"])})
-    return out
 
   @staticmethod
   def learning_rate(schedule: dict[str, jax.Array], step: jax.Array,
@@ -241,7 +205,7 @@ class Celo2LOpt(LearnedOptimizer):
   def transform(self, meta_params: Any, num_steps: int | None = None
                 ) -> optax.GradientTransformationExtraArgs:
     """Returns the optimizer for a ``num_steps`` horizon (None: the schedule assumes 10,000)."""
-    k, nf = len(self.momentum_decays), self.num_features
+    k = len(self.momentum_decays)
     decays = jnp.asarray(self.momentum_decays, jnp.float32)[:, None]  # (K, 1)
     b2 = self.rms_decay
 
@@ -252,14 +216,14 @@ class Celo2LOpt(LearnedOptimizer):
                               m * rsqrt[None], (g * rsqrt)[None]], axis=0)
 
     def init_fn(params):
-      layout = FlatLayout.from_tree(params)
+      layout = self.layout(params)
       return Celo2LOptState(jnp.zeros((), jnp.int32),
                             jnp.zeros((layout.num_chunks, k, layout.chunk), jnp.float32),
                             jnp.zeros((layout.num_chunks, layout.chunk), jnp.float32))
 
     def update_fn(updates, state, params=None, *, loss=None, **extra):
       del loss, extra
-      layout = FlatLayout.from_tree(params if params is not None else updates)
+      layout = self.layout(params if params is not None else updates)
       nb, blk = layout.chunk // layout.block, layout.block
       g = layout.chunked(layout.flatten(updates))
       p = layout.chunked(layout.flatten(params)) if params is not None else jnp.zeros_like(g)
@@ -267,19 +231,16 @@ class Celo2LOpt(LearnedOptimizer):
 
       # Pass 1, chunk by chunk: accumulators and per-block sums of squared features.
       def accumulate(g_c, p_c, m_c, v_c):
-        m_c = decays * m_c + (1.0 - decays) * g_c[None]
-        v_c = b2 * v_c + (1.0 - b2) * jnp.square(g_c)
-        x = features(g_c, p_c, m_c, v_c)
-        return m_c, v_c, jnp.square(x).reshape(nf, nb, blk).sum(-1)
+        m_c = pp.ema(m_c, g_c[None], decays)
+        v_c = pp.ema(v_c, jnp.square(g_c), b2)
+        return m_c, v_c, pp.block_square_sums(features(g_c, p_c, m_c, v_c), nb, blk)
 
       mom, rms, sums = layout.map_chunks(accumulate, g, p, state.mom, state.rms)
-      inv = jax.lax.rsqrt(layout.tensor_mean_from_blocks(
-          sums.transpose(0, 2, 1).reshape(layout.num_blocks, nf)) + 1e-16)  # (T, F)
+      inv = jax.lax.rsqrt(pp.tensor_means(layout, sums) + 1e-16)  # (T, F)
 
       # Pass 2, chunk by chunk: normalized features -> MLP direction d, and sum(d^2).
       def chunk_step(g_c, p_c, m_c, v_c, inv_c, valid_c):
-        x = features(g_c, p_c, m_c, v_c)
-        x = (x.reshape(nf, nb, blk) * inv_c.T[:, :, None]).reshape(nf, nb * blk)
+        x = pp.scale_blocks(features(g_c, p_c, m_c, v_c), inv_c, nb, blk)
         d = mlp_forward_t(meta_params["mlp"], x)[0] * pt.chunk_mask(valid_c, blk)
         return d, jnp.square(d).reshape(nb, blk).sum(-1)
 

@@ -17,7 +17,7 @@ arXiv 2211.09760), written from their description:
   enter the first layer as a per-tensor bias ``controls_t @ W_c`` (no per-row
   cost). It outputs a direction ``d`` and log-magnitude ``m``::
 
-    update = -step_mult * exp(s_t) * d * exp(exp_mult * m)
+    update = -exp(s_t) * d * exp(m * exp_mult) * step_mult
 
 The LSTM's output layer starts at zero, so a fresh optimizer begins as a plain
 per-parameter MLP optimizer with unit per-tensor scales.
@@ -32,16 +32,18 @@ Example::
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+import dataclasses
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from lopt import _per_param_lopt as pp
 from lopt import _per_tensor as pt
-from lopt._base import LearnedOptimizer, with_checks
-from lopt._per_param_mlp import TIME_FEATURE_NAMES, FlatLayout, mlp_forward_t, time_features
+from lopt._base import with_checks
+from lopt._per_param_mlp import TIME_FEATURE_NAMES, mlp_forward_t, time_features
 
 __all__ = ["HierarchicalLOpt", "HierarchicalLOptState", "tensor_lstm"]
 
@@ -99,33 +101,30 @@ def tensor_lstm(weights: dict[str, Any], carry: tuple[jax.Array, jax.Array], x: 
   return (c, h), _dense(weights["out"], h)
 
 
-class HierarchicalLOpt(LearnedOptimizer):
+@dataclasses.dataclass(frozen=True, kw_only=True, repr=False)
+class HierarchicalLOpt(pp.MagnitudeLOpt):
   """Per-tensor LSTM modulating a per-parameter MLP (VeLO-lite).
+
+  Fields of :class:`~lopt.PerParamLOpt` and :class:`~lopt.MagnitudeLOpt`
+  (``hidden_size``: the per-parameter MLP's width, ``hidden_layers``, ``chunk``,
+  ``step_mult``, ``exp_mult``), and:
 
   Args:
     lstm_hidden: LSTM width (per tensor).
-    mlp_hidden: per-parameter MLP width.
-    mlp_layers: number of hidden layers of the per-parameter MLP.
     num_controls: control values the LSTM feeds each tensor's per-parameter MLP.
     momentum_decays: decays of the momentum accumulators.
     rms_decay: decay of the squared-gradient accumulator.
-    step_mult: base step size ``c1``.
-    exp_mult: magnitude scale ``c2`` in ``exp(c2 * m)``.
   """
 
-  name = "hierarchical_lopt"
+  hidden_size: int = 16
+  lstm_hidden: int = 16
+  num_controls: int = 4
+  momentum_decays: tuple[float, ...] = (0.9, 0.99, 0.999)
+  rms_decay: float = 0.999
 
-  def __init__(self, *, lstm_hidden: int = 16, mlp_hidden: int = 16, mlp_layers: int = 2,
-               num_controls: int = 4, momentum_decays: tuple[float, ...] = (0.9, 0.99, 0.999),
-               rms_decay: float = 0.999, step_mult: float = 1e-3, exp_mult: float = 1e-3):
-    self.lstm_hidden = int(lstm_hidden)
-    self.mlp_hidden = int(mlp_hidden)
-    self.mlp_layers = int(mlp_layers)
-    self.num_controls = int(num_controls)
-    self.momentum_decays = tuple(float(d) for d in momentum_decays)
-    self.rms_decay = float(rms_decay)
-    self.step_mult = float(step_mult)
-    self.exp_mult = float(exp_mult)
+  name = "hierarchical_lopt"
+  #: The time embedding reaches the MLP through the LSTM's controls, not directly.
+  shared_feature_names: ClassVar[tuple[str, ...]] = ()
 
   @property
   def param_feature_names(self) -> tuple[str, ...]:
@@ -147,38 +146,16 @@ class HierarchicalLOpt(LearnedOptimizer):
     """Every input feature (per-parameter, then ``tensor/``-prefixed per-tensor)."""
     return self.param_feature_names + tuple(f"tensor/{n}" for n in self.tensor_feature_names)
 
-  @property
-  def num_param_features(self) -> int:
-    return len(self.param_feature_names)
-
-  # The per-parameter MLP runs on feature-major chunks (read by benchmarks.speed).
-  feature_major = True
-
-  @property
-  def mlp_sizes(self) -> tuple[int, ...]:
-    """Layer sizes of the per-parameter MLP (input first)."""
-    return (self.num_param_features,) + (self.mlp_hidden,) * self.mlp_layers + (2,)
-
-  @property
-  def num_tensor_features(self) -> int:
-    return len(self.tensor_feature_names)
-
-  def config(self) -> dict[str, Any]:
-    return {"lstm_hidden": self.lstm_hidden, "mlp_hidden": self.mlp_hidden,
-            "mlp_layers": self.mlp_layers, "num_controls": self.num_controls,
-            "momentum_decays": list(self.momentum_decays), "rms_decay": self.rms_decay,
-            "step_mult": self.step_mult, "exp_mult": self.exp_mult}
-
   def init(self, key: jax.Array) -> dict[str, Any]:
     """Returns LeCun-normal meta-params with a zero LSTM output layer.
 
     ``{"lstm": {"embed", "mix", "cell", "out"}, "mlp": [{"w", "b"}, ...],
-    "ctrl": (num_controls, mlp_hidden)}``; every dense layer is ``{"w", "b"}``.
+    "ctrl": (num_controls, hidden_size)}``; every dense layer is ``{"w", "b"}``.
     """
-    f, h, c = self.num_tensor_features, self.lstm_hidden, self.num_controls
+    f, h, c = len(self.tensor_feature_names), self.lstm_hidden, self.num_controls
     sizes = self.mlp_sizes
     mlp_shapes = list(zip(sizes[:-1], sizes[1:]))
-    shapes = [(f, h), (f, h), (2 * h, 4 * h), (h, 1 + c), (max(c, 1), self.mlp_hidden)]
+    shapes = [(f, h), (f, h), (2 * h, 4 * h), (h, 1 + c), (max(c, 1), self.hidden_size)]
     layers = pt.dense_init(key, shapes + mlp_shapes,
                            [1.0, 1.0, 1.0, 0.0, 1.0] + [1.0] * (len(mlp_shapes) - 1) + [0.1])
     lstm = dict(zip(("embed", "mix", "cell", "out"), layers[:4]))
@@ -213,8 +190,8 @@ class HierarchicalLOpt(LearnedOptimizer):
     """Returns the optimizer for a ``num_steps`` horizon (None: no training-fraction features)."""
     k = len(self.momentum_decays)
     decays = jnp.asarray(self.momentum_decays, jnp.float32)[:, None]  # (K, 1)
-    b2, c1, c2 = self.rms_decay, self.step_mult, self.exp_mult
-    hidden, nf = self.lstm_hidden, self.num_param_features
+    b2 = self.rms_decay
+    hidden, nf = self.lstm_hidden, len(self.param_feature_names)
 
     def features(g, p, m, v):
       """Feature-major per-parameter features ``(F, rows)`` of one chunk."""
@@ -223,7 +200,7 @@ class HierarchicalLOpt(LearnedOptimizer):
                               m * rsqrt[None], (g * rsqrt)[None]], axis=0)
 
     def init_fn(params):
-      layout = FlatLayout.from_tree(params)
+      layout = self.layout(params)
       nc, chunk, t = layout.num_chunks, layout.chunk, layout.num_leaves
       zeros_th = lambda: jnp.zeros((t, hidden), jnp.float32)  # distinct buffers (donation)
       return HierarchicalLOptState(
@@ -233,7 +210,7 @@ class HierarchicalLOpt(LearnedOptimizer):
 
     def update_fn(updates, state, params=None, *, loss=None, **extra):
       del extra
-      layout = FlatLayout.from_tree(params if params is not None else updates)
+      layout = self.layout(params if params is not None else updates)
       nb, blk = layout.chunk // layout.block, layout.block
       g = layout.chunked(layout.flatten(updates))
       p = layout.chunked(layout.flatten(params)) if params is not None else jnp.zeros_like(g)
@@ -243,14 +220,13 @@ class HierarchicalLOpt(LearnedOptimizer):
       # Pass 1, chunk by chunk: accumulators and per-block sums for per-tensor means
       # of [x**2 for every MLP input x] and [g * m_k].
       def accumulate(g_c, p_c, m_c, v_c):
-        m_c = decays * m_c + (1.0 - decays) * g_c[None]
-        v_c = b2 * v_c + (1.0 - b2) * jnp.square(g_c)
+        m_c = pp.ema(m_c, g_c[None], decays)
+        v_c = pp.ema(v_c, jnp.square(g_c), b2)
         stats = jnp.concatenate([jnp.square(features(g_c, p_c, m_c, v_c)), g_c[None] * m_c])
         return m_c, v_c, stats.reshape(nf + k, nb, blk).sum(-1)
 
       mom, rms, sums = layout.map_chunks(accumulate, g, p, state.mom, state.rms)
-      means = layout.tensor_mean_from_blocks(
-          sums.transpose(0, 2, 1).reshape(layout.num_blocks, nf + k))  # (T, F + K)
+      means = pp.tensor_means(layout, sums)  # (T, F + K)
       inv = jax.lax.rsqrt(means[:, :nf] + 1e-16)
 
       # Per-tensor LSTM, all tensors in one call.
@@ -258,18 +234,16 @@ class HierarchicalLOpt(LearnedOptimizer):
                                     loss_stats, loss)
       (lstm_c, lstm_h), ctrl = tensor_lstm(meta_params["lstm"], (state.lstm_c, state.lstm_h),
                                            tfeat)
-      scale = c1 * jnp.exp(jnp.clip(ctrl[:, 0], -10.0, 5.0))  # (T,)
-      first_bias = ctrl[:, 1:] @ meta_params["ctrl"]  # (T, mlp_hidden)
+      scale = jnp.exp(jnp.clip(ctrl[:, 0], -10.0, 5.0))  # (T,)
+      first_bias = ctrl[:, 1:] @ meta_params["ctrl"]  # (T, hidden_size)
       per_block = lambda a: layout.chunked_blocks(layout.per_block(a))
 
       # Pass 2, chunk by chunk: normalized features, MLP (controls as a per-block
       # first-layer bias), step, and per-block sums of squares of the step.
       def chunk_step(g_c, p_c, m_c, v_c, inv_c, bias_c, scale_c, valid_c):
-        x = features(g_c, p_c, m_c, v_c)
-        x = (x.reshape(nf, nb, blk) * inv_c.T[:, :, None]).reshape(nf, nb * blk)
-        fb = jnp.broadcast_to(bias_c.T[:, :, None], (bias_c.shape[1], nb, blk))
-        out = mlp_forward_t(meta_params["mlp"], x, first_bias=fb.reshape(-1, nb * blk))
-        s = out[0] * jnp.exp(c2 * out[1]) * pt.chunk_mask(valid_c, blk)
+        x = pp.scale_blocks(features(g_c, p_c, m_c, v_c), inv_c, nb, blk)
+        out = mlp_forward_t(meta_params["mlp"], x, first_bias=pp.block_bias(bias_c, nb, blk))
+        s = self.step(out) * pt.chunk_mask(valid_c, blk)
         s = -(s.reshape(nb, blk) * scale_c[:, None])
         return s.reshape(nb * blk), jnp.square(s).sum(-1)
 

@@ -42,7 +42,8 @@ Example::
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+import dataclasses
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -76,11 +77,12 @@ class LayerwiseComboLOptState(NamedTuple):
   loss_stats: pt.LossStats
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True, repr=False)
 class LayerwiseComboLOpt(LearnedOptimizer):
   """Per-tensor learned weights over sgd / momentum / adam / sign directions.
 
   Args:
-    hidden: width of the per-tensor weight network.
+    hidden_size: width of the per-tensor weight network.
     momentum: heavy-ball decay ``beta`` of the momentum direction.
     b1: Adam first-moment decay (also the sign direction's momentum).
     b2: Adam second-moment decay.
@@ -89,29 +91,19 @@ class LayerwiseComboLOpt(LearnedOptimizer):
       (the optimizer then only accepts parameter trees with that many tensors).
   """
 
+  hidden_size: int = 16
+  momentum: float = 0.9
+  b1: float = 0.9
+  b2: float = 0.999
+  eps: float = 1e-8
+  num_layers: int | None = None
+
   name = "layerwise_combo_lopt"
-
-  def __init__(self, *, hidden: int = 16, momentum: float = 0.9, b1: float = 0.9,
-               b2: float = 0.999, eps: float = 1e-8, num_layers: int | None = None):
-    self.hidden = int(hidden)
-    self.momentum = float(momentum)
-    self.b1 = float(b1)
-    self.b2 = float(b2)
-    self.eps = float(eps)
-    self.num_layers = None if num_layers is None else int(num_layers)
-
-  feature_names = (("log_rms(g)", "log_rms(m)", "log_rms(trace)", "log_rms(adam)",
-                    "log_rms(p)", "log(rms(g)/rms(p))", "cos(g,m)")
-                   + TIME_FEATURE_NAMES + pt.LOSS_FEATURE_NAMES)
-  """Per-tensor inputs of the weight network, in column order."""
-
-  @property
-  def num_features(self) -> int:
-    return len(self.feature_names)
-
-  def config(self) -> dict[str, Any]:
-    return {"hidden": self.hidden, "momentum": self.momentum, "b1": self.b1, "b2": self.b2,
-            "eps": self.eps, "num_layers": self.num_layers}
+  RENAMED: ClassVar[dict[str, str]] = {"hidden": "hidden_size"}
+  #: Per-tensor inputs of the weight network, in column order.
+  feature_names: ClassVar[tuple[str, ...]] = (
+      ("log_rms(g)", "log_rms(m)", "log_rms(trace)", "log_rms(adam)", "log_rms(p)",
+       "log(rms(g)/rms(p))", "cos(g,m)") + TIME_FEATURE_NAMES + pt.LOSS_FEATURE_NAMES)
 
   def init(self, key: jax.Array) -> dict[str, Any]:
     """Meta-params that make the optimizer exactly ``optax.adam(1e-3)``.
@@ -120,7 +112,8 @@ class LayerwiseComboLOpt(LearnedOptimizer):
     ``"layer_bias": (num_layers, 4)`` when ``num_layers`` is set.
     """
     k = len(BASE_DIRECTIONS)
-    net = pt.dense_init(key, [(self.num_features, self.hidden), (self.hidden, k)], [1.0, 0.0])
+    net = pt.dense_init(key, [(len(self.feature_names), self.hidden_size),
+                               (self.hidden_size, k)], [1.0, 0.0])
     mp = {"net": net,
           "bias": jnp.asarray(np.eye(k, dtype=np.float32)[BASE_DIRECTIONS.index("adam")]),
           "log_lr": jnp.asarray(np.log(1e-3), jnp.float32)}

@@ -31,40 +31,28 @@ learned_optimization's ``MLPLOpt``.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Sequence
+import dataclasses
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lopt._base import LearnedOptimizer, with_checks
-from lopt._per_param_mlp import (
-    TIME_FEATURE_NAMES,
-    FlatLayout,
-    default_chunk,
-    mlp_forward_t,
-    mlp_init,
-    time_features,
-)
+from lopt import _per_param_lopt as pp
+from lopt._base import with_checks
+from lopt._per_param_mlp import FlatLayout, default_chunk, mlp_forward_t, time_features
 
 __all__ = ["MLPLOpt", "MLPLOptState"]
 
 NORM_EPS = 1e-12
 ADAM_EPS = 1e-8
 
-#: Rows per iteration of the MLP loop on CPU when ``chunk`` is None. Smaller than the
-#: kernel's generic default (:data:`lopt._per_param_mlp.DEFAULT_CHUNK`) because
-#: meta-training ``vmap``s this update over N task instances, and one loop iteration
-#: then holds N chunks: with 16 instances of a 6.6k-parameter task, one 6,912-row
-#: chunk per instance made every ``(16, 32, 6912)`` activation (14 MB) spill out of
-#: cache, and 768-row chunks made the vmapped update ~1.3x faster; one large,
-#: unvmapped model was not slower with them (``benchmarks.meta``, ``benchmarks.speed``).
+#: Rows per iteration of the MLP loop on CPU when ``chunk`` is None: small, because
+#: meta-training ``vmap``s the update over task instances and one loop iteration
+#: then holds a chunk of every instance (measurements: docs/speed.md).
 CPU_CHUNK = 768
-#: Parameter trees up to this many scalars run as one chunk on CPU: with 16 vmapped
-#: instances of the 2,410-parameter digits MLP, one chunk was ~2.2x faster than
-#: 768-row chunks (``python -m benchmarks.meta`` against ``--lo_config='{"chunk": 16384}'``),
-#: which only pay off once a chunk's vmapped activations leave the cache.
+#: Parameter trees up to this many scalars run as one chunk on CPU.
 CPU_ONE_CHUNK_MAX = 4096
 
 
@@ -83,56 +71,37 @@ class MLPLOptState(NamedTuple):
 
 
 def _param_features(g, p, m, v, m_corr, v_corr) -> jax.Array:
-  """Feature-major features ``(F, rows)`` from ``g, p, m: (K, rows), v: (J, rows)``.
-
-  Feature-major keeps every elementwise op and block reduction on long contiguous
-  rows, which XLA vectorizes; the first MLP layer contracts over axis 0 directly.
-  """
+  """Feature-major features ``(F, rows)`` from ``g, p, m: (K, rows), v: (J, rows)``."""
   inv = 1.0 / (jnp.sqrt(v[-1:] * v_corr) + ADAM_EPS)
   return jnp.concatenate(
       [g[None], p[None], m, jnp.sqrt(v), m * (m_corr[:, None] * inv), g[None] * inv], axis=0)
 
 
-class MLPLOpt(LearnedOptimizer):
+@dataclasses.dataclass(frozen=True, kw_only=True, repr=False)
+class MLPLOpt(pp.MagnitudeLOpt):
   """Per-parameter MLP learned optimizer (see the module docstring).
 
+  Fields of :class:`~lopt.PerParamLOpt` and :class:`~lopt.MagnitudeLOpt`
+  (``hidden_size``, ``hidden_layers``, ``chunk``, ``step_mult``, ``exp_mult``), and:
+
   Args:
-    hidden_size: width of each hidden layer.
-    hidden_layers: number of hidden layers.
     momentum_decays: decays of the momentum accumulators.
     rms_decays: decays of the second-moment accumulators; the last one
       normalizes the momenta.
     normalize_features: divide each feature by its rms over the parameter's
       tensor. Off gives a linear-in-features optimizer (used to reproduce SGD).
-    step_mult: ``c1`` in ``step = d * exp(m * c2) * c1``.
-    exp_mult: ``c2``.
-    chunk: rows per iteration of the MLP loop (speed only; not part of the config);
-      None: on CPU one chunk up to :data:`CPU_ONE_CHUNK_MAX` parameters, else
-      :data:`CPU_CHUNK` rows; one chunk on accelerators (see ``default_chunk``).
+
+  With ``chunk=None`` the MLP loop runs, on CPU, as one chunk up to
+  :data:`CPU_ONE_CHUNK_MAX` parameters and in :data:`CPU_CHUNK`-row chunks above;
+  as one chunk on accelerators.
   """
 
+  hidden_size: int = 32
+  momentum_decays: tuple[float, ...] = (0.5, 0.9, 0.99, 0.999)
+  rms_decays: tuple[float, ...] = (0.99, 0.999)
+  normalize_features: bool = True
+
   name = "mlp_lopt"
-  feature_major = True  # its MLP runs as mlp_forward_t on (features, rows) chunks
-
-  def __init__(self, hidden_size: int = 32, hidden_layers: int = 2,
-               momentum_decays: Sequence[float] = (0.5, 0.9, 0.99, 0.999),
-               rms_decays: Sequence[float] = (0.99, 0.999),
-               normalize_features: bool = True, step_mult: float = 1e-3,
-               exp_mult: float = 1e-3, chunk: int | None = None):
-    self.hidden_size = int(hidden_size)
-    self.hidden_layers = int(hidden_layers)
-    self.momentum_decays = tuple(float(d) for d in momentum_decays)
-    self.rms_decays = tuple(float(d) for d in rms_decays)
-    self.normalize_features = bool(normalize_features)
-    self.step_mult = float(step_mult)
-    self.exp_mult = float(exp_mult)
-    self.chunk = None if chunk is None else int(chunk)
-
-  def config(self) -> dict[str, Any]:
-    return {"hidden_size": self.hidden_size, "hidden_layers": self.hidden_layers,
-            "momentum_decays": list(self.momentum_decays), "rms_decays": list(self.rms_decays),
-            "normalize_features": self.normalize_features, "step_mult": self.step_mult,
-            "exp_mult": self.exp_mult}
 
   @property
   def param_feature_names(self) -> tuple[str, ...]:
@@ -140,19 +109,6 @@ class MLPLOpt(LearnedOptimizer):
     return (("g", "p") + tuple(f"m{d:g}" for d in self.momentum_decays)
             + tuple(f"rms{d:g}" for d in self.rms_decays)
             + tuple(f"m{d:g}/rms" for d in self.momentum_decays) + ("g/rms",))
-
-  @property
-  def feature_names(self) -> tuple[str, ...]:
-    """All input features of the MLP: per-parameter columns, then the time embedding."""
-    return self.param_feature_names + TIME_FEATURE_NAMES
-
-  @property
-  def mlp_sizes(self) -> tuple[int, ...]:
-    return ((len(self.feature_names),) + (self.hidden_size,) * self.hidden_layers + (2,))
-
-  def init(self, key: jax.Array) -> dict[str, Any]:
-    """Returns ``{"mlp": [{"w", "b"}, ...]}`` with LeCun-normal weights."""
-    return {"mlp": mlp_init(key, self.mlp_sizes)}
 
   def layout(self, params: Any) -> FlatLayout:
     """The row layout (padding, chunks) this optimizer uses for ``params``' tree."""
@@ -169,13 +125,11 @@ class MLPLOpt(LearnedOptimizer):
     """Returns the optimizer that ``meta_params`` define for a ``num_steps`` horizon."""
     mom_decays = jnp.asarray(self.momentum_decays, jnp.float32)
     rms_decays = jnp.asarray(self.rms_decays, jnp.float32)
-    num_param_features = len(self.param_feature_names)
+    nf = len(self.param_feature_names)
     normalize = self.normalize_features
-    c1, c2 = self.step_mult, self.exp_mult
-    layout_of = self.layout
 
     def init_fn(params):
-      layout = layout_of(params)
+      layout = self.layout(params)
       return MLPLOptState(
           momenta=jnp.zeros((layout.num_chunks, len(self.momentum_decays), layout.chunk),
                             jnp.float32),
@@ -184,8 +138,8 @@ class MLPLOpt(LearnedOptimizer):
 
     def update_fn(updates, state, params=None, **extra):
       del extra  # loss= is accepted and ignored
-      layout = layout_of(updates)
-      nf, nb, blk = num_param_features, layout.chunk // layout.block, layout.block
+      layout = self.layout(updates)
+      nb, blk = layout.chunk // layout.block, layout.block
       g = layout.chunked(layout.flatten(updates))
       p = (layout.chunked(layout.flatten(params)) if params is not None
            else jnp.zeros_like(g))
@@ -196,12 +150,12 @@ class MLPLOpt(LearnedOptimizer):
 
       # Pass 1, one chunk at a time: new accumulators (+ per-block feature stats).
       def accumulate(g_c, p_c, m_c, v_c):
-        m_c = mom_decays[:, None] * m_c + (1 - mom_decays[:, None]) * g_c[None, :]
-        v_c = rms_decays[:, None] * v_c + (1 - rms_decays[:, None]) * (g_c * g_c)[None, :]
+        m_c = pp.ema(m_c, g_c[None, :], mom_decays[:, None])
+        v_c = pp.ema(v_c, (g_c * g_c)[None, :], rms_decays[:, None])
         if not normalize:
           return m_c, v_c, jnp.zeros((0,), jnp.float32)
         x = _param_features(g_c, p_c, m_c, v_c, m_corr, v_corr)
-        return m_c, v_c, jnp.square(x).reshape(nf, nb, blk).sum(-1)
+        return m_c, v_c, pp.block_square_sums(x, nb, blk)
 
       momenta, rms, sq_sums = layout.map_chunks(accumulate, g, p, state.momenta, state.rms)
 
@@ -211,8 +165,7 @@ class MLPLOpt(LearnedOptimizer):
       body = [{"w": w_first[:nf], "b": layers[0]["b"]}] + list(layers[1:])
 
       if normalize:
-        sq_sums = sq_sums.transpose(0, 2, 1).reshape(layout.num_blocks, nf)
-        scale = jax.lax.rsqrt(layout.tensor_mean_from_blocks(sq_sums) + NORM_EPS)
+        scale = jax.lax.rsqrt(pp.tensor_means(layout, sq_sums) + NORM_EPS)
         scale_blocks = layout.chunked_blocks(layout.per_block(scale))
       else:
         scale_blocks = jnp.zeros((layout.num_chunks, 0), jnp.float32)
@@ -221,9 +174,8 @@ class MLPLOpt(LearnedOptimizer):
       def chunk_step(g_c, p_c, m_c, v_c, s_c):
         x = _param_features(g_c, p_c, m_c, v_c, m_corr, v_corr)
         if normalize:
-          x = (x.reshape(nf, nb, blk) * s_c.T[:, :, None]).reshape(x.shape)
-        out = mlp_forward_t(body, x, first_bias=first_bias)
-        return out[0] * jnp.exp(out[1] * c2) * c1
+          x = pp.scale_blocks(x, s_c, nb, blk)
+        return self.step(mlp_forward_t(body, x, first_bias=first_bias))
 
       step = layout.map_chunks(chunk_step, g, p, momenta, rms, scale_blocks)
       new_updates = layout.unflatten(-layout.unchunk(step))

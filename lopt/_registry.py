@@ -100,7 +100,11 @@ def learned(name: str, **config: Any):
   if name not in _LEARNED:
     raise KeyError(f"unknown learned optimizer {name!r}; valid names: "
                    f"{', '.join(available_learned())}")
-  return _LEARNED[name](**config)
+  cls = _LEARNED[name]
+  for old, new in getattr(cls, "RENAMED", {}).items():
+    if old in config:
+      raise TypeError(f"learned optimizer {name!r}: the setting {old!r} is now called {new!r}")
+  return cls(**config)
 
 
 def available_learned() -> list[str]:

@@ -26,7 +26,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-__all__ = ["load_weights", "read_manifest", "save_weights"]
+__all__ = ["load_weights", "read_json_manifest", "read_manifest", "save_weights"]
 
 FORMAT = "lopt-weights/1"
 MANIFEST = "manifest.json"
@@ -87,12 +87,50 @@ def save_weights(path: str | pathlib.Path, lo: Any, meta_params: Any, *,
   return path
 
 
+def read_json_manifest(file: str | pathlib.Path, required: dict[str, type]) -> dict[str, Any]:
+  """Reads a manifest file: a JSON object with the ``required`` fields of the given types.
+
+  Args:
+    file: the ``manifest.json`` path.
+    required: field name -> expected type (``dict``, ``list``, ``str``).
+
+  Raises:
+    FileNotFoundError: no such file.
+    ValueError: the file is not valid JSON, not a JSON object, or lacks a field (or
+      has one of the wrong type); the message names the file and what is wrong.
+  """
+  f = pathlib.Path(file).expanduser()
+  if not f.is_file():
+    raise FileNotFoundError(f"{f} not found")
+  try:
+    manifest = json.loads(f.read_text())
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ValueError(f"{f}: not valid JSON ({e})") from None
+  if not isinstance(manifest, dict):
+    raise ValueError(f"{f}: a manifest must be a JSON object, got a JSON "
+                     f"{type(manifest).__name__}")
+  for key, kind in required.items():
+    if key not in manifest:
+      raise ValueError(f"{f}: the manifest has no {key!r} field "
+                       f"(fields: {', '.join(sorted(manifest)) or 'none'})")
+    if not isinstance(manifest[key], kind):
+      raise ValueError(f"{f}: the manifest's {key!r} must be a JSON "
+                       f"{'object' if kind is dict else 'array' if kind is list else 'string'}"
+                       f", got {type(manifest[key]).__name__}")
+  return manifest
+
+
 def read_manifest(path: str | pathlib.Path) -> dict[str, Any]:
-  """Returns the manifest of the weights directory ``path``."""
+  """Returns the manifest of the weights directory ``path``.
+
+  Raises:
+    FileNotFoundError: ``path`` holds no manifest.
+    ValueError: the manifest is malformed (the message names the file and the fault).
+  """
   f = pathlib.Path(path).expanduser() / MANIFEST
   if not f.exists():
     raise FileNotFoundError(f"{f} not found: {path} is not a lopt weights directory")
-  return json.loads(f.read_text())
+  return read_json_manifest(f, {"format": str, "name": str, "config": dict, "tree": list})
 
 
 def _check_tree(saved: list[dict], requested: list[dict], saved_name: str,
@@ -118,7 +156,10 @@ def check_manifest(manifest: dict[str, Any], lo: Any, where: str = "weights") ->
   if manifest["name"] != lo.name:
     raise ValueError(f"{where}: architecture mismatch: saved {manifest['name']!r}, "
                      f"requested {lo.name!r}")
-  saved_cfg, req_cfg = manifest.get("config", {}), _jsonable(lo.config())
+  renamed = getattr(type(lo), "renamed_config", None)  # keys of older versions
+  saved_cfg = manifest.get("config", {})
+  saved_cfg = renamed(saved_cfg) if renamed is not None else saved_cfg
+  req_cfg = _jsonable(lo.config())
   for key in sorted(set(saved_cfg) | set(req_cfg)):
     s, r = saved_cfg.get(key, "<absent>"), req_cfg.get(key, "<absent>")
     if s != r:

@@ -63,25 +63,10 @@ def test_shapes_dtypes_determinism_and_cheap_state():
   assert state_bytes / n < 20  # 3 momenta = 12 B/param + padding + factored rows/cols
 
 
-def _adam_like_meta_params(lo, lr):
-  """Weights emitting d = lr * m0.9 / sqrt(v0.9) / step_mult (an RMS-normalized momentum).
-
-  The feature passes the ReLU layers as relu(x) - relu(-x); all other weights are 0.
-  """
-  mp = jax.tree.map(jnp.zeros_like, lo.init(jax.random.key(0)))
-  col = lo.feature_names.index("m0.9/rms0.9")
-  mlp = mp["mlp"]
-  mlp[0]["w"] = mlp[0]["w"].at[col, 0].set(1.0).at[col, 1].set(-1.0)
-  for layer in mlp[1:-1]:
-    layer["w"] = layer["w"].at[0, 0].set(1.0).at[1, 1].set(1.0)
-  scale = lr / lo.step_mult
-  mlp[-1]["w"] = mlp[-1]["w"].at[0, 0].set(scale).at[1, 0].set(-scale)
-  return mp
-
-
 def test_learns_a_quadratic_with_adam_like_weights():
   lo = lopt.learned("adafac_mlp_lopt")
-  opt = lo.transform(_adam_like_meta_params(lo, 0.05), num_steps=60)
+  opt = lo.transform(lo.pass_through(jax.random.key(0), "m0.9/rms0.9", 0.05 / lo.step_mult),
+                     num_steps=60)
   params = _params()
 
   def body(carry, _):

@@ -20,7 +20,7 @@ from tests.lopt.lo_checks import check_donatable_state, check_meta_grad_vmapped
 
 def test_registered():
   assert isinstance(lopt.learned("celo2_lopt"), Celo2LOpt)
-  lo = Celo2LOpt(hidden=4)
+  lo = Celo2LOpt(hidden_size=4)
   assert Celo2LOpt(**lo.config()).config() == lo.config()
 
 
@@ -129,4 +129,4 @@ def test_momentum_init_is_muon():
   for k in params:
     np.testing.assert_allclose(np.asarray(p[k]), ref[k], rtol=1e-4, atol=1e-6)
   with pytest.raises(ValueError, match="valid: 'momentum', 'random'"):
-    Celo2LOpt(init="adam")
+    Celo2LOpt(init_kind="adam")

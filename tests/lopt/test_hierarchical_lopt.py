@@ -31,7 +31,7 @@ def test_registered_and_config_roundtrip():
   lo = lopt.learned("hierarchical_lopt", lstm_hidden=8)
   assert isinstance(lo, HierarchicalLOpt)
   assert HierarchicalLOpt(**lo.config()).config() == lo.config()
-  assert len(lo.feature_names) == lo.num_param_features + lo.num_tensor_features
+  assert len(lo.feature_names) == len(lo.param_feature_names) + len(lo.tensor_feature_names)
 
 
 def test_lstm_step_scale_modulates_updates():
@@ -55,7 +55,7 @@ def test_lstm_step_scale_modulates_updates():
 def test_meta_grad_and_vmap():
   """Meta-gradients through a 3-step unroll vmapped over meta-params and task
   instances: finite, nonzero, equal to a finite difference within 10 %."""
-  lo = HierarchicalLOpt(lstm_hidden=8, mlp_hidden=8, step_mult=0.05)
+  lo = HierarchicalLOpt(lstm_hidden=8, hidden_size=8, step_mult=0.05)
   mps = [lo.init(jax.random.key(i)) for i in range(2)]
   for i, mp in enumerate(mps):  # non-zero LSTM output layer so the LSTM gets gradients
     mp["lstm"]["out"]["w"] = 0.1 * jax.random.normal(

@@ -64,22 +64,6 @@ def test_chunked_mlp_matches_reference():
 
 # ---- mlp_lopt ---------------------------------------------------------------------
 
-def _identity_meta_params(lo, feature, lr):
-  """Weights making the MLP output d = lr * x[feature] / step_mult and m = 0.
-
-  The feature passes through the ReLU layers as relu(x) - relu(-x).
-  """
-  col = lo.feature_names.index(feature)
-  mp = jax.tree.map(jnp.zeros_like, lo.init(jax.random.key(0)))
-  mlp = mp["mlp"]
-  mlp[0]["w"] = mlp[0]["w"].at[col, 0].set(1.0).at[col, 1].set(-1.0)
-  for layer in mlp[1:-1]:
-    layer["w"] = layer["w"].at[0, 0].set(1.0).at[1, 1].set(1.0)
-  scale = lr / lo.step_mult
-  mlp[-1]["w"] = mlp[-1]["w"].at[0, 0].set(scale).at[1, 0].set(-scale)
-  return mp
-
-
 @pytest.mark.parametrize("feature,reference,atol", [
     ("g", optax.sgd(0.05), 1e-6),
     ("m0.9/rms", optax.adam(0.05, b1=0.9, b2=0.999, eps=1e-8), 1e-5),
@@ -97,7 +81,8 @@ def test_reproduces_sgd_and_adam(feature, reference, atol):
   50 inside the MLP and back by step_mult, and Adam's division amplifies rounding).
   """
   lo = lopt.learned("mlp_lopt", normalize_features=False, chunk=256)
-  opt = lo.transform(_identity_meta_params(lo, feature, 0.05), num_steps=5)
+  opt = lo.transform(lo.pass_through(jax.random.key(0), feature, 0.05 / lo.step_mult),
+                     num_steps=5)
   params = _params()
 
   def make_step(tx):
