@@ -2,10 +2,11 @@
 
 Runs :func:`benchmarks.run_benchmark` on the ``embedded`` suite (three tasks whose
 data ships with the installed packages, so it works offline on a fresh clone):
-a few hand-designed optimizers at their default settings, every learned
-optimizer with shipped (pretrained) weights, and G.pt once its weights ship,
-each against Adam tuned over a 15-point learning-rate grid. Prints the table
-and writes PNG plots to ``demo_out/``.
+Adam and momentum tuned over their learning-rate grids (2 rates per decade here,
+3 in ``benchmarks.run``) for 4x the horizon, a few hand-designed optimizers at
+their default settings, and every learned optimizer with shipped weights next to
+its untrained init (``:fresh``). Prints the table and writes PNG plots to
+``demo_out/``.
 
 Usage::
 
@@ -19,11 +20,13 @@ import time
 from absl import app, flags, logging
 
 import lopt
-from benchmarks._benchmark import build_optimizer, has_pretrained_gpt, run_benchmark
-from benchmarks._report import markdown, save_results
+from benchmarks._benchmark import run_benchmark
+from benchmarks._report import TUNED_NOTE, markdown, save_results
+from benchmarks._specs import build_optimizer, has_pretrained_gpt
 from benchmarks._suites import parse_tasks
 
-HAND_DESIGNED = ("sgd", "momentum", "adam", "lion")
+HAND_DESIGNED = ("sgd", "lion", "muon")
+TUNED = ("adam", "momentum")
 
 
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
@@ -55,6 +58,8 @@ def demo_optimizers() -> tuple[list[str], dict[str, str]]:
       notes[name] = f"could not be built ({type(e).__name__}: {e})"
       continue
     specs.append(spec)
+    if name != "gpt":   # next to its untrained init: did meta-training help?
+      specs.append(f"{name}:fresh")
   return specs, notes
 
 
@@ -69,14 +74,17 @@ def main(argv: list[str]) -> None:
     print(f"note: learned optimizer {name!r} left out: {why}", flush=True)
   fv = flags.FLAGS
   entries = parse_tasks("embedded", steps=fv.steps)
-  print(f"lopt demo: {', '.join(specs)} vs Adam tuned over 15 learning rates on "
-        f"{', '.join(e.label for e in entries)} ({fv.seeds} seeds)", flush=True)
-  results = run_benchmark(specs, entries, num_seeds=fv.seeds)
+  print(f"lopt demo: {', '.join(specs)} against {' and '.join(TUNED)} tuned over their "
+        f"learning-rate grids (4x the horizon) on {', '.join(e.label for e in entries)} "
+        f"({fv.seeds} seeds)", flush=True)
+  results = run_benchmark(specs, entries, tune=TUNED, num_seeds=fv.seeds, lrs_per_decade=2)
   results["config"]["command"] = "make demo"
   results["skipped"].update({n: w for n, w in notes.items()})
   paths = save_results(results, fv.out)
   print()
   print(markdown(results))
+  print(f"Which rows are tuned: {', '.join(t + ' (tuned)' for t in TUNED)}; every other row "
+        f"runs at the settings shown. {TUNED_NOTE}")
   print(f"Plots: {', '.join(str(p) for p in paths['plots'])}")
   print(f"Table: {paths['markdown']}; all numbers: {paths['json']}")
   print(f"Demo finished in {time.perf_counter() - start:.0f} s.")
