@@ -174,19 +174,23 @@ def test_eval_batch_is_whole_split_or_large_batch():
 
 
 def test_image_mlp_layer_norm_and_activations():
-  plain = tasks.ImageMLP(hidden=(8, 4)).init(jax.random.key(0))
+  plain = jax.eval_shape(tasks.ImageMLP(hidden=(8, 4)).init, jax.random.key(0))
   assert sorted(plain) == ["Dense_0", "Dense_1", "Dense_2"]  # default tree unchanged
+  task = tasks.ImageMLP(hidden=(8, 4), activation="selu", layer_norm=True, batch_size=8)
+  params = task.init(jax.random.key(0))
+  assert sorted(params) == ["Dense_0", "Dense_1", "Dense_2", "LayerNorm_0", "LayerNorm_1"]
+  assert np.isfinite(float(jax.jit(task.loss)(params, None, task.batch(jax.random.key(1)))))
+  assert type(task)(**task.config()).layer_norm
   for act in ("leaky_relu", "selu", "softplus", "sigmoid"):
-    task = tasks.ImageMLP(hidden=(8, 4), activation=act, layer_norm=True, batch_size=8)
-    params = task.init(jax.random.key(0))
-    assert sorted(params) == ["Dense_0", "Dense_1", "Dense_2", "LayerNorm_0", "LayerNorm_1"]
-    assert np.isfinite(float(task.loss(params, None, task.batch(jax.random.key(1)))))
+    tasks.ImageMLP(hidden=(4,), activation=act)  # accepted
 
 
-def test_acrobot_normalizes_random_policy_near_one():
-  task = tasks.get("acrobot", horizon=20, batch_size=2)
-  assert task.name == "acrobot" and task.env_name == "Acrobot-v1"
-  metrics = tasks.evaluate(task, task.init(jax.random.key(0)), jax.random.key(0))
-  assert metrics["return"] == -20.0  # no random policy swings up within 20 steps
-  assert float(task.normalize(jnp.float32(metrics["loss"]))) == 1.0
-  assert float(tasks.get("cartpole").normalize(jnp.float32(-200.0))) == 0.0
+def test_rl_normalize_maps_best_to_zero_and_worst_to_one():
+  acrobot, cartpole = tasks.get("acrobot", horizon=20), tasks.get("cartpole", horizon=20)
+  assert acrobot.name == "acrobot" and acrobot.env_name == "Acrobot-v1"
+  # Acrobot: -1 per step until the goal, loss = -return in [0, horizon].
+  np.testing.assert_allclose([acrobot.normalize(jnp.float32(v)) for v in (20.0, 5.0, 0.0)],
+                             [1.0, 0.25, 0.0])
+  # CartPole: +1 per step alive, loss = -return in [-horizon, 0].
+  np.testing.assert_allclose([cartpole.normalize(jnp.float32(v)) for v in (0.0, -5.0, -20.0)],
+                             [1.0, 0.75, 0.0])
