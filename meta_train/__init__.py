@@ -10,6 +10,7 @@
   meta_train.train(cfg, "runs/mlp_lopt")   # resumable; see docs/meta_training.md
 
 Command line: ``python -m meta_train.main --flagfile=meta_train/configs/<name>.flags``.
+G.pt checkpoint datasets, training and evaluation: :mod:`meta_train.gpt`.
 """
 
 from meta_train._estimators import ES as ES
