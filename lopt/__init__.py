@@ -10,6 +10,7 @@ Every optimizer, hand-designed or learned, is an
 """
 
 from lopt._adafac_mlp_lopt import AdafacMLPLOpt as AdafacMLPLOpt
+from lopt._base import CheckedState as CheckedState
 from lopt._base import LearnedOptimizer as LearnedOptimizer
 from lopt._base import check_trees as check_trees
 from lopt._base import setting as setting
@@ -24,6 +25,7 @@ from lopt._registry import available as available
 from lopt._registry import available_learned as available_learned
 from lopt._registry import get as get
 from lopt._registry import has_pretrained as has_pretrained
+from lopt._registry import is_learned as is_learned
 from lopt._registry import learned as learned
 from lopt._registry import load_meta_params as load_meta_params
 from lopt._registry import pretrained_path as pretrained_path
@@ -41,10 +43,11 @@ register_learned(AdafacMLPLOpt.name, AdafacMLPLOpt)
 register_learned(HierarchicalLOpt.name, HierarchicalLOpt)
 register_learned(LayerwiseComboLOpt.name, LayerwiseComboLOpt)
 register_learned(Celo2LOpt.name, Celo2LOpt)
-register("gpt", gpt.gpt)
+register("gpt", gpt.gpt, learned=True, pretrained=gpt.PRETRAINED)
 
 __all__ = [
     "AdafacMLPLOpt",
+    "CheckedState",
     "Celo2LOpt",
     "HierarchicalLOpt",
     "LayerwiseComboLOpt",
@@ -58,6 +61,7 @@ __all__ = [
     "get",
     "gpt",
     "has_pretrained",
+    "is_learned",
     "learned",
     "load_weights",
     "load_meta_params",

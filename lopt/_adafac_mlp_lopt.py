@@ -137,9 +137,9 @@ class AdafacMLPLOpt(pp.MagnitudeLOpt):
       del extra  # loss= is accepted and ignored
       layout = self.layout(updates)
       nb, blk = layout.chunk // layout.block, layout.block
-      g_leaves = [x.astype(jnp.float32) for x in layout.treedef.flatten_up_to(updates)]
-      p_leaves = ([x.astype(jnp.float32) for x in layout.treedef.flatten_up_to(params)]
-                  if params is not None else [jnp.zeros_like(x) for x in g_leaves])
+      g_leaves, finite = zip(*[pp.finite_rows(x.astype(jnp.float32))
+                               for x in layout.treedef.flatten_up_to(updates)])
+      p_leaves = [x.astype(jnp.float32) for x in layout.treedef.flatten_up_to(params)]
 
       # Per leaf: factored second moments -> rsqrt(v) rows, and per-tensor statistics.
       rows, cols, rs_parts, tensor_feats = [], [], [], []
@@ -183,10 +183,14 @@ class AdafacMLPLOpt(pp.MagnitudeLOpt):
           chunk_step, jnp.arange(layout.num_chunks), g, p, state.momenta,
           layout.chunked_blocks(per_block))
       new_updates = layout.unflatten(-layout.unchunk(step))
+      new_updates = layout.treedef.unflatten(
+          [pp.restore_nonfinite(u, f).astype(u.dtype)
+           for u, f in zip(layout.treedef.flatten_up_to(new_updates), finite)])
       return new_updates, AdafacMLPLOptState(momenta=momenta, rows=tuple(rows),
                                              cols=tuple(cols), count=state.count + 1)
 
-    return with_checks(optax.GradientTransformationExtraArgs(init_fn, update_fn), self.name)
+    return with_checks(optax.GradientTransformationExtraArgs(init_fn, update_fn), self.name,
+                       needs_params=True)
 
 
 def _flatten_lead(layout: FlatLayout, parts: Sequence[jax.Array], lead: int) -> jax.Array:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import functools
 import types
 import typing
 from typing import Any, ClassVar
@@ -13,28 +14,54 @@ import optax
 
 from lopt._per_param_mlp import FlatLayout
 
-__all__ = ["LearnedOptimizer", "check_trees", "setting", "with_checks"]
+__all__ = ["CheckedState", "LearnedOptimizer", "check_trees", "setting", "tree_spec",
+           "with_checks"]
 
 Params = Any
 MetaParams = Any
 
 
+TreeSpec = tuple[tuple[str, tuple[int, ...]], ...]
+
+
+def tree_spec(tree: Any) -> TreeSpec:
+  """``((path, shape), ...)`` of every leaf of ``tree``: hashable, static under ``jit``."""
+  return tuple((jax.tree_util.keystr(p), tuple(int(d) for d in getattr(x, "shape", ())))
+               for p, x in jax.tree_util.tree_leaves_with_path(tree))
+
+
+def _describe_spec_mismatch(sa: TreeSpec, sb: TreeSpec, name_a: str, name_b: str
+                            ) -> str | None:
+  """How two tree specs differ (the first differing leaf), or None if they match.
+
+  Leaves are matched in order; paths only name them, so trees that differ in
+  container types but not in leaves and shapes (an ``nnx.State`` of variables and
+  one of arrays) match.
+  """
+  pa, pb = [p for p, _ in sa], [p for p, _ in sb]
+  if len(pa) != len(pb):
+    only_a = sorted(set(pa) - set(pb))[:5]
+    only_b = sorted(set(pb) - set(pa))[:5]
+    first = next((i for i, (x, y) in enumerate(zip(pa, pb)) if x != y), min(len(pa), len(pb)))
+    at = pa[first] if first < len(pa) else pb[first]
+    return (f"{name_a} and {name_b} have different tree structures; first differing leaf: "
+            f"{at}; only in {name_a}: {only_a or '-'}; only in {name_b}: {only_b or '-'} "
+            f"({len(pa)} vs {len(pb)} leaves)")
+  for (path, shape_a), (_, shape_b) in zip(sa, sb):
+    if shape_a != shape_b:
+      return f"{name_a} and {name_b} differ at {path}: shape {shape_a} vs {shape_b}"
+  return None
+
+
 def _describe_mismatch(a: Any, b: Any, name_a: str, name_b: str) -> str | None:
   """Returns a human-readable description of how two pytrees differ, or None."""
-  ta, tb = jax.tree.structure(a), jax.tree.structure(b)
-  if ta != tb:
-    pa = {jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(a)}
-    pb = {jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(b)}
-    only_a, only_b = sorted(pa - pb)[:5], sorted(pb - pa)[:5]
-    return (f"{name_a} and {name_b} have different tree structures; "
-            f"only in {name_a}: {only_a or '-'}; only in {name_b}: {only_b or '-'} "
-            f"({ta.num_leaves} vs {tb.num_leaves} leaves)")
-  for (path, la), lb in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
-    sa, sb = getattr(la, "shape", ()), getattr(lb, "shape", ())
-    if sa != sb:
-      return (f"{name_a} and {name_b} differ at {jax.tree_util.keystr(path)}: "
-              f"shape {sa} vs {sb}")
-  return None
+  if jax.tree.structure(a) == jax.tree.structure(b):
+    for (path, la), lb in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
+      if getattr(la, "shape", ()) != getattr(lb, "shape", ()):
+        return (f"{name_a} and {name_b} differ at {jax.tree_util.keystr(path)}: "
+                f"shape {getattr(la, 'shape', ())} vs {getattr(lb, 'shape', ())}")
+    return None
+  return _describe_spec_mismatch(tree_spec(a), tree_spec(b), name_a, name_b)
 
 
 def check_trees(a: Any, b: Any, name_a: str = "updates", name_b: str = "params") -> None:
@@ -51,39 +78,85 @@ def check_trees(a: Any, b: Any, name_a: str = "updates", name_b: str = "params")
     raise ValueError(msg)
 
 
-def with_checks(tx: optax.GradientTransformation, name: str
-                ) -> optax.GradientTransformationExtraArgs:
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["inner"],
+                   meta_fields=["tree"])
+@dataclasses.dataclass(frozen=True)
+class CheckedState:
+  """The state of a :func:`with_checks` optimizer: the wrapped state plus the tree it serves.
+
+  Attributes:
+    inner: the wrapped transformation's state.
+    tree: static :func:`tree_spec` of the parameters given to ``init`` (leaf paths
+      and shapes; part of the tree structure, not an array).
+  """
+
+  inner: Any
+  tree: TreeSpec
+
+  def __getattr__(self, name: str) -> Any:  # state.count etc. reach the wrapped state
+    if name in ("inner", "tree") or name.startswith("__"):
+      raise AttributeError(name)
+    return getattr(self.inner, name)
+
+
+def with_checks(tx: optax.GradientTransformation, name: str, *, needs_params: bool = False,
+                needs_loss: bool = False) -> optax.GradientTransformationExtraArgs:
   """Wraps ``tx`` so it accepts ``loss=`` and reports mismatched trees clearly.
 
   The returned transformation has ``update(updates, state, params=None, *,
-  loss=None, **extra)``. Gradient and parameter trees are compared before the
-  update, and a tree that does not match the one ``init`` saw raises a
-  ``ValueError`` naming the optimizer instead of an opaque tree-map error.
+  loss=None, **extra)``. Its state is a :class:`CheckedState` that records the
+  leaf paths and shapes of the tree given to ``init``; gradients and parameters
+  are compared with it (and with each other) before the update, and a mismatch
+  raises a ``ValueError`` naming the optimizer and the first differing leaf
+  instead of an opaque tree-map or broadcasting error.
+
+  An optimizer that reads the parameters or the loss says so, and ``update``
+  then raises a ``ValueError`` when they are not given, instead of using zeros.
 
   Args:
     tx: any optax transformation (plain or with extra args).
     name: the optimizer's name, used in error messages.
+    needs_params: ``update`` requires ``params``.
+    needs_loss: ``update`` requires ``loss=``.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
   """
   inner = optax.with_extra_args_support(tx)
 
+  def init_fn(params):
+    return CheckedState(inner.init(params), tree_spec(params))
+
   def update_fn(updates, state, params=None, *, loss=None, **extra):
+    if (needs_params and params is None) or (needs_loss and loss is None):
+      missing = " and ".join(w for w, need, got in (("params", needs_params, params),
+                                                   ("loss=", needs_loss, loss))
+                             if need and got is None)
+      raise ValueError(f"optimizer {name!r} needs {missing}: call "
+                       f"update(grads, state, params{', loss=loss' if needs_loss else ''})")
     if params is not None:
       check_trees(updates, params, "gradients", "params")
+    if not isinstance(state, CheckedState):
+      raise ValueError(f"optimizer {name!r}: the state was not made by this optimizer's init "
+                       f"(got {type(state).__name__})")
+    msg = _describe_spec_mismatch(tree_spec(updates), state.tree,
+                                  "the gradients" if params is None else "params",
+                                  "the tree given to init")
+    if msg is not None:
+      raise ValueError(f"optimizer {name!r}: {msg}")
     if loss is not None:
       extra["loss"] = loss
     try:
-      return inner.update(updates, state, params, **extra)
+      new_updates, new_inner = inner.update(updates, state.inner, params, **extra)
     except (ValueError, TypeError) as e:
       if "tree" in str(e).lower() or "mismatch" in str(e).lower():
         raise ValueError(
             f"optimizer {name!r}: the gradient tree does not match the tree the "
             f"optimizer state was initialized with ({e})") from e
       raise
+    return new_updates, CheckedState(new_inner, state.tree)
 
-  return optax.GradientTransformationExtraArgs(inner.init, update_fn)
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def setting(default: Any, *, config: bool = True) -> Any:

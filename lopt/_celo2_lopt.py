@@ -223,10 +223,10 @@ class Celo2LOpt(PerParamLOpt):
 
     def update_fn(updates, state, params=None, *, loss=None, **extra):
       del loss, extra
-      layout = self.layout(params if params is not None else updates)
+      layout = self.layout(params)
       nb, blk = layout.chunk // layout.block, layout.block
-      g = layout.chunked(layout.flatten(updates))
-      p = layout.chunked(layout.flatten(params)) if params is not None else jnp.zeros_like(g)
+      g, finite = pp.finite_rows(layout.chunked(layout.flatten(updates)))
+      p = layout.chunked(layout.flatten(params))
       step = optax.safe_increment(state.step)
 
       # Pass 1, chunk by chunk: accumulators and per-block sums of squared features.
@@ -263,11 +263,15 @@ class Celo2LOpt(PerParamLOpt):
         mats = newton_schulz(mats, iters=self.ns_iters) * math.sqrt(max(r, c))
         for j, i in enumerate(idx):
           out[i] = mats[j].reshape(layout.shapes[i])
-      if self.weight_decay and params is not None:
+      if self.weight_decay:
         leaves_p = layout.treedef.flatten_up_to(params)
         out = [u + self.weight_decay * q.astype(jnp.float32) if u.ndim >= 2 else u
                for u, q in zip(out, leaves_p)]
-      out = [(-lr * u).astype(dt) for u, dt in zip(out, layout.dtypes)]
+      finite = layout.treedef.flatten_up_to(
+          layout.unflatten(layout.unchunk(finite), dtype=jnp.bool_))
+      out = [pp.restore_nonfinite(-lr * u, f).astype(dt)
+             for u, f, dt in zip(out, finite, layout.dtypes)]
       return layout.treedef.unflatten(out), Celo2LOptState(step, mom, rms)
 
-    return with_checks(optax.GradientTransformationExtraArgs(init_fn, update_fn), self.name)
+    return with_checks(optax.GradientTransformationExtraArgs(init_fn, update_fn), self.name,
+                       needs_params=True)

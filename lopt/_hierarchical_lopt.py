@@ -210,10 +210,10 @@ class HierarchicalLOpt(pp.MagnitudeLOpt):
 
     def update_fn(updates, state, params=None, *, loss=None, **extra):
       del extra
-      layout = self.layout(params if params is not None else updates)
+      layout = self.layout(params)
       nb, blk = layout.chunk // layout.block, layout.block
-      g = layout.chunked(layout.flatten(updates))
-      p = layout.chunked(layout.flatten(params)) if params is not None else jnp.zeros_like(g)
+      g, finite = pp.finite_rows(layout.chunked(layout.flatten(updates)))
+      p = layout.chunked(layout.flatten(params))
       step = state.step + 1
       loss_stats = pt.update_loss_stats(state.loss_stats, loss)
 
@@ -254,6 +254,7 @@ class HierarchicalLOpt(pp.MagnitudeLOpt):
       new_state = HierarchicalLOptState(
           step=step, mom=mom, rms=rms, lstm_c=lstm_c, lstm_h=lstm_h,
           update_rms=update_rms, loss_stats=loss_stats)
-      return layout.unflatten(layout.unchunk(steps)), new_state
+      return layout.unflatten(layout.unchunk(pp.restore_nonfinite(steps, finite))), new_state
 
-    return with_checks(optax.GradientTransformationExtraArgs(init_fn, update_fn), self.name)
+    return with_checks(optax.GradientTransformationExtraArgs(init_fn, update_fn), self.name,
+                       needs_params=True, needs_loss=True)

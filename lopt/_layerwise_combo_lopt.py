@@ -52,7 +52,8 @@ import optax
 
 from lopt import _per_tensor as pt
 from lopt._base import LearnedOptimizer, with_checks
-from lopt._per_param_mlp import TIME_FEATURE_NAMES, FlatLayout, mlp_forward, time_features
+from lopt._per_param_lopt import finite_rows, restore_nonfinite
+from lopt._per_param_mlp import TIME_FEATURE_NAMES, mlp_forward, time_features
 
 __all__ = ["BASE_DIRECTIONS", "LayerwiseComboLOpt", "LayerwiseComboLOptState"]
 
@@ -144,18 +145,18 @@ class LayerwiseComboLOpt(LearnedOptimizer):
     beta, b1, b2, eps = self.momentum, self.b1, self.b2, self.eps
 
     def init_fn(params):
-      layout = FlatLayout.from_tree(params)
+      layout = self.layout(params)
       z = lambda: jnp.zeros((layout.num_rows,), jnp.float32)  # distinct buffers (donation)
       return LayerwiseComboLOptState(jnp.zeros((), jnp.int32), z(), z(), z(),
                                      pt.init_loss_stats())
 
     def update_fn(updates, state, params=None, *, loss=None, **extra):
       del extra
-      layout = FlatLayout.from_tree(params if params is not None else updates)
+      layout = self.layout(params)
       if self.num_layers is not None and layout.num_leaves != self.num_layers:
         raise ValueError(f"layerwise_combo_lopt was built with num_layers={self.num_layers} "
                          f"but the parameter tree has {layout.num_leaves} tensors")
-      g = layout.flatten(updates)
+      g, finite = finite_rows(layout.flatten(updates))
       step = optax.safe_increment(state.step)
       trace = g + beta * state.trace
       mu = (1.0 - b1) * g + b1 * state.mu
@@ -167,7 +168,7 @@ class LayerwiseComboLOpt(LearnedOptimizer):
 
       loss_stats = pt.update_loss_stats(state.loss_stats, loss)
       log = lambda x: 0.1 * jnp.log(x + 1e-12)
-      p = layout.flatten(params) if params is not None else jnp.zeros_like(g)
+      p = layout.flatten(params)
       # Per-tensor mean squares of g, m, trace, adam, p and mean of g * m; each on a
       # contiguous (num_rows,) vector (row-major (num_rows, 6) stacks are slow on CPU).
       means = jnp.stack([layout.tensor_mean(x) for x in (
@@ -190,6 +191,7 @@ class LayerwiseComboLOpt(LearnedOptimizer):
       c = [pt.tensor_rows(layout, coef[:, i]) for i in range(len(BASE_DIRECTIONS))]
       step_rows = -(c[0] * g + c[1] * trace + c[2] * adam + c[3] * jnp.sign(mu))
       new_state = LayerwiseComboLOptState(step, trace, mu, nu, loss_stats)
-      return layout.unflatten(step_rows), new_state
+      return layout.unflatten(restore_nonfinite(step_rows, finite)), new_state
 
-    return with_checks(optax.GradientTransformationExtraArgs(init_fn, update_fn), self.name)
+    return with_checks(optax.GradientTransformationExtraArgs(init_fn, update_fn), self.name,
+                       needs_params=True, needs_loss=True)

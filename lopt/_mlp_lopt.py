@@ -140,9 +140,8 @@ class MLPLOpt(pp.MagnitudeLOpt):
       del extra  # loss= is accepted and ignored
       layout = self.layout(updates)
       nb, blk = layout.chunk // layout.block, layout.block
-      g = layout.chunked(layout.flatten(updates))
-      p = (layout.chunked(layout.flatten(params)) if params is not None
-           else jnp.zeros_like(g))
+      g, finite = pp.finite_rows(layout.chunked(layout.flatten(updates)))
+      p = layout.chunked(layout.flatten(params))
       count = state.count + 1
       t = count.astype(jnp.float32)
       m_corr = 1.0 / (1.0 - mom_decays ** t)
@@ -177,8 +176,10 @@ class MLPLOpt(pp.MagnitudeLOpt):
           x = pp.scale_blocks(x, s_c, nb, blk)
         return self.step(mlp_forward_t(body, x, first_bias=first_bias))
 
-      step = layout.map_chunks(chunk_step, g, p, momenta, rms, scale_blocks)
+      step = pp.restore_nonfinite(
+          layout.map_chunks(chunk_step, g, p, momenta, rms, scale_blocks), finite)
       new_updates = layout.unflatten(-layout.unchunk(step))
       return new_updates, MLPLOptState(momenta=momenta, rms=rms, count=count)
 
-    return with_checks(optax.GradientTransformationExtraArgs(init_fn, update_fn), self.name)
+    return with_checks(optax.GradientTransformationExtraArgs(init_fn, update_fn), self.name,
+                       needs_params=True)

@@ -2,31 +2,58 @@
 
 from __future__ import annotations
 
+import difflib
+import os
 from typing import Any, Callable
 
 import optax
 
 from lopt._hand import HAND_DESIGNED
 
-__all__ = ["available", "available_learned", "get", "has_pretrained", "learned",
-           "load_meta_params", "pretrained_path", "register", "register_learned"]
+__all__ = ["available", "available_learned", "get", "has_pretrained", "is_learned", "learned",
+           "load_meta_params", "pretrained_path", "register", "register_learned",
+           "weights_word_hint"]
 
 Factory = Callable[..., optax.GradientTransformationExtraArgs]
 
 _REGISTRY: dict[str, Factory] = dict(HAND_DESIGNED)
 
 
-def register(name: str, factory: Factory, *, overwrite: bool = False) -> None:
+_PRETRAINED: dict[str, str] = {}
+_IS_LEARNED: set[str] = set()
+
+
+def register(name: str, factory: Factory, *, overwrite: bool = False, learned: bool = False,
+             pretrained: str | None = None) -> None:
   """Adds an optimizer factory to the registry under ``name``.
 
   Args:
     name: the registry name.
     factory: a callable returning an ``optax.GradientTransformationExtraArgs``.
     overwrite: replace an existing entry instead of raising.
+    learned: the factory takes ``weights=`` (learned and generative optimizers);
+      see :func:`is_learned`.
+    pretrained: the directory under ``lopt/weights`` holding the shipped weights,
+      if they are not ``lopt/weights/<name>`` (see :func:`pretrained_path`).
   """
   if name in _REGISTRY and not overwrite:
     raise ValueError(f"optimizer {name!r} is already registered")
   _REGISTRY[name] = factory
+  _IS_LEARNED.discard(name)
+  _PRETRAINED.pop(name, None)
+  if learned:
+    _IS_LEARNED.add(name)
+  if pretrained is not None:
+    _PRETRAINED[name] = pretrained
+
+
+def is_learned(name: str) -> bool:
+  """Whether optimizer ``name`` has weights (``weights=``): learned and generative ones.
+
+  True for every :func:`available_learned` name and for G.pt (``"gpt"``); False for
+  hand-designed optimizers.
+  """
+  return name in _IS_LEARNED
 
 
 def available() -> list[str]:
@@ -78,12 +105,16 @@ def _weights_dir() -> "Any":
 
 
 def pretrained_path(name: str) -> "Any":
-  """The directory holding the shipped weights of learned optimizer ``name``."""
-  return _weights_dir() / name
+  """The directory holding the shipped weights of optimizer ``name``.
+
+  ``lopt/weights/<name>`` for learned optimizers; G.pt's shipped model is
+  ``lopt/weights/gpt_digits_mlp``.
+  """
+  return _weights_dir() / _PRETRAINED.get(name, name)
 
 
 def has_pretrained(name: str) -> bool:
-  """Whether shipped ("pretrained") weights exist for learned optimizer ``name``."""
+  """Whether shipped ("pretrained") weights exist for optimizer ``name`` (G.pt included)."""
   return (pretrained_path(name) / "manifest.json").exists()
 
 
@@ -112,13 +143,28 @@ def available_learned() -> list[str]:
   return sorted(_LEARNED)
 
 
+WEIGHT_WORDS = ("pretrained", "fresh")
+
+
+def weights_word_hint(weights: str) -> str:
+  """`` (did you mean 'pretrained'?)`` for a string close to a weights word, else ``""``."""
+  close = difflib.get_close_matches(weights, WEIGHT_WORDS, n=1, cutoff=0.6)
+  return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def load_meta_params(lo: Any, weights: Any, *, seed: int = 0) -> Any:
   """Resolves ``weights`` for learned optimizer ``lo`` to a meta-params pytree.
 
   ``None`` (or the string ``"fresh"``, for ``"name:fresh"`` specs) initializes
   fresh meta-params from ``seed``; ``"pretrained"`` loads the shipped weights; a
-  string or path loads saved weights (orbax + manifest); anything else is taken
-  as a meta-params pytree.
+  string or path loads saved weights (orbax + manifest); a pytree is taken as
+  meta-params and must have the structure and shapes of ``lo.init``'s.
+
+  Raises:
+    FileNotFoundError: no weights at the path (a near-miss of ``"pretrained"`` or
+      ``"fresh"`` is pointed out), or none shipped.
+    TypeError: ``weights`` is none of the above (a number, say).
+    ValueError: a pytree or saved weights that do not fit ``lo``.
   """
   import jax
 
@@ -131,9 +177,23 @@ def load_meta_params(lo: Any, weights: Any, *, seed: int = 0) -> Any:
           f"{[n for n in available_learned() if has_pretrained(n)] or 'none'}. "
           f"Pass weights=None for fresh weights or a path to saved ones.")
     weights = pretrained_path(lo.name)
-  if isinstance(weights, str) or hasattr(weights, "__fspath__"):
+  if isinstance(weights, (str, os.PathLike)):
+    if not os.path.exists(weights):
+      hint = weights_word_hint(weights) if isinstance(weights, str) else ""
+      raise FileNotFoundError(f"weights for {lo.name!r}: no such directory {str(weights)!r}"
+                              f"{hint}; weights are None, 'fresh', 'pretrained', a "
+                              f"directory written by lopt.save_weights, or a meta-params "
+                              f"pytree")
     from lopt._weights import load_weights
     return load_weights(weights, lo)
+  leaves = jax.tree.leaves(weights)
+  if not leaves or not all(hasattr(x, "shape") and hasattr(x, "dtype") for x in leaves):
+    raise TypeError(f"weights for {lo.name!r} must be None, 'fresh', 'pretrained', a path or "
+                    f"a meta-params pytree of arrays; got {type(weights).__name__} "
+                    f"{weights!r:.60}")
+  from lopt._base import check_trees
+  check_trees(weights, jax.eval_shape(lo.init, jax.random.key(0)), "weights",
+              f"{lo.name}.init(key)")
   return weights
 
 
@@ -158,4 +218,4 @@ def register_learned(name: str, cls: Callable[..., Any], *, overwrite: bool = Fa
 
   factory.__name__ = name
   factory.__doc__ = f"Builds learned optimizer {name!r}; see :func:`register_learned`."
-  register(name, factory, overwrite=overwrite)
+  register(name, factory, overwrite=overwrite, learned=True)

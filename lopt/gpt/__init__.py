@@ -21,6 +21,7 @@ from lopt.gpt._io import save_gpt as save_gpt
 from lopt.gpt._model import DEFAULT_CONFIG as DEFAULT_CONFIG
 from lopt.gpt._model import GPT as GPT
 from lopt.gpt._model import GPTNet as GPTNet
+from lopt.gpt._optimizer import PRETRAINED as PRETRAINED
 from lopt.gpt._optimizer import GPTState as GPTState
 from lopt.gpt._optimizer import gpt as gpt
 from lopt.gpt._optimizer import gpt_from_loaded as gpt_from_loaded
@@ -29,7 +30,8 @@ from lopt.gpt._tokenizer import Tokenizer as Tokenizer
 from lopt.gpt._tokenizer import param_spec as param_spec
 
 __all__ = [
-    "DEFAULT_CONFIG", "GPT", "GPTNet", "GPTState", "LoadedGPT", "Schedule", "Tokenizer",
+    "DEFAULT_CONFIG", "GPT", "GPTNet", "GPTState", "LoadedGPT", "PRETRAINED", "Schedule",
+    "Tokenizer",
     "diffusion_loss", "gpt", "gpt_from_loaded", "load_gpt", "make_schedule", "param_spec",
     "pretrained_gpt_path", "q_sample", "read_gpt_manifest", "sample", "save_gpt",
 ]

@@ -21,6 +21,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from lopt._weights import read_json_manifest
 from lopt.gpt._model import GPT, stats_to_jax
 
 __all__ = ["FORMAT", "LoadedGPT", "load_gpt", "read_gpt_manifest", "save_gpt"]
@@ -73,12 +74,13 @@ def read_gpt_manifest(path: str | pathlib.Path) -> dict[str, Any]:
 
   Raises:
     FileNotFoundError: no manifest at ``path``.
-    ValueError: the manifest is not a G.pt manifest.
+    ValueError: the manifest is malformed or not a G.pt manifest (the message names
+      the file and the fault).
   """
   f = pathlib.Path(path).expanduser() / "manifest.json"
   if not f.is_file():
     raise FileNotFoundError(f"no G.pt weights at {str(path)!r}: {str(f)!r} does not exist")
-  manifest = json.loads(f.read_text())
+  manifest = read_json_manifest(f, {"format": str, "name": str, "config": dict})
   if manifest.get("format") != FORMAT or manifest.get("name") != "gpt":
     raise ValueError(f"{f} is not a G.pt weights manifest (format "
                      f"{manifest.get('format')!r}, name {manifest.get('name')!r}; expected "
@@ -97,6 +99,9 @@ def load_gpt(path: str | pathlib.Path) -> LoadedGPT:
   path = pathlib.Path(path).expanduser().resolve()
   manifest = read_gpt_manifest(path)
   cfg = dict(manifest["config"])
+  if not isinstance(cfg.get("spec"), list):
+    raise ValueError(f"{path / 'manifest.json'}: the G.pt config has no 'spec' list (the "
+                     f"parameter structure the model was trained for)")
   model = GPT(cfg.pop("spec"), **cfg)
   shapes = jax.eval_shape(model.init, jax.random.key(0))
   n, c = model.tokenizer.num_tokens, model.tokenizer.chunk_size

@@ -14,6 +14,7 @@ recursive prompting).
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import pathlib
@@ -32,7 +33,7 @@ PRETRAINED = "gpt_digits_mlp"
 
 
 class GPTState(NamedTuple):
-  """State of the G.pt optimizer: the sampling key and the update count."""
+  """State of the G.pt optimizer: the sampling key and the number of samples taken."""
   key: jax.Array
   count: jax.Array
 
@@ -68,8 +69,19 @@ def gpt_from_loaded(loaded: LoadedGPT, *, target: float | None = None,
   if not math.isfinite(guidance):
     raise ValueError(f"guidance must be finite, got {guidance}")
 
+  task = loaded.manifest.get("task") or {}
+  fits = (f"; this G.pt model fits the parameters of task {task['name']!r} with config "
+          f"{task.get('config', {})} (any tree with their leaf shapes, whatever its names)"
+          if task.get("name") else "")
+
+  def check(tree, name="params"):
+    try:
+      tok.check(tree, name=name)
+    except ValueError as e:
+      raise ValueError(f"{e}{fits}") from None
+
   def init_fn(params):
-    tok.check(params)
+    check(params)
     return GPTState(jax.random.key(seed), jnp.zeros((), jnp.int32))
 
   def update_fn(updates, state, params=None, *, loss=None, **extra):
@@ -80,19 +92,20 @@ def gpt_from_loaded(loaded: LoadedGPT, *, target: float | None = None,
     if loss is None:
       raise ValueError("the G.pt optimizer needs the current loss: call update(grads, state, "
                        "params, loss=loss)")
-    tok.check(params)
+    check(params)
     grad_flat = None
     if model.cfg["condition_grad"]:
       if updates is None:
         raise ValueError("this G.pt model conditions on the gradient at params "
                          "(condition_grad): call update(grads, state, params, loss=loss)")
-      tok.check(updates, name="grads")
+      check(updates, name="grads")
       grad_flat = tok.flatten(updates)[None].astype(jnp.float32)
     key, sub = jax.random.split(state.key)
+    loss = jnp.reshape(jnp.asarray(loss, jnp.float32), ())
 
     def sample(_):
       start = tok.flatten(params)[None]
-      m_start = jnp.reshape(jnp.asarray(loss, jnp.float32), (1,))
+      m_start = jnp.reshape(loss, (1,))
       m_target = jnp.full((1,), target, jnp.float32)
       new = model.generate(net_params, stats, sub, start, m_start, m_target, grad_flat,
                            num_steps=num_sampling_steps, eta=eta,
@@ -100,12 +113,14 @@ def gpt_from_loaded(loaded: LoadedGPT, *, target: float | None = None,
       new_params = tok.unflatten(new, like=params)
       return jax.tree.map(lambda n, p: (n - p).astype(p.dtype), new_params, params)
 
-    if max_updates is None:
-      upd = sample(None)
-    else:  # after max_updates samples the optimizer leaves params alone (no sampling cost)
-      upd = jax.lax.cond(state.count < max_updates, sample,
-                         lambda _: jax.tree.map(jnp.zeros_like, params), None)
-    return upd, GPTState(key, state.count + 1)
+    # A non-finite loss cannot condition the model: the update is skipped (zero
+    # updates, state unchanged), so a later finite loss still gets its sample.
+    run = jnp.isfinite(loss)
+    if max_updates is not None:  # after max_updates samples params are left alone
+      run = run & (state.count < max_updates)
+    upd = jax.lax.cond(run, sample, lambda _: jax.tree.map(jnp.zeros_like, params), None)
+    new_state = jax.lax.cond(run, lambda: GPTState(key, state.count + 1), lambda: state)
+    return upd, new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -153,8 +168,10 @@ def gpt(weights: Any = "pretrained", target: float | None = None, *,
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params``
-    and ``loss=`` and raises ``ValueError`` for a parameter tree that does not
-    match the model's task.
+    and ``loss=`` and raises ``ValueError`` for a parameter tree whose leaf
+    shapes do not match the model's task (leaf names do not matter; the message
+    names the task that fits). An update with a non-finite ``loss`` is skipped:
+    zero updates and an unchanged state (``count`` counts samples taken).
   """
   del num_steps
   if unused:
@@ -179,6 +196,12 @@ def gpt(weights: Any = "pretrained", target: float | None = None, *,
     if not isinstance(weights, (str, os.PathLike)):
       raise TypeError(f"weights must be 'pretrained', a path or a LoadedGPT, got "
                       f"{type(weights).__name__}")
+    if isinstance(weights, str) and not os.path.exists(weights):
+      close = difflib.get_close_matches(weights, ["pretrained"], n=1, cutoff=0.6)
+      raise FileNotFoundError(f"no G.pt weights at {weights!r}"
+                              + (f" (did you mean {close[0]!r}?)" if close else "")
+                              + "; weights are 'pretrained', a directory written by "
+                                "lopt.gpt.save_gpt, or a LoadedGPT")
     loaded = load_gpt(weights)
   return gpt_from_loaded(loaded, target=target, num_sampling_steps=num_sampling_steps,
                          eta=eta, temperature=temperature, guidance=guidance, seed=seed,

@@ -40,10 +40,11 @@ def unroll_loss(lo, meta_params, params, steps: int = 3, num_steps: int = 10):
 
 def check_meta_grad_vmapped(lo, meta_params_list, *, steps: int = 3, fd_eps: float = 1e-2,
                             fd_rtol: float = 0.1):
-  """Meta-gradients of an unroll vmapped over meta-params *and* task instances.
+  """Meta-gradients of an unroll vmapped over meta-params, task instances and horizons.
 
-  Instance ``i`` unrolls ``lo.transform(meta_params_list[i])`` on
-  ``tiny_params(key(i + 1))``, all instances in one ``jax.vmap``; the gradient of
+  Instance ``i`` unrolls ``lo.transform(meta_params_list[i], horizon_i)`` on
+  ``tiny_params(key(i + 1))``, all instances in one ``jax.vmap``; the horizons
+  differ per instance and are traced (as in meta-training). The gradient of
   the summed final losses gives every instance's meta-gradient (one compile for
   the whole check). Asserts finite losses, finite and nonzero meta-gradients for
   every instance, and that a central finite difference of instance 0's loss along
@@ -58,8 +59,10 @@ def check_meta_grad_vmapped(lo, meta_params_list, *, steps: int = 3, fd_eps: flo
   params = jax.tree.map(lambda *xs: jnp.stack(xs),
                         *[tiny_params(jax.random.key(i + 1)) for i in range(n)])
 
+  horizons = jnp.arange(n, dtype=jnp.int32) * 10 + 10
+
   def total(mps):
-    losses = jax.vmap(lambda mp, p: unroll_loss(lo, mp, p, steps))(mps, params)
+    losses = jax.vmap(lambda mp, p, h: unroll_loss(lo, mp, p, steps, h))(mps, params, horizons)
     return jnp.sum(losses), losses
 
   value_and_grad = jax.jit(jax.value_and_grad(total, has_aux=True))
@@ -81,11 +84,28 @@ def check_meta_grad_vmapped(lo, meta_params_list, *, steps: int = 3, fd_eps: flo
   return losses
 
 
-def check_donatable_state(opt, params):
-  """Asserts ``opt.init`` returns no buffer twice, so training loops can donate the state."""
+def check_donation(opt, params, steps: int = 2):
+  """``opt.init`` returns no buffer twice, and a jitted step donating params and state runs.
+
+  Parameters keep their dtype (``params`` may be bfloat16) and stay finite.
+  """
   leaves = jax.tree.leaves(opt.init(params))
   pointers = [x.unsafe_buffer_pointer() for x in leaves]
   assert len(set(pointers)) == len(pointers), "state shares a buffer between fields"
+
+  def step(p, s):
+    loss, g = jax.value_and_grad(lambda q: tiny_loss(jax.tree.map(
+        lambda x: x.astype(jnp.float32), q)))(p)
+    u, s = opt.update(g, s, p, loss=loss)
+    return optax.apply_updates(p, u), s
+
+  step = jax.jit(step, donate_argnums=(0, 1))
+  p, s = jax.tree.map(jnp.copy, params), opt.init(params)
+  for _ in range(steps):
+    p, s = step(p, s)
+  for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(params)):
+    assert a.dtype == b.dtype and a.shape == b.shape
+    assert np.all(np.isfinite(np.asarray(a, np.float32)))
 
 
 def check_scan_under_shard_map(lo, meta_params, steps: int = 2):
