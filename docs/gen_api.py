@@ -29,9 +29,26 @@ def _signature(obj) -> str:
     sig = inspect.signature(obj)
   except (TypeError, ValueError):
     return ""
-  params = [q.replace(annotation=inspect.Parameter.empty) for q in sig.parameters.values()]
+  params = [q.replace(annotation=inspect.Parameter.empty, default=_stable(q.default))
+            for q in sig.parameters.values()]
   sig = str(sig.replace(parameters=params, return_annotation=inspect.Signature.empty))
   return sig if len(sig) <= 110 else sig[:107] + "...)"
+
+
+class _Named:
+  """Shows a function default by its name (its repr holds a run-dependent address)."""
+
+  def __init__(self, name: str):
+    self.name = name
+
+  def __repr__(self) -> str:
+    return self.name
+
+
+def _stable(default):
+  if callable(default) and hasattr(default, "__name__") and not isinstance(default, type):
+    return _Named(default.__name__)
+  return default
 
 
 def _kind(obj) -> str:
@@ -68,6 +85,9 @@ def render() -> str:
 
 
 def main(argv: list[str]) -> int:
+  if any(a in ("-h", "--help") for a in argv):
+    print(__doc__)
+    return 0
   text = render()
   if "--check" in argv:
     if not OUT.exists() or OUT.read_text() != text:

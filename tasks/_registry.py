@@ -42,6 +42,8 @@ _TASKS: dict[str, Callable[..., Task]] = {
                               corpus="python_stdlib"),
     "cartpole": GymnaxPolicy,
     "acrobot": _preset(GymnaxPolicy, "GymnaxPolicy on Acrobot-v1.", env_name="Acrobot-v1"),
+    "catch": _preset(GymnaxPolicy, "GymnaxPolicy on bsuite's Catch (9-step episodes).",
+                     env_name="Catch-bsuite", horizon=10, batch_size=16),
 }
 
 #: Tasks that need data prepared outside the package (TFDS); the rest are embedded.

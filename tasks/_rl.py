@@ -19,17 +19,20 @@ class _Policy(nn.Module):
 
   @nn.compact
   def __call__(self, obs):
-    x = obs
+    x = obs.reshape(-1)      # image-like observations (Catch, MinAtar) are flattened
     for h in self.hidden:
       x = nn.tanh(nn.Dense(h)(x))
     return nn.Dense(self.num_actions)(x)
 
 
-#: Short task names of known environments, and whether their per-step rewards are
-#: positive (+1 while alive: CartPole) or negative (-1 until the goal: Acrobot,
-#: MountainCar). Other discrete-action environments are treated like CartPole.
-_ENVS = {"CartPole-v1": ("cartpole", True), "Acrobot-v1": ("acrobot", False),
-         "MountainCar-v0": ("mountain_car", False)}
+#: Short task names of known environments and the range of an episode's return,
+#: ``(worst, best)``, given the horizon: CartPole gets +1 per step alive, Acrobot and
+#: MountainCar -1 per step until the goal, Catch +1 or -1 once per episode. Other
+#: discrete-action environments are treated like CartPole.
+_ENVS = {"CartPole-v1": ("cartpole", lambda h: (0.0, float(h))),
+         "Acrobot-v1": ("acrobot", lambda h: (-float(h), 0.0)),
+         "MountainCar-v0": ("mountain_car", lambda h: (-float(h), 0.0)),
+         "Catch-bsuite": ("catch", lambda h: (-1.0, 1.0))}
 
 
 class GymnaxPolicy(Task):
@@ -43,7 +46,10 @@ class GymnaxPolicy(Task):
   ``eval_batch_size`` episodes' keys.
 
   Works with "CartPole-v1" (+1 per step alive), "Acrobot-v1" (-1 per step until
-  the tip swings up) and other discrete-action environments. "MountainCar-v0"
+  the tip swings up), "Catch-bsuite" (+1 or -1 when the ball lands; 9 steps an
+  episode) and other discrete-action environments. Acrobot is hard to explore:
+  on some seeds a random policy never swings up in 200 steps, every return
+  ties and the gradient is zero. "MountainCar-v0"
   runs, but a random policy never reaches the goal within 200 steps, so every
   return is -200 and the REINFORCE gradient is exactly zero.
 
@@ -63,7 +69,7 @@ class GymnaxPolicy(Task):
                horizon: int = 200, batch_size: int = 8, eval_batch_size: int = 64):
     import gymnax
 
-    short, self._positive_rewards = _ENVS.get(env_name, (env_name.lower(), True))
+    short, returns = _ENVS.get(env_name, (env_name.lower(), lambda h: (0.0, float(h))))
     self.name = short
     self.env_name, self.hidden = env_name, tuple(int(h) for h in hidden)
     self.horizon, self.batch_size = int(horizon), int(batch_size)
@@ -72,7 +78,8 @@ class GymnaxPolicy(Task):
     self.num_actions = self.env.action_space(self.env_params).n
     self.obs_shape = self.env.observation_space(self.env_params).shape
     self.model = _Policy(self.hidden, self.num_actions)
-    self.loss_scale = float(self.horizon)
+    self.worst_return, self.best_return = returns(self.horizon)
+    self.loss_scale = self.best_return - self.worst_return
 
   def config(self):
     return {"env_name": self.env_name, "hidden": list(self.hidden), "horizon": self.horizon,
@@ -130,10 +137,8 @@ class GymnaxPolicy(Task):
   def normalize(self, loss):
     """Maps ``-return`` to ``[0, 1]``: 0 is the best return in ``horizon`` steps, 1 the worst.
 
-    With positive rewards (CartPole) ``-return`` lies in ``[-horizon, 0]`` and
-    maps to ``1 + loss / horizon``; with negative rewards (Acrobot) it lies in
-    ``[0, horizon]`` and maps to ``loss / horizon``.
+    ``(loss + best) / (best - worst)``: for CartPole ``1 + loss / horizon``, for
+    Acrobot ``loss / horizon``, for Catch ``(loss + 1) / 2``.
     """
-    norm = loss / self.loss_scale + (1.0 if self._positive_rewards else 0.0)
-    norm = jnp.clip(norm, 0.0, MAX_NORMALIZED_LOSS)
+    norm = jnp.clip((loss + self.best_return) / self.loss_scale, 0.0, MAX_NORMALIZED_LOSS)
     return jnp.where(jnp.isfinite(loss), norm, MAX_NORMALIZED_LOSS)

@@ -18,6 +18,7 @@ SMALL = {"char_lm": dict(dim=16, layers=1, seq_len=16, batch_size=4, eval_batch_
          "digits_autoencoder": dict(hidden=(16, 4), batch_size=16),
          "cartpole": dict(horizon=20, batch_size=2, eval_batch_size=4),
          "acrobot": dict(horizon=20, batch_size=2, eval_batch_size=4),
+         "catch": dict(batch_size=2, eval_batch_size=4),
          "quadratic": dict(dim=5)}
 
 
@@ -194,3 +195,20 @@ def test_rl_normalize_maps_best_to_zero_and_worst_to_one():
   # CartPole: +1 per step alive, loss = -return in [-horizon, 0].
   np.testing.assert_allclose([cartpole.normalize(jnp.float32(v)) for v in (0.0, -5.0, -20.0)],
                              [1.0, 0.75, 0.0])
+  # Catch: +1 or -1 when the ball lands, loss = -return in [-1, 1].
+  catch = tasks.get("catch")
+  assert catch.name == "catch" and catch.obs_shape == (10, 5)
+  np.testing.assert_allclose([catch.normalize(jnp.float32(v)) for v in (1.0, 0.0, -1.0)],
+                             [1.0, 0.5, 0.0])
+
+
+def test_rotated_quadratic_keeps_the_spectrum_and_its_optimum():
+  plain = tasks.get("quadratic", dim=6, condition=100.0)
+  rot = tasks.get("quadratic", dim=6, condition=100.0, rotate=True)
+  q = np.asarray(rot.q)
+  np.testing.assert_allclose(q @ q.T, np.eye(6), atol=1e-5)
+  hess = jax.hessian(lambda x: rot.loss({"x": x}, None, jnp.zeros(6)))(jnp.zeros(6))
+  np.testing.assert_allclose(np.linalg.eigvalsh(np.asarray(hess)), np.asarray(plain.h),
+                             rtol=1e-4)
+  assert abs(float(hess[0, 1])) > 1e-3          # not axis-aligned
+  assert float(rot.loss({"x": rot.x_star}, None, jnp.zeros(6))) == pytest.approx(0.0, abs=1e-6)
