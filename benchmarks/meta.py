@@ -72,6 +72,21 @@ flags.DEFINE_list("hidden", ["32"], "Hidden sizes of the digits MLP task (64 inp
                   "10 classes): the default 64,32 has 6,570 parameters, 32 has 2,410.")
 flags.DEFINE_string("lo_config", "{}", "JSON constructor arguments of the learned optimizer "
                     "(e.g. '{\"chunk\": 16384}' to time another chunk size).")
+flags.register_validator("lopt", lambda v: v in lopt.available_learned(),
+                         f"unknown learned optimizer; valid: {', '.join(lopt.available_learned())}")
+flags.register_validator("horizon", lambda v: v >= 1, "horizon must be >= 1")
+flags.register_validator("hidden", lambda v: all(h.strip().isdigit() and int(h) > 0 for h in v),
+                         "hidden sizes must be positive integers, e.g. --hidden=64,32")
+
+
+def _json_object(text: str) -> bool:
+  try:
+    return isinstance(json.loads(text), dict)
+  except json.JSONDecodeError:
+    return False
+
+
+flags.register_validator("lo_config", _json_object, "lo_config must be a JSON object")
 
 
 def _flops_per_inner_step(task, lo, params) -> dict:

@@ -268,14 +268,31 @@ def define_flags(fv: flags.FlagValues = FLAGS) -> None:
                     flag_values=fv)
   flags.DEFINE_list("sizes", ["1e4", "1e5", "1e6", "1e7"], "approximate parameter counts",
                     flag_values=fv)
-  flags.DEFINE_integer("repeats", 3, "timed repetitions per round (best kept)", flag_values=fv)
-  flags.DEFINE_integer("rounds", 3, "interleaved rounds over all measurements", flag_values=fv)
+  flags.DEFINE_integer("repeats", 3, "timed repetitions per round (best kept)", lower_bound=1,
+                       flag_values=fv)
+  flags.DEFINE_integer("rounds", 3, "interleaved rounds over all measurements", lower_bound=1,
+                       flag_values=fv)
   flags.DEFINE_list("peak_sizes", ["1024", "2048"], "sides of the square matmuls for the peak",
                     flag_values=fv)
   flags.DEFINE_float("reference_max_size", 1e6,
-                     "largest size at which the straightforward MLP is timed", flag_values=fv)
+                     "largest size at which the straightforward MLP is timed", lower_bound=0.0,
+                     flag_values=fv)
   flags.DEFINE_string("out", "bench_out/speed", "output directory for speed.json / speed.md",
                       flag_values=fv)
+  flags.register_validator("sizes", _positive_numbers, "sizes must be positive numbers (1e5)",
+                           flag_values=fv)
+  flags.register_validator("peak_sizes", _positive_numbers, "peak_sizes must be positive",
+                           flag_values=fv)
+  flags.register_validator(
+      "optimizers", lambda v: v is None or all(n in lopt.available() for n in v),
+      f"unknown optimizer; valid names: {', '.join(lopt.available())}", flag_values=fv)
+
+
+def _positive_numbers(values: Sequence[str]) -> bool:
+  try:
+    return all(float(v) >= 1 for v in values) and len(values) > 0
+  except ValueError:
+    return False
 
 
 def main(argv: Sequence[str]) -> None:

@@ -13,7 +13,7 @@ import inspect
 import pathlib
 import sys
 
-PACKAGES = ("lopt", "lopt.gpt", "tasks", "meta_train", "benchmarks")
+PACKAGES = ("lopt", "lopt.gpt", "tasks", "meta_train", "meta_train.gpt", "benchmarks")
 OUT = pathlib.Path(__file__).resolve().parent / "api.md"
 
 

@@ -34,8 +34,7 @@ class MetricFn:
       params = tokenizer.unflatten(flat, like=like)
       out = {}
       for split in ("train", "test"):
-        batch = (task.full_batch(split) if hasattr(task, "full_batch")
-                 else task.batch(key, split))
+        batch = task.eval_batch(key, split)
         for k, v in task.metrics(params, key, batch).items():
           out[f"{split}_{k}"] = v
       return out
@@ -89,7 +88,7 @@ def nearest_distance(x: np.ndarray, bank: np.ndarray, chunk: int = 64) -> np.nda
 @functools.partial(jax.jit, static_argnames=("task", "num_steps", "every"))
 def _adam_run(task, num_steps, every, params, lr, key):
   tx = lopt.get("adam", learning_rate=lr)
-  test = task.full_batch("test") if hasattr(task, "full_batch") else task.batch(key, "test")
+  test = task.eval_batch(key, "test")
 
   def seg(carry, k):
     p, s = carry

@@ -79,9 +79,7 @@ DEFAULT_TASK_CONFIGS: dict[str, dict[str, Any]] = {
 
 
 def _eval_batch(task, split: str, key):
-  if hasattr(task, "full_batch"):
-    return task.full_batch(split)
-  return task.batch(key, split)
+  return task.eval_batch(key, split)
 
 
 def _shard_fn(task, opt_name: str, num_segments: int, interval: int):

@@ -23,3 +23,22 @@ def test_mlp_shaped_params_sizes():
     p = jax.eval_shape(lambda n=n: speed.mlp_shaped_params(n, jax.random.key(0)))
     total = sum(x.size for x in jax.tree.leaves(p))
     assert abs(total - n) / n < 0.05
+
+
+def test_speed_and_meta_flags_are_validated():
+  import subprocess
+  import sys
+
+  import pytest
+  from absl import flags
+
+  for arg in ("--repeats=0", "--rounds=0", "--sizes=abc", "--optimizers=adamm"):
+    fv = flags.FlagValues()
+    speed.define_flags(fv)
+    with pytest.raises(flags.IllegalFlagValueError):
+      fv(["speed", arg])
+  # benchmarks.meta defines its flags on import: check it in a child process.
+  out = subprocess.run([sys.executable, "-m", "benchmarks.meta", "--hidden=-3"],
+                       capture_output=True, text=True, timeout=120)
+  assert out.returncode != 0 and "hidden sizes must be positive" in out.stderr
+  assert "Traceback" not in out.stderr
