@@ -40,7 +40,7 @@ __all__ = ["PROTOCOL_VERSION", "REFERENCE", "beats_tuned_adam", "not_applicable_
            "run_benchmark", "summarize", "tuned_label"]
 
 #: Curves stored in the results are subsampled to at most this many points.
-MAX_CURVE_POINTS = 400
+MAX_CURVE_POINTS = 250
 #: The tuned baseline every speedup is measured against.
 REFERENCE = "adam"
 #: Version of the results format and protocol; ``reuse`` refuses other versions.
@@ -177,9 +177,10 @@ def _tune(task, name: str, lrs: np.ndarray, entry: SuiteTask, mult: int, every: 
       "curves_by_lr": _subsample(by_lr)[1],
       "envelope": env_curve,
       "envelope_steps": env_steps,
-      "envelope_full": _nulls(protocol.lower_envelope(sm)),   # unrounded: speedups use it
+      "envelope_full": _nulls(_sig(protocol.lower_envelope(sm), 9)),   # speedups use it
       "test_steps": runs.test_steps.tolist(),
-      "test_envelope": _nulls(np.min(np.where(np.isnan(test_by_lr), np.inf, test_by_lr), axis=0)),
+      "test_envelope": _nulls(_sig(np.min(np.where(np.isnan(test_by_lr), np.inf, test_by_lr),
+                                          axis=0), 9)),
       "test_curves_by_lr": _nulls(_sig(test_by_lr)),
       "seconds": runs.seconds,
       "compile_seconds": runs.compile_seconds,

@@ -128,7 +128,7 @@ def write_json(results: dict[str, Any], path: str | pathlib.Path) -> pathlib.Pat
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_name(path.name + ".tmp")    # write + rename: a kill never leaves half a file
-  tmp.write_text(json.dumps(_jsonable(results), indent=1, allow_nan=False) + "\n")
+  tmp.write_text(json.dumps(_jsonable(results), separators=(",", ":"), allow_nan=False) + "\n")
   tmp.replace(path)
   return path
 
