@@ -1,6 +1,6 @@
 """``layerwise_combo_lopt``: per-layer learned mixtures of base optimizer directions.
 
-A cheap learned optimizer in the spirit of "Narrowing the Focus: Learned
+A cheap learned optimizer in the spirit of Kristiansen et al. 2024, "Narrowing the Focus: Learned
 Optimizers for Pretrained Models" (arXiv 2408.09310): the update of
 tensor ``t`` is a learned linear combination of ``K = 4`` base update directions
 computed with the usual accumulators,

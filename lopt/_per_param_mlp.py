@@ -3,7 +3,7 @@
 A per-parameter learned optimizer applies one small MLP to every scalar parameter.
 Written naively -- one small MLP call per leaf, or one matmul over the whole
 ``(num_params, num_features)`` array -- XLA sees either many tiny ops or matmuls
-whose activations spill out of cache (~25 % of matmul peak on a CPU). This module
+whose activations spill out of cache (docs/speed.md has the figures). This module
 lays every leaf of a parameter tree out in one flat, padded *row space* and walks
 it in cache-sized chunks, so each MLP layer is one matmul per chunk inside one
 loop (``lax.map``), and feature computation can be fused into the same loop.

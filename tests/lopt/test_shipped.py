@@ -18,8 +18,11 @@ SHIPPED = ["mlp_lopt", "celo2_lopt"]
 
 
 def test_required_weights_ship():
-  assert all(lopt.has_pretrained(n) for n in SHIPPED), [
-      n for n in SHIPPED if not lopt.has_pretrained(n)]
+  assert all(lopt.has_pretrained(n) for n in SHIPPED + ["gpt"]), [
+      n for n in SHIPPED + ["gpt"] if not lopt.has_pretrained(n)]
+  assert lopt.pretrained_path("gpt") == lopt.gpt.pretrained_gpt_path()
+  assert lopt.is_learned("gpt") and not lopt.is_learned("adam")
+  assert "gpt" not in lopt.available_learned()  # it has no meta-params to meta-train
 
 
 @pytest.mark.parametrize("name", SHIPPED)

@@ -89,3 +89,33 @@ def test_fresh_spec_is_a_fresh_init():
                                                                  num_steps=10)
   np.testing.assert_array_equal(a.update(params, a.init(params), params)[0]["w"],
                                 b.update(params, b.init(params), params)[0]["w"])
+
+
+@pytest.mark.parametrize("text,fault", [
+    ('{"format": "lopt-weights/1", "config": {}, "tree": []}', "has no 'name' field"),
+    ('[1, 2]', "must be a JSON object, got a JSON list"),
+    ('{"name": ', "not valid JSON"),
+    ('{"format": "lopt-weights/1", "name": "mlp_lopt", "config": [], "tree": []}',
+     "'config' must be a JSON object"),
+])
+def test_malformed_manifest_names_the_file_and_the_fault(tmp_path, text, fault):
+  (tmp_path / "manifest.json").write_text(text)
+  with pytest.raises(ValueError, match=f"manifest.json.*{fault}"):
+    lopt.load_weights(tmp_path, lopt.learned("mlp_lopt"))
+  with pytest.raises(ValueError, match="manifest.json"):
+    lopt.gpt.read_gpt_manifest(tmp_path)
+
+
+def test_weights_are_checked_when_the_optimizer_is_built():
+  """A bad ``weights=`` fails in ``lopt.get``, not at the first update; typos get a hint."""
+  with pytest.raises(TypeError, match="weights for 'mlp_lopt' must be .* got int"):
+    lopt.get("mlp_lopt", weights=123)
+  with pytest.raises(ValueError, match=r"weights and mlp_lopt.init\(key\)"):
+    lopt.get("mlp_lopt", weights=lopt.learned("mlp_lopt", hidden_size=4).init(
+        jax.random.key(0)))
+  with pytest.raises(FileNotFoundError, match="did you mean 'pretrained'"):
+    lopt.get("mlp_lopt", weights="pretrain")
+  with pytest.raises(FileNotFoundError, match="did you mean 'fresh'"):
+    lopt.get("celo2_lopt:frsh")
+  with pytest.raises(FileNotFoundError, match="did you mean 'pretrained'"):
+    lopt.get("gpt", weights="pretraind")
