@@ -121,14 +121,11 @@ def unavailable_reason(spec: OptimizerSpec) -> str | None:
   Raises:
     FileNotFoundError: a weights path that does not exist.
   """
-  if spec.weights in (None, "fresh"):
-    if spec.name == "gpt" and not has_pretrained_gpt():
-      return "no pretrained G.pt weights shipped yet (lopt.gpt.pretrained_gpt_path())"
-    return None
-  if spec.weights == "pretrained":
-    shipped = has_pretrained_gpt() if spec.name == "gpt" else lopt.has_pretrained(spec.name)
-    if not shipped:
+  if spec.weights == "pretrained" or (spec.name == "gpt" and spec.weights is None):
+    if not lopt.has_pretrained(spec.name):
       return f"no pretrained weights shipped for {spec.name!r}"
+    return None
+  if spec.weights in (None, "fresh"):
     return None
   if not pathlib.Path(spec.weights).exists():
     raise FileNotFoundError(f"weights of optimizer spec {spec.text!r} not found: "
@@ -147,15 +144,11 @@ def weights_digest(spec: OptimizerSpec) -> str | None:
 
   if not spec.learned:
     return None
-  if spec.weights in (None, "fresh"):
+  if spec.weights is None and spec.name != "gpt" or spec.weights == "fresh":
     return "fresh"
-  if spec.weights == "pretrained":
-    path = (lopt.gpt.pretrained_gpt_path() if spec.name == "gpt"
-            else lopt.pretrained_path(spec.name))
-  else:
-    path = pathlib.Path(spec.weights)
+  path = pathlib.Path(lopt.pretrained_path(spec.name) if spec.weights in (None, "pretrained")
+                      else spec.weights)
   h = hashlib.sha256()
-  path = pathlib.Path(path)
   files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
   for f in files:
     if f.suffix in (".png", ".md"):   # plots and notes beside the weights
@@ -163,11 +156,6 @@ def weights_digest(spec: OptimizerSpec) -> str | None:
     h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
     h.update(f.read_bytes())
   return h.hexdigest()[:16]
-
-
-def has_pretrained_gpt() -> bool:
-  """Whether the shipped G.pt model exists."""
-  return (lopt.gpt.pretrained_gpt_path() / "manifest.json").exists()
 
 
 def build_optimizer(spec: OptimizerSpec | str, num_steps: int):

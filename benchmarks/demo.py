@@ -22,7 +22,7 @@ from absl import app, flags, logging
 import lopt
 from benchmarks._benchmark import run_benchmark
 from benchmarks._report import TUNED_NOTE, markdown, save_results
-from benchmarks._specs import build_optimizer, has_pretrained_gpt
+from benchmarks._specs import build_optimizer
 from benchmarks._suites import parse_tasks
 
 HAND_DESIGNED = ("muon",)   # untuned hand-designed reference rows (the tuned ones are TUNED)
@@ -47,8 +47,7 @@ def demo_optimizers() -> tuple[list[str], dict[str, str]]:
   """
   specs, notes = list(HAND_DESIGNED), {}
   for name in lopt.available_learned() + ["gpt"]:
-    shipped = has_pretrained_gpt() if name == "gpt" else lopt.has_pretrained(name)
-    if not shipped:
+    if not lopt.has_pretrained(name):
       notes[name] = "no pretrained weights shipped yet"
       continue
     spec = f"{name}:pretrained"
