@@ -144,10 +144,12 @@ def weights_digest(spec: OptimizerSpec) -> str | None:
 
   if not spec.learned:
     return None
-  if spec.weights is None and spec.name != "gpt" or spec.weights == "fresh":
+  weights = spec.weights
+  if weights is None:        # lopt.get's default: the shipped weights where they exist
+    weights = "pretrained" if lopt.has_pretrained(spec.name) else "fresh"
+  if weights == "fresh":
     return "fresh"
-  path = pathlib.Path(lopt.pretrained_path(spec.name) if spec.weights in (None, "pretrained")
-                      else spec.weights)
+  path = pathlib.Path(lopt.pretrained_path(spec.name) if weights == "pretrained" else weights)
   h = hashlib.sha256()
   files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
   for f in files:
