@@ -48,7 +48,7 @@ class OptimizerSpec(NamedTuple):
   @property
   def learned(self) -> bool:
     """Whether this is a learned optimizer (including G.pt)."""
-    return self.name in lopt.available_learned() or self.name == "gpt"
+    return lopt.is_learned(self.name)
 
 
 def split_specs(text: str) -> list[str]:

@@ -46,7 +46,7 @@ def demo_optimizers() -> tuple[list[str], dict[str, str]]:
     why (no shipped weights, or they fail to load).
   """
   specs, notes = list(HAND_DESIGNED), {}
-  for name in lopt.available_learned() + ["gpt"]:
+  for name in [n for n in lopt.available() if lopt.is_learned(n)]:
     if not lopt.has_pretrained(name):
       notes[name] = "no pretrained weights shipped yet"
       continue

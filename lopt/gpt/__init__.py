@@ -27,11 +27,12 @@ from lopt.gpt._optimizer import gpt as gpt
 from lopt.gpt._optimizer import gpt_from_loaded as gpt_from_loaded
 from lopt.gpt._optimizer import pretrained_gpt_path as pretrained_gpt_path
 from lopt.gpt._tokenizer import Tokenizer as Tokenizer
+from lopt.gpt._tokenizer import dense_stack as dense_stack
 from lopt.gpt._tokenizer import param_spec as param_spec
 
 __all__ = [
     "DEFAULT_CONFIG", "GPT", "GPTNet", "GPTState", "LoadedGPT", "PRETRAINED", "Schedule",
-    "Tokenizer",
+    "Tokenizer", "dense_stack",
     "diffusion_loss", "gpt", "gpt_from_loaded", "load_gpt", "make_schedule", "param_spec",
     "pretrained_gpt_path", "q_sample", "read_gpt_manifest", "sample", "save_gpt",
 ]

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 # The tokenizer's definition of a dense stack (one definition for both).
-from lopt.gpt._tokenizer import dense_stack
+from lopt.gpt import dense_stack
 
 __all__ = ["permutation_index", "sample_pairs"]
 

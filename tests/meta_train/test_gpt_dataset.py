@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 
 import tasks
-from lopt.gpt import param_spec
-from lopt.gpt._tokenizer import dense_stack
+from lopt.gpt import dense_stack, param_spec
 from meta_train.gpt._data import load_dataset
 from meta_train.gpt._pairs import permutation_index, sample_pairs
 from meta_train.gpt.dataset import generate
