@@ -221,3 +221,10 @@ def test_beats_tuned_adam_counts_lower_bounds():
   assert benchmarks.beats_tuned_adam(row(4.0, True))
   assert not benchmarks.beats_tuned_adam(row(1.0, False))
   assert not benchmarks.beats_tuned_adam(row(0.8, False))
+
+
+def test_tuned_adams_own_row_is_never_faster_than_its_envelope(results):
+  for row in (results["tasks"]["quad"]["optimizers"]["adam (tuned)"],):
+    assert row["speedup_steps"] <= 1.0 and all(s <= 1.0 for s in row["speedup_steps_per_seed"]
+                                               if not row["speedup_steps_is_lower_bound"])
+    assert not benchmarks.beats_tuned_adam(row)
