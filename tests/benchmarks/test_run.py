@@ -224,7 +224,7 @@ def test_beats_tuned_adam_counts_lower_bounds():
 
 
 def test_tuned_adams_own_row_is_never_faster_than_its_envelope(results):
-  for row in (results["tasks"]["quad"]["optimizers"]["adam (tuned)"],):
-    assert row["speedup_steps"] <= 1.0 and all(s <= 1.0 for s in row["speedup_steps_per_seed"]
-                                               if not row["speedup_steps_is_lower_bound"])
-    assert not benchmarks.beats_tuned_adam(row)
+  # Its seed-mean final loss is the envelope's value at the horizon (stored to 9 digits).
+  row = results["tasks"]["quad"]["optimizers"]["adam (tuned)"]
+  assert row["speedup_steps"] <= 1.0 and not row["speedup_steps_is_lower_bound"]
+  assert not benchmarks.beats_tuned_adam(row)
