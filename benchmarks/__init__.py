@@ -13,10 +13,7 @@ Command lines: ``python -m benchmarks.run``, ``python -m benchmarks.demo``.
 
 from benchmarks._benchmark import PROTOCOL_VERSION as PROTOCOL_VERSION
 from benchmarks._benchmark import REFERENCE as REFERENCE
-from benchmarks._benchmark import beats_tuned_adam as beats_tuned_adam
-from benchmarks._benchmark import meta_training_gain as meta_training_gain
 from benchmarks._benchmark import run_benchmark as run_benchmark
-from benchmarks._benchmark import summarize as summarize
 from benchmarks._benchmark import tuned_label as tuned_label
 from benchmarks._protocol import auto_ema_decay as auto_ema_decay
 from benchmarks._protocol import bootstrap_ci as bootstrap_ci
@@ -47,6 +44,9 @@ from benchmarks._suites import SUITES as SUITES
 from benchmarks._suites import SuiteTask as SuiteTask
 from benchmarks._suites import parse_tasks as parse_tasks
 from benchmarks._suites import suite as suite
+from benchmarks._summary import beats_tuned_adam as beats_tuned_adam
+from benchmarks._summary import meta_training_gain as meta_training_gain
+from benchmarks._summary import summarize as summarize
 
 __all__ = [
     "PROTOCOL_VERSION", "REFERENCE", "SUITES", "TUNE_RANGES", "OptimizerSpec", "Runs",

@@ -24,6 +24,15 @@ import numpy as np
 
 import lopt
 from benchmarks import _protocol as protocol
+from benchmarks._rows import (
+  Reference,
+  add_wallclock,
+  finite_or_none,
+  nulls,
+  sig_round,
+  subsample,
+  task_row,
+)
 from benchmarks._runs import Runs, eval_every, grid_runs, time_per_step, train_runs
 from benchmarks._specs import (
   OptimizerSpec,
@@ -35,18 +44,14 @@ from benchmarks._specs import (
   weights_digest,
 )
 from benchmarks._suites import SuiteTask
+from benchmarks._summary import meta_training_gain, summarize
 
-__all__ = ["PROTOCOL_VERSION", "REFERENCE", "beats_tuned_adam", "not_applicable_reason",
-           "run_benchmark", "summarize", "tuned_label"]
+__all__ = ["PROTOCOL_VERSION", "REFERENCE", "not_applicable_reason", "run_benchmark", "tuned_label"]
 
-#: Curves stored in the results are subsampled to at most this many points.
-MAX_CURVE_POINTS = 250
 #: The tuned baseline every speedup is measured against.
 REFERENCE = "adam"
 #: Version of the results format and protocol; ``reuse`` refuses other versions.
 PROTOCOL_VERSION = 2
-#: The speedup kinds reported for every row.
-KINDS = ("steps", "test", "wallclock")
 
 
 def tuned_label(name: str) -> str:
@@ -67,98 +72,8 @@ def not_applicable_reason(tx, task, key: jax.Array) -> str | None:
   return None
 
 
-def _subsample(curve: np.ndarray, steps: np.ndarray | None = None
-               ) -> tuple[list[int], list[float | None]]:
-  n = curve.shape[-1]
-  idx = np.unique(np.linspace(0, n - 1, min(n, MAX_CURVE_POINTS)).round().astype(int))
-  vals = np.where(np.isfinite(curve[..., idx]), curve[..., idx], np.nan)
-  at = (idx + 1) if steps is None else np.asarray(steps)[idx]
-  return at.tolist(), _nulls(_sig(vals))
-
-
-def _sig(x: np.ndarray, digits: int = 6) -> np.ndarray:
-  """Rounds to ``digits`` significant digits (curves for plots and tables; small losses kept)."""
-  x = np.asarray(x, np.float64)
-  with np.errstate(divide="ignore", invalid="ignore"):
-    mag = np.where(np.isfinite(x) & (x != 0), np.floor(np.log10(np.abs(x))), 0.0)
-    scale = 10.0 ** (digits - 1 - mag)
-    return np.where(np.isfinite(x), np.round(x * scale) / scale, x)
-
-
-def _nulls(x: np.ndarray) -> list:
-  """A nested list with NaN/Inf as None (JSON null)."""
-  return [(_nulls(v) if isinstance(v, np.ndarray) else _finite_or_none(v)) for v in x]
-
-
-def _finite_or_none(x: float) -> float | None:
-  x = float(x)
-  return x if np.isfinite(x) else None
-
-
-def _array(values: Sequence[float | None]) -> np.ndarray:
-  return np.array([np.inf if v is None else v for v in values], np.float64)
-
-
-def _take(tree: Any, index: Any) -> Any:
-  return jax.tree.map(lambda a: a[index], tree)
-
-
 def _cfg_json(cfg: Mapping[str, Any]) -> dict[str, Any]:
   return {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}
-
-
-class _Reference:
-  """Tuned Adam's curves that every speedup is measured against."""
-
-  def __init__(self, record: dict[str, Any]):
-    self.envelope = _array(record["envelope_full"])
-    self.test_steps = np.asarray(record["test_steps"])
-    self.test_envelope = _array(record["test_envelope"])
-
-
-def _row(losses: np.ndarray, test: dict[str, np.ndarray], test_steps: np.ndarray,
-         horizon: int, ema_decay: float, ref: _Reference) -> dict[str, Any]:
-  """The numbers of one optimizer on one task from ``(num_seeds, horizon)`` runs.
-
-  Wall-clock speedups are added later, once per-step times are measured.
-  """
-  smoothed = protocol.ema(losses, ema_decay)
-  mean = smoothed.mean(axis=0)
-  at_t = test_steps <= horizon
-  row: dict[str, Any] = {
-      "final_loss": _finite_or_none(mean[-1]),
-      "best_loss": _finite_or_none(np.min(mean)),
-      "loss_ratio": (_finite_or_none(mean[-1] / ref.envelope[horizon - 1])
-                     if ref.envelope[horizon - 1] > 0 else None),
-      "test": {k: _finite_or_none(np.mean(v[:, at_t][:, -1])) for k, v in test.items()},
-      "diverged_seeds": int(protocol.diverged(losses).sum()),
-  }
-  finals = {"steps": (smoothed[:, -1], mean[-1], None, ref.envelope),
-            "test": (test["loss"][:, at_t][:, -1], np.mean(test["loss"][:, at_t][:, -1]),
-                     ref.test_steps, ref.test_envelope)}
-  for kind, (per_seed, avg, grid, env) in finals.items():
-    # Stored envelopes keep 9 significant digits: compare at that precision, so that
-    # tuned Adam's own row (its final loss is the envelope's) is not a step short.
-    per_seed, avg = _sig(per_seed, 9), _sig(avg, 9)
-    s, lower = protocol.horizon_speedup(avg, env, horizon, grid=grid)
-    row[f"speedup_{kind}"] = float(s)
-    row[f"speedup_{kind}_is_lower_bound"] = bool(lower)
-    row[f"speedup_{kind}_per_seed"] = [float(x) for x in
-                                       protocol.horizon_speedup(per_seed, env, horizon,
-                                                                grid=grid)[0]]
-  row["curve_steps"], row["curve"] = _subsample(mean)
-  row["test_steps"] = test_steps[at_t].tolist()
-  row["test_curve"] = {k: _nulls(_sig(v[:, at_t].mean(axis=0))) for k, v in test.items()}
-  return row
-
-
-def _add_wallclock(row: dict[str, Any], seconds: float, reference_seconds: float) -> None:
-  row["seconds_per_step"] = seconds
-  row["reference_seconds_per_step"] = reference_seconds
-  ratio = reference_seconds / seconds
-  row["speedup_wallclock"] = row["speedup_steps"] * ratio
-  row["speedup_wallclock_is_lower_bound"] = row["speedup_steps_is_lower_bound"]
-  row["speedup_wallclock_per_seed"] = [s * ratio for s in row["speedup_steps_per_seed"]]
 
 
 def _tune(task, name: str, lrs: np.ndarray, entry: SuiteTask, mult: int, every: int,
@@ -171,20 +86,20 @@ def _tune(task, name: str, lrs: np.ndarray, entry: SuiteTask, mult: int, every: 
   at_t = by_lr[:, entry.steps - 1]
   best = int(np.argmin(np.where(np.isfinite(at_t), at_t, np.inf)))
   test_by_lr = runs.test["loss"].mean(axis=1)                    # (lrs, evals)
-  env_steps, env_curve = _subsample(protocol.lower_envelope(sm))
+  env_steps, env_curve = subsample(protocol.lower_envelope(sm))
   record = {
       "learning_rates": [float(x) for x in lrs],
       "best_learning_rate": float(lrs[best]),
-      "final_loss_by_lr": [_finite_or_none(x) for x in at_t],
+      "final_loss_by_lr": [finite_or_none(x) for x in at_t],
       "diverged_by_lr": protocol.diverged(runs.losses[:, :, :entry.steps]).sum(axis=1).tolist(),
-      "curves_by_lr": _subsample(by_lr)[1],
+      "curves_by_lr": subsample(by_lr)[1],
       "envelope": env_curve,
       "envelope_steps": env_steps,
-      "envelope_full": _nulls(_sig(protocol.lower_envelope(sm), 9)),   # speedups use it
+      "envelope_full": nulls(sig_round(protocol.lower_envelope(sm), 9)),   # speedups use it
       "test_steps": runs.test_steps.tolist(),
-      "test_envelope": _nulls(_sig(np.min(np.where(np.isnan(test_by_lr), np.inf, test_by_lr),
+      "test_envelope": nulls(sig_round(np.min(np.where(np.isnan(test_by_lr), np.inf, test_by_lr),
                                           axis=0), 9)),
-      "test_curves_by_lr": _nulls(_sig(test_by_lr)),
+      "test_curves_by_lr": nulls(sig_round(test_by_lr)),
       "seconds": runs.seconds,
       "compile_seconds": runs.compile_seconds,
   }
@@ -246,7 +161,7 @@ def _benchmark_task(entry: SuiteTask, specs: Sequence[OptimizerSpec], tune: Sequ
     best_runs[name] = _best_runs(record, runs, horizon)
     progress(f"{entry.label}: {name} x {len(grids[name])} lrs, {mult}x steps",
              len(grids[name]) * keys.shape[0] * mult)
-  ref = _Reference(out["baselines"][REFERENCE])
+  ref = Reference(out["baselines"][REFERENCE])
 
   rows: dict[str, dict[str, Any]] = {}
   to_time: dict[str, Any] = {}
@@ -257,7 +172,7 @@ def _benchmark_task(entry: SuiteTask, specs: Sequence[OptimizerSpec], tune: Sequ
       rows[label] = previous["optimizers"][label]
     else:
       losses, test = best_runs[name]
-      rows[label] = {**_row(losses, test, np.asarray(b["test_steps"]), horizon, ema_decay, ref),
+      rows[label] = {**task_row(losses, test, np.asarray(b["test_steps"]), horizon, ema_decay, ref),
                      "tuned": True, "settings": _tuned_settings(b)}
       if name != REFERENCE:   # the reference's own row uses the reference's time
         to_time[label] = lopt.get(name, learning_rate=b["best_learning_rate"])
@@ -275,7 +190,7 @@ def _benchmark_task(entry: SuiteTask, specs: Sequence[OptimizerSpec], tune: Sequ
       progress(f"{entry.label}: {spec.text} (n/a)", keys.shape[0])
       continue
     runs = train_runs(task, tx, horizon, keys, every=every, eval_key=eval_key)
-    rows[spec.text] = {**_row(runs.losses, runs.test, runs.test_steps, horizon, ema_decay, ref),
+    rows[spec.text] = {**task_row(runs.losses, runs.test, runs.test_steps, horizon, ema_decay, ref),
                        "tuned": False, "settings": _settings(spec),
                        "weights_digest": weights_digest(spec),
                        "compile_seconds": runs.compile_seconds}
@@ -287,9 +202,9 @@ def _benchmark_task(entry: SuiteTask, specs: Sequence[OptimizerSpec], tune: Sequ
     secs = time_per_step(task, {"__reference__": ref_tx, **to_time}, keys[0],
                          rounds=cfg["time_rounds"])
     for label in to_time:
-      _add_wallclock(rows[label], secs[label], secs["__reference__"])
+      add_wallclock(rows[label], secs[label], secs["__reference__"])
     if REFERENCE in best_runs:
-      _add_wallclock(rows[tuned_label(REFERENCE)], secs["__reference__"], secs["__reference__"])
+      add_wallclock(rows[tuned_label(REFERENCE)], secs["__reference__"], secs["__reference__"])
     progress(f"{entry.label}: per-step times", len(to_time))
   out["optimizers"] = rows
   return out
@@ -457,76 +372,3 @@ def run_benchmark(optimizers: Sequence[str], entries: Sequence[SuiteTask], *,
     if on_task_done is not None:
       on_task_done(results)
   return results
-
-
-def beats_tuned_adam(row: dict[str, Any], kind: str = "steps") -> bool:
-  """Whether one task's result is faster than tuned Adam (speedup above 1).
-
-  A lower-bound speedup (tuned Adam never got there within its longer run)
-  counts when the bound is at least 1.
-  """
-  s, lower = row[f"speedup_{kind}"], row[f"speedup_{kind}_is_lower_bound"]
-  return bool(s > 1.0 or (lower and s >= 1.0))
-
-
-def _ci(scores: np.ndarray, num_bootstrap: int) -> dict[str, Any]:
-  point, lo, hi = protocol.bootstrap_ci(scores, num_samples=num_bootstrap)
-  return {"iqm": point, "ci95": [lo, hi]}
-
-
-def summarize(results: dict[str, Any], *, num_bootstrap: int = 2000) -> dict[str, Any]:
-  """Per row: IQM of each speedup over (task, seed) with a stratified bootstrap 95 % CI."""
-  summary = {}
-  labels = list(results["tasks"])
-  names = list(dict.fromkeys(n for t in labels for n in results["tasks"][t]["optimizers"]))
-  for name in names:
-    rows = [results["tasks"][t]["optimizers"][name] for t in labels
-            if name in results["tasks"][t]["optimizers"]]
-    s: dict[str, Any] = {"tuned": bool(rows[0]["tuned"]), "num_tasks": len(rows)}
-    for kind in KINDS:
-      scores = np.array([r[f"speedup_{kind}_per_seed"] for r in rows])
-      s[kind] = {**_ci(scores, num_bootstrap),
-                 "median_task": float(np.median([r[f"speedup_{kind}"] for r in rows])),
-                 "tasks_faster": int(sum(beats_tuned_adam(r, kind) for r in rows))}
-    s["diverged_runs"] = int(sum(r["diverged_seeds"] for r in rows))
-    summary[name] = s
-  return summary
-
-
-def meta_training_gain(results: dict[str, Any], *, num_bootstrap: int = 2000
-                       ) -> dict[str, Any]:
-  """For each learned optimizer run both trained and ``:fresh``: did meta-training help?
-
-  Per task and seed, the trained optimizer's speedup over its untrained
-  init's (same tasks, seeds and horizon); the IQM of these ratios with a
-  stratified bootstrap 95 % interval, and the tasks where it is above 1.
-
-  Returns:
-    ``{"celo2_lopt:pretrained vs celo2_lopt:fresh": {"steps": {...}, "test": {...},
-    "num_tasks": n}}``.
-  """
-  out = {}
-  names = results["summary"]
-  for trained in names:
-    base, _, weights = trained.partition(":")
-    if not weights or "(" in trained or weights == "fresh":
-      continue
-    fresh = f"{base}:fresh"
-    if fresh not in names:
-      continue
-    labels = [t for t, r in results["tasks"].items()
-              if trained in r["optimizers"] and fresh in r["optimizers"]]
-    if not labels:
-      continue
-    entry: dict[str, Any] = {"num_tasks": len(labels)}
-    for kind in ("steps", "test"):
-      a = np.array([results["tasks"][t]["optimizers"][trained][f"speedup_{kind}_per_seed"]
-                    for t in labels])
-      b = np.array([results["tasks"][t]["optimizers"][fresh][f"speedup_{kind}_per_seed"]
-                    for t in labels])
-      ratio = protocol.ratio_scores(a, b)
-      entry[kind] = {**_ci(ratio, num_bootstrap),
-                     "tasks_better": int(np.sum(np.median(ratio, axis=1) > 1.0)),
-                     "per_task": dict(zip(labels, np.median(ratio, axis=1).tolist()))}
-    out[f"{trained} vs {fresh}"] = entry
-  return out

@@ -1,0 +1,88 @@
+"""Summaries of benchmark results over tasks: IQMs with bootstrap intervals, and
+learned optimizers against their own untrained inits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from benchmarks import _protocol as protocol
+
+__all__ = ["KINDS", "beats_tuned_adam", "meta_training_gain", "summarize"]
+
+#: The speedup kinds reported for every row.
+KINDS = ("steps", "test", "wallclock")
+
+
+def beats_tuned_adam(row: dict[str, Any], kind: str = "steps") -> bool:
+  """Whether one task's result is faster than tuned Adam (speedup above 1).
+
+  A lower-bound speedup (tuned Adam never got there within its longer run)
+  counts when the bound is at least 1.
+  """
+  s, lower = row[f"speedup_{kind}"], row[f"speedup_{kind}_is_lower_bound"]
+  return bool(s > 1.0 or (lower and s >= 1.0))
+
+
+def _ci(scores: np.ndarray, num_bootstrap: int) -> dict[str, Any]:
+  point, lo, hi = protocol.bootstrap_ci(scores, num_samples=num_bootstrap)
+  return {"iqm": point, "ci95": [lo, hi]}
+
+
+def summarize(results: dict[str, Any], *, num_bootstrap: int = 2000) -> dict[str, Any]:
+  """Per row: IQM of each speedup over (task, seed) with a stratified bootstrap 95 % CI."""
+  summary = {}
+  labels = list(results["tasks"])
+  names = list(dict.fromkeys(n for t in labels for n in results["tasks"][t]["optimizers"]))
+  for name in names:
+    rows = [results["tasks"][t]["optimizers"][name] for t in labels
+            if name in results["tasks"][t]["optimizers"]]
+    s: dict[str, Any] = {"tuned": bool(rows[0]["tuned"]), "num_tasks": len(rows)}
+    for kind in KINDS:
+      scores = np.array([r[f"speedup_{kind}_per_seed"] for r in rows])
+      s[kind] = {**_ci(scores, num_bootstrap),
+                 "median_task": float(np.median([r[f"speedup_{kind}"] for r in rows])),
+                 "tasks_faster": int(sum(beats_tuned_adam(r, kind) for r in rows))}
+    s["diverged_runs"] = int(sum(r["diverged_seeds"] for r in rows))
+    summary[name] = s
+  return summary
+
+
+def meta_training_gain(results: dict[str, Any], *, num_bootstrap: int = 2000
+                       ) -> dict[str, Any]:
+  """For each learned optimizer run both trained and ``:fresh``: did meta-training help?
+
+  Per task and seed, the trained optimizer's speedup over its untrained
+  init's (same tasks, seeds and horizon); the IQM of these ratios with a
+  stratified bootstrap 95 % interval, and the tasks where it is above 1.
+
+  Returns:
+    ``{"celo2_lopt:pretrained vs celo2_lopt:fresh": {"steps": {...}, "test": {...},
+    "num_tasks": n}}``.
+  """
+  out = {}
+  names = results["summary"]
+  for trained in names:
+    base, _, weights = trained.partition(":")
+    if not weights or "(" in trained or weights == "fresh":
+      continue
+    fresh = f"{base}:fresh"
+    if fresh not in names:
+      continue
+    labels = [t for t, r in results["tasks"].items()
+              if trained in r["optimizers"] and fresh in r["optimizers"]]
+    if not labels:
+      continue
+    entry: dict[str, Any] = {"num_tasks": len(labels)}
+    for kind in ("steps", "test"):
+      a = np.array([results["tasks"][t]["optimizers"][trained][f"speedup_{kind}_per_seed"]
+                    for t in labels])
+      b = np.array([results["tasks"][t]["optimizers"][fresh][f"speedup_{kind}_per_seed"]
+                    for t in labels])
+      ratio = protocol.ratio_scores(a, b)
+      entry[kind] = {**_ci(ratio, num_bootstrap),
+                     "tasks_better": int(np.sum(np.median(ratio, axis=1) > 1.0)),
+                     "per_task": dict(zip(labels, np.median(ratio, axis=1).tolist()))}
+    out[f"{trained} vs {fresh}"] = entry
+  return out
