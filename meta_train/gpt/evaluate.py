@@ -78,38 +78,17 @@ from meta_train.gpt._baselines import (
   steps_to_reach,
 )
 from meta_train.gpt._data import load_dataset
+from meta_train.gpt._eval_settings import (
+  ADAM_LRS,
+  SETTING_BOUNDS,
+  check_flag,
+  check_settings,
+  finish_report,
+)
 from meta_train.gpt._plots import eval_plots
 from meta_train.gpt.train import task_grad_fn
 
 __all__ = ["ADAM_LRS", "check_settings", "define_flags", "evaluate_gpt", "run"]
-
-#: Adam's learning-rate grid, about four points per decade: Adam's best rate on the
-#: digits MLP lies between 3e-2 and 1e-1 for the number of steps G.pt's update is worth,
-#: where a half-decade grid overstates the steps Adam needs (115 on 1e-3, 3e-3, .. 1e-1
-#: against 90 at 5e-2, for the shipped model's one-update loss 0.087).
-ADAM_LRS = (1e-3, 2e-3, 3e-3, 5e-3, 7e-3, 1e-2, 1.5e-2, 2e-2, 3e-2, 4e-2, 5e-2, 7e-2, 1e-1)
-
-
-#: ``setting: (check, requirement)`` of :func:`evaluate_gpt`'s numeric settings.
-_BOUNDS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "num_nets": (lambda v: v >= 1, ">= 1"), "num_prompts": (lambda v: v >= 2, ">= 2"),
-    "num_inits": (lambda v: v >= 1, ">= 1"), "recursive_steps": (lambda v: v >= 1, ">= 1"),
-    "num_sampling_steps": (lambda v: v >= 1, ">= 1"), "eta": (lambda v: 0 <= v <= 1, "in [0, 1]"),
-    "adam_steps": (lambda v: v >= 1, ">= 1"),
-    "temperatures": (lambda v: len(v) > 0 and min(v) >= 0, "non-empty, each >= 0"),
-    "guidances": (lambda v: len(v) > 0 and min(v) >= 0, "non-empty, each >= 0"),
-    "target_fractions": (lambda v: len(v) > 0 and min(v) >= 0, "non-empty, each >= 0"),
-    "adam_lrs": (lambda v: len(v) > 0 and min(v) > 0, "non-empty, each > 0"),
-}
-
-
-def check_settings(**settings: Any) -> None:
-  """Raises ``ValueError`` naming the first setting of :func:`evaluate_gpt` out of range."""
-  for key, value in settings.items():
-    ok, requirement = _BOUNDS[key]
-    if not ok(value):
-      raise ValueError(f"{key} must be {requirement}, got {value}")
-
 
 def evaluate_gpt(weights: str, dataset: str | None, out: str, *, num_nets: int = 16,
                  num_prompts: int = 20, num_inits: int = 128, recursive_steps: int = 10,
@@ -264,7 +243,7 @@ def evaluate_gpt(weights: str, dataset: str | None, out: str, *, num_nets: int =
                          **(res.get(float(guidance)) or validation(temperature, guidance))}
     log(f"gpt_eval: validation at temperature {temperature:g}, guidance {guidance:g}: "
         f"{rep['validation']}")
-    return _finish(rep, outp, weights, save_settings, t0, log)
+    return finish_report(rep, outp, weights, save_settings, t0, log)
 
   # 1. Prompt alignment on held-out runs' initializations.
   prompts, achieved, new, r2 = alignment(np.arange(num_nets), temperature, guidance)
@@ -336,23 +315,7 @@ def evaluate_gpt(weights: str, dataset: str | None, out: str, *, num_nets: int =
       "adam_steps_to_match>=100": (not reached) or min(reached) >= 100,
       "not_dominated_by_noisy_retrieval": rep["novelty"]["gpt_not_dominated"]}
   log(f"gpt_eval: targets {rep['targets']}")
-  return _finish(rep, outp, weights, save_settings, t0, log)
-
-
-def _finish(rep, outp, weights, save_settings, t0, log):
-  """Records the report's optimizer settings in the manifest if asked; writes ``report.json``."""
-  if save_settings:
-    temperature, guidance, target = rep["temperature"], rep["guidance"], rep["target"]
-    mpath = pathlib.Path(weights) / "manifest.json"
-    man = json.loads(mpath.read_text())
-    man["extra"].update(sampling_temperature=temperature, guidance=guidance, target=target)
-    mpath.write_text(json.dumps(man, indent=1))
-    log(f"gpt_eval: wrote sampling_temperature={temperature:g}, guidance={guidance:g}, "
-        f"target={target:.6g} to {mpath}")
-  rep["seconds"] = time.time() - t0
-  (outp / "report.json").write_text(json.dumps(rep, indent=1))
-  log(f"gpt_eval: wrote {outp / 'report.json'}")
-  return rep
+  return finish_report(rep, outp, weights, save_settings, t0, log)
 
 
 def main(argv):
@@ -418,21 +381,11 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_integer("adam_steps", 1000, "Adam steps per learning rate.", flag_values=fv)
   flags.DEFINE_list("adam_lrs", [f"{lr:g}" for lr in ADAM_LRS], "Adam learning rates.",
                     flag_values=fv)
-  for key in _BOUNDS:
-    flags.register_validator(key, functools.partial(_check_flag, key), flag_values=fv)
+  for key in SETTING_BOUNDS:
+    flags.register_validator(key, functools.partial(check_flag, key), flag_values=fv)
   flags.register_validator("weights", lambda w: (pathlib.Path(w) / "manifest.json").is_file(),
                            "--weights must be a G.pt weights directory (with manifest.json)",
                            flag_values=fv)
-
-
-def _check_flag(key: str, value: Any) -> bool:
-  try:
-    if isinstance(value, list):
-      value = [float(x) for x in value]
-    check_settings(**{key: value})
-  except ValueError as e:
-    raise flags.ValidationError(str(e) if key in str(e) else f"{key}: {e}") from None
-  return True
 
 
 def run() -> None:
