@@ -33,7 +33,7 @@ from benchmarks._rows import (
   subsample,
   task_row,
 )
-from benchmarks._runs import Runs, eval_every, grid_runs, time_per_step, train_runs
+from benchmarks._runs import eval_every, grid_runs, time_per_step, train_runs
 from benchmarks._specs import (
   OptimizerSpec,
   build_optimizer,
@@ -77,8 +77,14 @@ def _cfg_json(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _tune(task, name: str, lrs: np.ndarray, entry: SuiteTask, mult: int, every: int,
-          keys: jax.Array, eval_key: jax.Array, ema_decay: float) -> tuple[dict[str, Any], Runs]:
-  """Runs ``name``'s learning-rate grid for ``mult`` times the horizon; its baseline record."""
+          keys: jax.Array, eval_key: jax.Array, ema_decay: float
+          ) -> tuple[dict[str, Any], tuple[np.ndarray, dict[str, np.ndarray]]]:
+  """Runs ``name``'s learning-rate grid for ``mult`` times the horizon.
+
+  Returns:
+    ``(record, (losses, test))``: the baseline record, and the training losses
+    up to the horizon and test metrics of the learning rate best at the horizon.
+  """
   runs = grid_runs(task, lambda lr: lopt.get(name, learning_rate=lr), lrs, mult * entry.steps,
                    keys, every=every, eval_key=eval_key)
   sm = protocol.ema(runs.losses, ema_decay)                      # (lrs, seeds, steps)
@@ -86,7 +92,8 @@ def _tune(task, name: str, lrs: np.ndarray, entry: SuiteTask, mult: int, every: 
   at_t = by_lr[:, entry.steps - 1]
   best = int(np.argmin(np.where(np.isfinite(at_t), at_t, np.inf)))
   test_by_lr = runs.test["loss"].mean(axis=1)                    # (lrs, evals)
-  env_steps, env_curve = subsample(protocol.lower_envelope(sm))
+  envelope = protocol.lower_envelope(sm)
+  env_steps, env_curve = subsample(envelope)
   record = {
       "learning_rates": [float(x) for x in lrs],
       "best_learning_rate": float(lrs[best]),
@@ -95,7 +102,7 @@ def _tune(task, name: str, lrs: np.ndarray, entry: SuiteTask, mult: int, every: 
       "curves_by_lr": subsample(by_lr)[1],
       "envelope": env_curve,
       "envelope_steps": env_steps,
-      "envelope_full": nulls(sig_round(protocol.lower_envelope(sm), 9)),   # speedups use it
+      "envelope_full": nulls(sig_round(envelope, 9)),   # speedups use it
       "test_steps": runs.test_steps.tolist(),
       "test_envelope": nulls(sig_round(np.min(np.where(np.isnan(test_by_lr), np.inf, test_by_lr),
                                           axis=0), 9)),
@@ -103,12 +110,7 @@ def _tune(task, name: str, lrs: np.ndarray, entry: SuiteTask, mult: int, every: 
       "seconds": runs.seconds,
       "compile_seconds": runs.compile_seconds,
   }
-  return record, runs
-
-
-def _best_runs(record: dict[str, Any], runs: Runs, horizon: int) -> tuple[np.ndarray, dict]:
-  best = record["learning_rates"].index(record["best_learning_rate"])
-  return runs.losses[best, :, :horizon], {k: v[best] for k, v in runs.test.items()}
+  return record, (runs.losses[best, :, :entry.steps], {k: v[best] for k, v in runs.test.items()})
 
 
 def _reusable(entry: SuiteTask, previous: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -156,9 +158,8 @@ def _benchmark_task(entry: SuiteTask, specs: Sequence[OptimizerSpec], tune: Sequ
       out["baselines"][name] = prev_base[name]
       progress(f"{entry.label}: {name} grid (reused)", len(grids[name]) * keys.shape[0] * mult)
       continue
-    record, runs = _tune(task, name, grids[name], entry, mult, every, keys, eval_key, ema_decay)
-    out["baselines"][name] = record
-    best_runs[name] = _best_runs(record, runs, horizon)
+    out["baselines"][name], best_runs[name] = _tune(task, name, grids[name], entry, mult, every,
+                                                    keys, eval_key, ema_decay)
     progress(f"{entry.label}: {name} x {len(grids[name])} lrs, {mult}x steps",
              len(grids[name]) * keys.shape[0] * mult)
   ref = Reference(out["baselines"][REFERENCE])
