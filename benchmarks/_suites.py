@@ -82,15 +82,26 @@ _HELDOUT_QUICK = (
               {"dim": 32, "layers": 2, "seq_len": 32, "batch_size": 16}, 300),
 )
 
-# Validation: tasks from the space of meta_train's "mlp_quad" family but not among
-# the configurations the celo2_lopt run drew (see its flagfile), at the held-out
-# horizon. Used to choose between meta-training checkpoints without looking at
-# the held-out suite.
+# Validation: used to choose between meta-training checkpoints without looking at
+# the held-out suite. The first three are from the space of meta_train's
+# "mlp_quad" family (not among the configurations the celo2_lopt run drew); the
+# others cover the kinds of the "broad" family (CNN, LM, autoencoder, normalized
+# MLP) at configurations that its seed-8 draw (meta_train/configs/*_broad.flags)
+# does not use. None is a held-out task (tests/benchmarks/test_suites.py).
 _VALIDATION = (
     SuiteTask("val_mlp_128_relu", "digits_mlp", {"hidden": (128,), "activation": "relu"}, 500),
     SuiteTask("val_mlp_32x3_gelu", "digits_mlp",
               {"hidden": (32, 32, 32), "activation": "gelu", "batch_size": 64}, 500),
     SuiteTask("val_quadratic", "quadratic", {"dim": 100, "condition": 100.0, "noise": 0.1}, 500),
+    SuiteTask("val_cnn_8x16_gelu", "digits_cnn",
+              {"channels": (8, 16), "activation": "gelu", "batch_size": 32}, 500),
+    SuiteTask("val_char_lm_small", "char_lm",
+              {"dim": 24, "layers": 1, "seq_len": 24, "batch_size": 8,
+               "corpus": "python_stdlib"}, 500),
+    SuiteTask("val_autoencoder", "digits_autoencoder", {"hidden": (32, 16, 8)}, 500),
+    SuiteTask("val_mlp_layernorm_tanh", "digits_mlp",
+              {"hidden": (64, 64), "activation": "tanh", "layer_norm": True,
+               "batch_size": 64}, 500),
 )
 
 # A quick suite of embedded tasks for `make demo` (a few minutes on 2 CPU cores).

@@ -21,6 +21,8 @@ from lopt._layerwise_combo_lopt import LayerwiseComboLOpt as LayerwiseComboLOpt
 from lopt._mlp_lopt import MLPLOpt as MLPLOpt
 from lopt._per_param_lopt import MagnitudeLOpt as MagnitudeLOpt
 from lopt._per_param_lopt import PerParamLOpt as PerParamLOpt
+from lopt._per_param_lopt import init_schedule as init_schedule
+from lopt._per_param_lopt import schedule_lr as schedule_lr
 from lopt._registry import available as available
 from lopt._registry import available_learned as available_learned
 from lopt._registry import get as get
@@ -61,6 +63,7 @@ __all__ = [
     "get",
     "gpt",
     "has_pretrained",
+    "init_schedule",
     "is_learned",
     "learned",
     "load_weights",
@@ -69,6 +72,7 @@ __all__ = [
     "register",
     "register_learned",
     "save_weights",
+    "schedule_lr",
     "setting",
     "with_checks",
 ]

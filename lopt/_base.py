@@ -218,6 +218,8 @@ class LearnedOptimizer(abc.ABC):
   #: Config keys of older versions and the fields they are now called; saved
   #: manifests that use an old key keep loading.
   RENAMED: ClassVar[dict[str, str]] = {}
+  #: Config fields added after weights were first saved: their value in older manifests.
+  ADDED: ClassVar[dict[str, Any]] = {}
 
   def __post_init__(self) -> None:
     hints = typing.get_type_hints(type(self))
@@ -246,8 +248,10 @@ class LearnedOptimizer(abc.ABC):
 
   @classmethod
   def renamed_config(cls, config: dict[str, Any]) -> dict[str, Any]:
-    """``config`` with keys of older versions (:attr:`RENAMED`) mapped to today's names."""
-    return {cls.RENAMED.get(k, k): v for k, v in config.items()}
+    """``config`` with keys of older versions (:attr:`RENAMED`) mapped to today's names,
+    and fields added since (:attr:`ADDED`) at the value that reproduces the old behaviour."""
+    out = {cls.RENAMED.get(k, k): v for k, v in config.items()}
+    return {**{k: _plain(v) for k, v in cls.ADDED.items()}, **out}
 
   def layout(self, params: Any) -> FlatLayout:
     """The flat row layout (padding, chunks) the optimizer uses for ``params``' tree."""

@@ -52,18 +52,19 @@ from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from lopt import _per_param_lopt as pp
 from lopt import _per_tensor as pt
 from lopt._base import setting, with_checks
 from lopt._per_param_lopt import PerParamLOpt, pass_through_mlp
-from lopt._per_param_mlp import TIME_FEATURE_NAMES, mlp_forward_t, time_features
+from lopt._per_param_mlp import mlp_forward_t
 
 __all__ = ["Celo2LOpt", "Celo2LOptState", "newton_schulz"]
 
 MUON_COEFFS = (3.4445, -4.7750, 2.0315)
+#: Valid ``Celo2LOpt.update_scaling`` values.
+UPDATE_SCALINGS = ("rms", "spectral")
 
 
 def newton_schulz(x: jax.Array, *, iters: int = 5,
@@ -123,6 +124,15 @@ class Celo2LOpt(PerParamLOpt):
     orthogonalize: apply Newton-Schulz to matrix (``ndim >= 2``) updates.
     ns_iters: Newton-Schulz iterations.
     weight_decay: decoupled weight decay on matrices, scaled by the schedule.
+    update_scaling: the size of an orthogonalized ``(r, c) = (fan_in, fan_out)``
+      matrix update. ``"rms"`` (default): ``sqrt(max(r, c))``, unit root-mean-square
+      entries like the elementwise path (Moonlight's Muon scaling); a hidden layer's
+      update then grows, in spectral norm, like ``sqrt(width)``. ``"spectral"``
+      (muP, Yang et al.'s spectral condition): ``sqrt(base_width * c / r)``, the
+      same spectral norm relative to the weights at every width, so one
+      optimizer transfers from narrow to wide networks; equal to ``"rms"`` on a
+      square ``base_width`` matrix.
+    base_width: the width at which ``"spectral"`` equals ``"rms"``.
     init_kind: how :meth:`init` sets the MLP. ``"momentum"`` (default): the MLP
       passes the first momentum feature through unchanged
       (:func:`~lopt._per_param_lopt.pass_through_mlp`) and its other units start
@@ -142,14 +152,22 @@ class Celo2LOpt(PerParamLOpt):
   orthogonalize: bool = True
   ns_iters: int = 5
   weight_decay: float = 0.0
+  update_scaling: str = "rms"
+  base_width: int = 64
   init_kind: str = setting("momentum", config=False)
   init_lr: float = setting(3e-3, config=False)
 
   name = "celo2_lopt"
+  ADDED: ClassVar[dict[str, Any]] = {"update_scaling": "rms", "base_width": 64}
   shared_feature_names: ClassVar[tuple[str, ...]] = ()
 
   def __post_init__(self) -> None:
     super().__post_init__()
+    if self.update_scaling not in UPDATE_SCALINGS:
+      raise ValueError(f"unknown update_scaling {self.update_scaling!r}; valid: "
+                       f"{', '.join(map(repr, UPDATE_SCALINGS))}")
+    if self.base_width < 1:
+      raise ValueError(f"base_width must be >= 1, got {self.base_width}")
     if self.init_kind not in ("momentum", "random"):
       raise ValueError(f"unknown init_kind {self.init_kind!r}; valid: 'momentum', 'random'")
     if self.init_kind == "momentum" and self.hidden_layers > 0 and self.hidden_size < 2:
@@ -171,10 +189,7 @@ class Celo2LOpt(PerParamLOpt):
     to 10 % of the peak; the MLP starts as described by ``init_kind`` (see the class).
     """
     sizes = self.mlp_sizes
-    schedule = {"log_lr": jnp.asarray(np.log(self.init_lr), jnp.float32),
-                "warmup": jnp.asarray(np.log(0.2 / 0.8), jnp.float32),  # w = 0.02
-                "final": jnp.asarray(np.log(0.1 / 0.9), jnp.float32),  # a = 0.1
-                "corr": jnp.zeros((len(TIME_FEATURE_NAMES),), jnp.float32)}
+    schedule = pp.init_schedule(self.init_lr)
     mlp = pt.dense_init(key, list(zip(sizes[:-1], sizes[1:])))
     if self.init_kind == "momentum":
       column = self.feature_names.index(f"m{self.momentum_decays[0]:g}")
@@ -182,25 +197,20 @@ class Celo2LOpt(PerParamLOpt):
     return {"mlp": mlp, "log_mult_1d": jnp.zeros((), jnp.float32),
             "schedule": schedule}
 
+  def matrix_scale(self, fan_in: int, fan_out: int) -> float:
+    """The factor on an orthogonalized ``(fan_in, fan_out)`` update (see ``update_scaling``)."""
+    if self.update_scaling == "spectral":
+      return math.sqrt(self.base_width * fan_out / fan_in)
+    return math.sqrt(max(fan_in, fan_out))
+
   @staticmethod
   def learning_rate(schedule: dict[str, jax.Array], step: jax.Array,
                     num_steps: int | None) -> jax.Array:
     """The learned step size at ``step`` (1-based) of a ``num_steps`` horizon.
 
-    ``num_steps`` may be a traced integer (meta-training gives each instance its
-    own horizon), so the schedule is learned on the horizons it is used with.
+    See :func:`lopt.schedule_lr`; ``num_steps`` may be a traced integer.
     """
-    if num_steps is None or isinstance(num_steps, int):
-      horizon = float(pt.horizon(num_steps))
-    else:  # a traced horizon (meta-training)
-      horizon = jnp.maximum(jnp.asarray(num_steps, jnp.float32), 1.0)
-    f = step.astype(jnp.float32) / horizon
-    warm = 0.1 * jax.nn.sigmoid(schedule["warmup"])
-    final = jax.nn.sigmoid(schedule["final"])
-    cosine = 0.5 * (1.0 + jnp.cos(jnp.pi * jnp.minimum(f, 1.0)))
-    corr = jnp.clip(jnp.dot(schedule["corr"], time_features(step, num_steps)), -5.0, 5.0)
-    return (jnp.exp(schedule["log_lr"]) * jnp.minimum(1.0, f / warm)
-            * (final + (1.0 - final) * cosine) * jnp.exp(corr))
+    return pp.schedule_lr(schedule, step, num_steps)
 
   def transform(self, meta_params: Any, num_steps: int | None = None
                 ) -> optax.GradientTransformationExtraArgs:
@@ -260,7 +270,7 @@ class Celo2LOpt(PerParamLOpt):
           groups.setdefault((math.prod(shape[:-1]), shape[-1]), []).append(i)
       for (r, c), idx in groups.items():  # one batched Newton-Schulz per matrix shape
         mats = jnp.stack([leaves_d[i].reshape(r, c) for i in idx])
-        mats = newton_schulz(mats, iters=self.ns_iters) * math.sqrt(max(r, c))
+        mats = newton_schulz(mats, iters=self.ns_iters) * self.matrix_scale(r, c)
         for j, i in enumerate(idx):
           out[i] = mats[j].reshape(layout.shapes[i])
       if self.weight_decay:

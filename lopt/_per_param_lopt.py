@@ -28,13 +28,15 @@ from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from lopt import _per_tensor as pt
 from lopt._base import LearnedOptimizer, setting
-from lopt._per_param_mlp import TIME_FEATURE_NAMES, FlatLayout, mlp_init
+from lopt._per_param_mlp import TIME_FEATURE_NAMES, FlatLayout, mlp_init, time_features
 
 __all__ = ["MAX_ABS_GRAD", "MagnitudeLOpt", "PerParamLOpt", "block_bias", "block_square_sums",
-           "ema", "finite_rows", "pass_through_mlp", "restore_nonfinite", "scale_blocks",
-           "tensor_means"]
+           "ema", "finite_rows", "init_schedule", "pass_through_mlp", "restore_nonfinite",
+           "scale_blocks", "schedule_lr", "tensor_means"]
 
 #: Gradient entries enter accumulators and features clipped to this magnitude, so
 #: their squares (and sums of squares over a tensor) stay finite in float32.
@@ -159,6 +161,40 @@ def pass_through_mlp(layers: list[dict[str, jax.Array]], column: int, *, scale: 
       w = w.at[:2, :].set(0.0).at[:, :2].set(0.0).at[0, 0].set(1.0).at[1, 1].set(1.0)
     out.append({"w": w, "b": jnp.zeros_like(layer["b"])})
   return out
+
+
+# ---- the learned step-size schedule (celo2_lopt; mlp_lopt with learned_schedule) -----
+
+def init_schedule(init_lr: float) -> dict[str, jax.Array]:
+  """Schedule meta-params: peak ``init_lr``, a 2 % warmup, cosine decay to 10 % of the peak."""
+  return {"log_lr": jnp.asarray(np.log(init_lr), jnp.float32),
+          "warmup": jnp.asarray(np.log(0.2 / 0.8), jnp.float32),  # w = 0.1 sigmoid = 0.02
+          "final": jnp.asarray(np.log(0.1 / 0.9), jnp.float32),  # a = 0.1
+          "corr": jnp.zeros((len(TIME_FEATURE_NAMES),), jnp.float32)}
+
+
+def schedule_lr(schedule: dict[str, jax.Array], step: jax.Array,
+                num_steps: int | None) -> jax.Array:
+  """The learned step size at ``step`` (1-based) of a ``num_steps`` horizon::
+
+    lr(t) = exp(log_lr) * min(1, f / w) * (a + (1 - a) (1 + cos(pi f)) / 2)
+            * exp(clip(corr . time_features(t), +-5)),   f = t / num_steps,
+    w = 0.1 sigmoid(warmup), a = sigmoid(final).
+
+  ``num_steps`` may be a traced integer (meta-training gives each instance its
+  own horizon), so the schedule is learned on the horizons it is used with.
+  """
+  if num_steps is None or isinstance(num_steps, int):
+    horizon = float(pt.horizon(num_steps))
+  else:  # a traced horizon (meta-training)
+    horizon = jnp.maximum(jnp.asarray(num_steps, jnp.float32), 1.0)
+  f = step.astype(jnp.float32) / horizon
+  warm = 0.1 * jax.nn.sigmoid(schedule["warmup"])
+  final = jax.nn.sigmoid(schedule["final"])
+  cosine = 0.5 * (1.0 + jnp.cos(jnp.pi * jnp.minimum(f, 1.0)))
+  corr = jnp.clip(jnp.dot(schedule["corr"], time_features(step, num_steps)), -5.0, 5.0)
+  return (jnp.exp(schedule["log_lr"]) * jnp.minimum(1.0, f / warm)
+          * (final + (1.0 - final) * cosine) * jnp.exp(corr))
 
 
 # ---- building blocks of the chunk loop ----------------------------------------------

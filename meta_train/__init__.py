@@ -28,6 +28,7 @@ from meta_train._trainer import TrainResult as TrainResult
 from meta_train._trainer import export_weights as export_weights
 from meta_train._trainer import make_outer_step as make_outer_step
 from meta_train._trainer import train as train
+from meta_train._unroll import META_LOSS_WEIGHTINGS as META_LOSS_WEIGHTINGS
 from meta_train._unroll import InnerState as InnerState
 from meta_train._unroll import UnrollConfig as UnrollConfig
 from meta_train._unroll import UnrollOutput as UnrollOutput
@@ -38,7 +39,7 @@ from meta_train.gpt._data import CheckpointDataset as CheckpointDataset
 from meta_train.gpt._data import load_dataset as load_gpt_dataset
 
 __all__ = [
-    "CheckpointDataset", "ES", "ESTIMATORS", "EstimatorConfig", "InnerState", "MixtureFamily",
+    "CheckpointDataset", "ES", "ESTIMATORS", "META_LOSS_WEIGHTINGS", "EstimatorConfig", "InnerState", "MixtureFamily",
     "PES", "PESState", "TrainConfig", "TrainResult", "TruncatedBackprop", "UnrollConfig",
     "UnrollOutput", "available_families", "export_weights", "get_family", "init_inner_state",
     "load_gpt_dataset", "make_estimator", "make_outer_step", "reset_if_done", "train", "unroll",

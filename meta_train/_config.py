@@ -40,6 +40,10 @@ class TrainConfig:
     seed: the root of all randomness.
     checkpoint_every: outer steps between orbax checkpoints.
     max_to_keep: checkpoints kept.
+    snapshot_every: every this many outer steps (and at step 0), the meta-params
+      are also saved as loadable weights in ``<workdir>/snapshots/step_<N>/``
+      (small; kept for choosing a checkpoint on validation tasks afterwards);
+      0: none.
     init_weights: saved weights to start from (path), or None for fresh ones.
     inject_nan_steps: outer steps whose meta-gradient is replaced by NaN
       (fault injection for tests of the skip logic).
@@ -58,6 +62,7 @@ class TrainConfig:
   seed: int = 0
   checkpoint_every: int = 100
   max_to_keep: int = 2
+  snapshot_every: int = 0
   init_weights: str | None = None
   inject_nan_steps: tuple[int, ...] = ()
 
@@ -70,6 +75,8 @@ class TrainConfig:
     for name in ("num_tasks", "num_configs", "outer_steps", "checkpoint_every", "max_to_keep"):
       if getattr(self, name) < 1:
         raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+    if self.snapshot_every < 0:
+      raise ValueError(f"snapshot_every must be >= 0, got {self.snapshot_every}")
     if not self.learning_rate > 0:
       raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
     if not self.clip_norm > 0:

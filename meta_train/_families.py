@@ -4,7 +4,10 @@
 of varied width, depth, activation (relu, tanh, gelu, elu, swish) and batch
 size, plus noisy ill-conditioned quadratics. ``"mlp_quad"`` (the shipped
 ``celo2_lopt`` weights) is the same without elu/swish, so that every task of
-the held-out benchmark suite lies outside it. :func:`get_family` resolves these names first, then
+the held-out benchmark suite lies outside it. ``"broad"`` adds CNNs, small
+transformer LMs, autoencoders, normalized MLPs and rotated quadratics, every
+kind of held-out task but RL at other sizes and settings (none of the held-out
+configurations). :func:`get_family` resolves these names first, then
 ``tasks.get_family``.
 """
 
@@ -83,7 +86,42 @@ def _mlp_quad() -> tasks.TaskFamily:
   return MixtureFamily("mlp_quad", [(mlps, 3.0), (_quadratics(), 1.0)])
 
 
-_FAMILIES: dict[str, Callable[[], tasks.TaskFamily]] = {"mixed": _mixed, "mlp_quad": _mlp_quad}
+def _broad() -> tasks.TaskFamily:
+  # Every kind of held-out task but RL, at other sizes and settings: each member
+  # below excludes the held-out configurations (tests/benchmarks/test_suites.py
+  # checks it), e.g. no (128, 64) or 6-deep or >= 256-wide MLP, no (16, 32) or
+  # (8, 16, 32) CNN, no dim-32 / 2-layer LM, no (32, 8) autoencoder, no 256-d quadratic.
+  mlps = tasks.ChoiceFamily(
+      "digits_mlp_broad", lambda **c: tasks.get("digits_mlp", **c),
+      {"hidden": [(32,), (64,), (128,), (32, 32), (64, 64), (96, 48), (32, 32, 32),
+                  (48,) * 4],
+       "activation": ["relu", "tanh", "gelu", "elu", "swish", "selu"],
+       "layer_norm": [False, True],
+       "batch_size": [32, 64, 128]})
+  cnns = tasks.ChoiceFamily(
+      "digits_cnn_broad", lambda **c: tasks.get("digits_cnn", **c),
+      {"channels": [(8,), (8, 8), (4, 8), (8, 16), (16,)],
+       "activation": ["relu", "tanh", "gelu"],
+       "batch_size": [32, 128]})
+  lms = tasks.ChoiceFamily(
+      "char_lm_small", lambda **c: tasks.get("char_lm", **c),
+      {"dim": [16, 24], "layers": [1], "seq_len": [16, 24], "batch_size": [8, 16],
+       "corpus": ["sklearn_descr", "python_stdlib"]})
+  autoencoders = tasks.ChoiceFamily(
+      "digits_autoencoder_broad", lambda **c: tasks.get("digits_autoencoder", **c),
+      {"hidden": [(16, 4), (64, 16), (48,), (32, 16, 8)],
+       "activation": ["relu", "tanh", "gelu"],
+       "batch_size": [64, 128]})
+  quads = tasks.ChoiceFamily(
+      "quadratic_rotated", lambda **c: tasks.get("quadratic", **c),
+      {"dim": [16, 64, 128], "condition": [10.0, 100.0, 1000.0],
+       "noise": [0.0, 0.1], "rotate": [True, False], "seed": list(range(8))})
+  return MixtureFamily("broad", [(mlps, 3.0), (cnns, 2.0), (lms, 1.5), (autoencoders, 1.0),
+                                 (quads, 1.0)])
+
+
+_FAMILIES: dict[str, Callable[[], tasks.TaskFamily]] = {
+    "broad": _broad, "mixed": _mixed, "mlp_quad": _mlp_quad}
 
 
 def available_families() -> list[str]:

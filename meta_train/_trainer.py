@@ -53,7 +53,7 @@ __all__ = ["TrainConfig", "TrainResult", "export_weights", "make_outer_step", "t
 
 _AXIS = "tasks"
 #: config fields that may differ when resuming (extending a run, checkpoint cadence).
-_RESUMABLE_CHANGES = ("outer_steps", "checkpoint_every", "max_to_keep")
+_RESUMABLE_CHANGES = ("outer_steps", "checkpoint_every", "max_to_keep", "snapshot_every")
 _COUNTERS = ("skipped_steps", "dropped_instances", "resets", "nonfinite_inner")
 
 
@@ -260,6 +260,8 @@ def _loop(run: _Run, state: dict[str, Any], start: int, mgr, run_dir: RunDir,
   counters = {k: int(v) for k, v in state["counters"].items()}
   theta, opt_state, groups = state["meta_params"], state["opt_state"], list(state["groups"])
   nan_steps = set(config.inject_nan_steps)
+  if config.snapshot_every and start == 0:
+    _snapshot(run_dir, run.lo, theta, 0)
   for t in range(start, config.outer_steps):
     g = t % config.num_configs
     theta, opt_state, groups[g], metrics = run.steps[g](
@@ -273,12 +275,26 @@ def _loop(run: _Run, state: dict[str, Any], start: int, mgr, run_dir: RunDir,
       run_dir.metrics.append(metrics)
       if callback is not None:
         callback(t + 1, metrics)
+    if config.snapshot_every and (t + 1) % config.snapshot_every == 0:
+      _snapshot(run_dir, run.lo, theta, t + 1)
     if (t + 1) % config.checkpoint_every == 0 or t + 1 == config.outer_steps:
       mgr.save(t + 1, args=ocp.args.StandardSave(
           {"meta_params": theta, "opt_state": opt_state, "groups": groups,
            "step": np.asarray(t + 1, np.int64),
            "counters": {k: np.asarray(v, np.int64) for k, v in counters.items()}}))
   return theta, counters
+
+
+def _snapshot(run_dir: RunDir, lo: lopt.LearnedOptimizer, theta: Any, step: int) -> None:
+  """Saves ``theta`` as weights in ``snapshots/step_<step>`` (atomically replaced)."""
+  from lopt._weights import save_weights
+
+  path = run_dir.path / "snapshots" / f"step_{step:06d}"
+  if run_dir.is_main:
+    path.parent.mkdir(parents=True, exist_ok=True)
+  replace_dir(path, lambda tmp: save_weights(tmp, lo, jax.device_get(theta),
+                                             extra={"outer_step": step}),
+              is_main=run_dir.is_main, barrier=_barrier("meta_train_snapshot"))
 
 
 def _save_weights(path: pathlib.Path, lo: lopt.LearnedOptimizer, theta: Any,

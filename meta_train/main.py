@@ -51,6 +51,7 @@ _CHOICES = {
     "task_family": meta_train.available_families,
     "estimator": lambda: sorted(meta_train.ESTIMATORS),
     "meta_loss_split": lambda: ["train", "test"],
+    "meta_loss_weighting": lambda: list(meta_train.META_LOSS_WEIGHTINGS),
 }
 #: Config fields that are not command-line settings (fault injection for tests).
 _NOT_FLAGS = ("inject_nan_steps",)

@@ -106,3 +106,29 @@ def test_momentum_init_is_muon():
     np.testing.assert_allclose(np.asarray(p[k]), ref[k], rtol=1e-4, atol=1e-6)
   with pytest.raises(ValueError, match="valid: 'momentum', 'random'"):
     Celo2LOpt(init_kind="adam")
+
+
+def _relative_hidden_change(width: int, scaling: str) -> float:
+  """muP's coordinate check: after one update of a (width, width) hidden layer, the
+  change of its pre-activations relative to their size, for a fixed input."""
+  lo = Celo2LOpt(update_scaling=scaling)
+  rng = np.random.default_rng(0)
+  w = (rng.normal(size=(width, width)) / np.sqrt(width)).astype(np.float32)  # LeCun init
+  h = rng.normal(size=(16, width)).astype(np.float32)
+  g = (h.T @ rng.normal(size=(16, width))).astype(np.float32)  # a rank-16 gradient
+  opt = lo.transform(lo.init(jax.random.key(0)), 10)
+  upd, _ = opt.update({"w": g}, opt.init({"w": w}), {"w": w})
+  return float(np.linalg.norm(h @ np.asarray(upd["w"])) / np.linalg.norm(h @ w))
+
+
+def test_spectral_scaling_keeps_the_relative_update_across_widths():
+  """With "spectral" (muP) scaling a hidden layer's relative change is the same at
+  widths 32 and 512; with "rms" it grows like sqrt(width) (4x here)."""
+  rms = [_relative_hidden_change(n, "rms") for n in (32, 512)]
+  spectral = [_relative_hidden_change(n, "spectral") for n in (32, 512)]
+  assert 3.0 < rms[1] / rms[0] < 5.5
+  assert 0.7 < spectral[1] / spectral[0] < 1.4
+  lo = Celo2LOpt(update_scaling="spectral")
+  assert lo.matrix_scale(64, 64) == Celo2LOpt().matrix_scale(64, 64) == 8.0
+  with pytest.raises(ValueError, match="valid: 'rms', 'spectral'"):
+    Celo2LOpt(update_scaling="mup")

@@ -128,3 +128,29 @@ def test_chunk_size_changes_speed_not_updates():
   for chunk in (16384, 256):
     for a, b in zip(jax.tree.leaves(results[chunk]), jax.tree.leaves(results[None])):
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_adam_init_is_adam_under_the_learned_schedule():
+  """init_kind="adam" without feature normalization is Adam(0.9, 0.999) with the
+  learned schedule's step size (or a constant init_lr without it)."""
+  params = _params()
+  for sched in (False, True):
+    lo = lopt.learned("mlp_lopt", normalize_features=False, init_kind="adam",
+                      learned_schedule=sched, init_lr=0.05, chunk=256)
+    mp = lo.init(jax.random.key(0))
+    assert ("schedule" in mp) == sched
+    opt = lo.transform(mp, num_steps=20)
+    lrs = [float(lopt.schedule_lr(mp["schedule"], jnp.asarray(t), 20)) if sched else 0.05
+           for t in (1, 2, 3)]
+    ref = optax.adam(lambda c: jnp.asarray(lrs)[c], b1=0.9, b2=0.999, eps=1e-8)
+    p, s, pr, sr = params, opt.init(params), params, ref.init(params)
+    for _ in range(3):
+      g = jax.grad(_quad)(p)
+      u, s = opt.update(g, s, p)
+      p = optax.apply_updates(p, u)
+      ur, sr = ref.update(jax.grad(_quad)(pr), sr, pr)
+      pr = optax.apply_updates(pr, ur)
+    for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(pr)):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=2e-5)
+  with pytest.raises(ValueError, match="valid: 'random', 'adam'"):
+    lopt.learned("mlp_lopt", init_kind="muon")

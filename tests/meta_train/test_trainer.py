@@ -46,9 +46,14 @@ def small_config(estimator="pes", **kw):
 
 def test_four_devices_give_the_same_meta_gradient_as_one(tmp_path):
   assert jax.device_count() == 4
-  cfg = small_config()
+  cfg = small_config(snapshot_every=2)
   one = train(cfg, tmp_path / "one", lo=TinyLOpt(), family=quad_family(),
               devices=jax.devices()[:1])
+  # Snapshots: the init (step 0) and every 2 outer steps, loadable as weights.
+  snaps = sorted(p.name for p in (tmp_path / "one" / "snapshots").iterdir())
+  assert snaps == ["step_000000", "step_000002"]
+  init = lopt.load_weights(tmp_path / "one" / "snapshots" / "step_000000", TinyLOpt())
+  jax.tree.map(np.testing.assert_array_equal, init, TinyLOpt().init(None))
   four = train(cfg, tmp_path / "four", lo=TinyLOpt(), family=quad_family())
   rows = [[json.loads(x) for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
           for d in ("one", "four")]

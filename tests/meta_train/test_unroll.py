@@ -96,3 +96,23 @@ def test_reset_keeps_unfinished_runs(quad):
   same, done = reset_if_done(quad, lo, theta, state, cfg)
   assert not bool(done)
   jax.tree.map(np.testing.assert_array_equal, same, state)
+
+
+@pytest.mark.parametrize("log,weighting", [(True, "uniform"), (False, "late"), (True, "late")])
+def test_log_and_late_weighted_meta_loss(quad, log, weighting):
+  """One truncation = one whole run: the meta-loss is the mean over its steps of
+  log(max(normalized loss, 1e-4)) and/or normalized loss * 2 t / T."""
+  lo = TinyLOpt()
+  theta = lo.init(None)
+  cfg = UnrollConfig(trunc_length=K, min_horizon=K, max_horizon=K, stagger=False,
+                     meta_loss_log=log, meta_loss_weighting=weighting)
+  state = init_inner_state(quad, lo, theta, jax.random.key(1), cfg)
+  _, out = jax.jit(lambda st: unroll(quad, lo, theta, st, cfg))(state)
+  norm = np.clip(np.asarray(out.losses) / quad.loss_scale, -4, 4)
+  if log:
+    norm = np.log(np.maximum(norm, 1e-4))
+  if weighting == "late":
+    norm = norm * 2.0 * np.arange(1, K + 1) / K
+  np.testing.assert_allclose(out.meta_loss, norm.mean(), rtol=2e-5)
+  with pytest.raises(ValueError, match="meta_loss_weighting must be one of uniform, late"):
+    UnrollConfig(meta_loss_weighting="early")
