@@ -42,7 +42,7 @@ import optax
 
 from lopt import _per_param_lopt as pp
 from lopt import _per_tensor as pt
-from lopt._base import with_checks
+from lopt._base import setting, with_checks
 from lopt._per_param_mlp import TIME_FEATURE_NAMES, mlp_forward_t, time_features
 
 __all__ = ["HierarchicalLOpt", "HierarchicalLOptState", "tensor_lstm"]
@@ -114,6 +114,15 @@ class HierarchicalLOpt(pp.MagnitudeLOpt):
     num_controls: control values the LSTM feeds each tensor's per-parameter MLP.
     momentum_decays: decays of the momentum accumulators.
     rms_decay: decay of the squared-gradient accumulator.
+    learned_schedule: multiply every step by celo2_lopt's learned warmup + cosine
+      schedule (:func:`lopt.schedule_lr`, meta-params ``"schedule"``); the LSTM's
+      per-tensor scale, which sees the loss features, modulates it.
+    init_kind: how :meth:`init` sets the per-parameter MLP (not part of
+      :meth:`config`): ``"random"`` (default) or ``"adam"`` -- the MLP passes the
+      tensor-normalized ``m0.9/rms`` through, so with the LSTM's zero output layer
+      the untrained optimizer is Adam-like at ``init_lr`` (the schedule's peak
+      when ``learned_schedule``).
+    init_lr: the step size of the ``"adam"`` init.
   """
 
   hidden_size: int = 16
@@ -121,8 +130,12 @@ class HierarchicalLOpt(pp.MagnitudeLOpt):
   num_controls: int = 4
   momentum_decays: tuple[float, ...] = (0.9, 0.99, 0.999)
   rms_decay: float = 0.999
+  learned_schedule: bool = False
+  init_kind: str = setting("random", config=False)
+  init_lr: float = setting(1e-3, config=False)
 
   name = "hierarchical_lopt"
+  ADDED: ClassVar[dict[str, Any]] = {"learned_schedule": False}
   #: The time embedding reaches the MLP through the LSTM's controls, not directly.
   shared_feature_names: ClassVar[tuple[str, ...]] = ()
 
@@ -159,7 +172,23 @@ class HierarchicalLOpt(pp.MagnitudeLOpt):
     layers = pt.dense_init(key, shapes + mlp_shapes,
                            [1.0, 1.0, 1.0, 0.0, 1.0] + [1.0] * (len(mlp_shapes) - 1) + [0.1])
     lstm = dict(zip(("embed", "mix", "cell", "out"), layers[:4]))
-    return {"lstm": lstm, "ctrl": layers[4]["w"][:c], "mlp": layers[5:]}
+    mp = {"lstm": lstm, "ctrl": layers[4]["w"][:c], "mlp": layers[5:]}
+    if self.init_kind == "adam":
+      scale = (1.0 if self.learned_schedule else self.init_lr) / self.step_mult
+      column = self.param_feature_names.index(f"m{self.momentum_decays[0]:g}/rms")
+      mp["mlp"] = pp.pass_through_mlp(mp["mlp"], column, scale=scale, noise=0.1)
+    if self.learned_schedule:
+      mp["schedule"] = pp.init_schedule(self.init_lr)
+    return mp
+
+  def __post_init__(self) -> None:
+    super().__post_init__()
+    if self.init_kind not in ("random", "adam"):
+      raise ValueError(f"unknown init_kind {self.init_kind!r}; valid: 'random', 'adam'")
+    if self.init_kind == "adam" and self.hidden_layers > 0 and self.hidden_size < 2:
+      raise ValueError("init_kind='adam' needs hidden_size >= 2")
+    if not self.init_lr > 0:
+      raise ValueError(f"init_lr must be > 0, got {self.init_lr}")
 
   def _tensor_features(self, layout, means, update_rms, step, num_steps, loss_stats, loss):
     """``(num_tensors, num_tensor_features)`` statistics of every tensor.
@@ -235,6 +264,8 @@ class HierarchicalLOpt(pp.MagnitudeLOpt):
       (lstm_c, lstm_h), ctrl = tensor_lstm(meta_params["lstm"], (state.lstm_c, state.lstm_h),
                                            tfeat)
       scale = jnp.exp(jnp.clip(ctrl[:, 0], -10.0, 5.0))  # (T,)
+      if self.learned_schedule:
+        scale = scale * pp.schedule_lr(meta_params["schedule"], step, num_steps)
       first_bias = ctrl[:, 1:] @ meta_params["ctrl"]  # (T, hidden_size)
       per_block = lambda a: layout.chunked_blocks(layout.per_block(a))
 
