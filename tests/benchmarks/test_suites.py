@@ -53,6 +53,17 @@ def test_heldout_is_disjoint_from_every_shipped_optimizers_training_tasks():
         assert not inside, f"{suite}/{e.label} is in {name}'s meta-training tasks"
 
 
+def test_heldout_is_disjoint_from_the_v2_training_family_and_validation_is_not_heldout():
+  """The "broad" family (the version 2 runs) draws no held-out task; the validation
+  suite (checkpoint choice) shares no task with the held-out suites."""
+  family = get_family("broad")
+  for suite in HELDOUT:
+    for e in benchmarks.suite(suite):
+      assert not family.contains(e.build()), f"{suite}/{e.label} is in 'broad'"
+  assert family.contains(tasks.get("digits_cnn", channels=(8, 8), activation="tanh",
+                                   batch_size=32))
+
+
 def test_the_disjointness_check_can_fail():
   family = get_family("mlp_quad")
   assert family.contains(tasks.get("digits_mlp", hidden=(64, 64), activation="tanh",
