@@ -4,6 +4,7 @@
 
   parse_spec("sgd(learning_rate=0.1, momentum=0.9)")
   parse_spec("celo2_lopt:pretrained")
+  parse_spec("celo2_lopt:pretrained(num_steps=unknown)")   # horizon-free mode
   split_specs("sgd(learning_rate=0.1,momentum=0.9),celo2_lopt:fresh")  # two specs
 """
 
@@ -72,13 +73,21 @@ def split_specs(text: str) -> list[str]:
   return [s for s in out if s]
 
 
+def _literal(kw: ast.keyword) -> Any:
+  """A keyword's literal value; a bare ``num_steps=unknown`` is ``lopt.UNKNOWN_HORIZON``."""
+  if (kw.arg == "num_steps" and isinstance(kw.value, ast.Name)
+      and kw.value.id == lopt.UNKNOWN_HORIZON):   # unquoted, as typed on a command line
+    return lopt.UNKNOWN_HORIZON
+  return ast.literal_eval(kw.value)
+
+
 def _kwargs(args: str, text: str) -> dict[str, Any]:
   try:
     call = ast.parse(f"f({args})", mode="eval").body
     assert isinstance(call, ast.Call)
     if call.args:
       raise ValueError("positional arguments")
-    return {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords if kw.arg}
+    return {kw.arg: _literal(kw) for kw in call.keywords if kw.arg}
   except (SyntaxError, ValueError, AssertionError) as e:
     raise ValueError(f"cannot parse the arguments of optimizer spec {text!r}: give keyword "
                      f"arguments with literal values, e.g. 'sgd(learning_rate=0.1)' ({e})"
@@ -163,9 +172,10 @@ def weights_digest(spec: OptimizerSpec) -> str | None:
 def build_optimizer(spec: OptimizerSpec | str, num_steps: int):
   """``lopt.get`` for a spec, passing the horizon ``num_steps`` to learned optimizers.
 
-  A spec's own arguments win (``celo2_lopt:pretrained(num_steps=None)`` runs it
-  without a horizon). G.pt is run as the paper uses it: one sampled update at
-  the first step (``max_updates=1``); its curve is flat afterwards.
+  A spec's own arguments win: ``celo2_lopt:pretrained(num_steps=unknown)`` runs
+  its horizon-free mode (:data:`lopt.UNKNOWN_HORIZON`). G.pt is run as the paper
+  uses it: one sampled update at the first step (``max_updates=1``); its curve is
+  flat afterwards.
   """
   if isinstance(spec, str):
     spec = parse_spec(spec)

@@ -17,6 +17,7 @@ from lopt._base import setting as setting
 from lopt._base import with_checks as with_checks
 from lopt._celo2_lopt import Celo2LOpt as Celo2LOpt
 from lopt._hierarchical_lopt import HierarchicalLOpt as HierarchicalLOpt
+from lopt._horizon import UNKNOWN_HORIZON as UNKNOWN_HORIZON
 from lopt._layerwise_combo_lopt import LayerwiseComboLOpt as LayerwiseComboLOpt
 from lopt._mlp_lopt import MLPLOpt as MLPLOpt
 from lopt._per_param_lopt import MagnitudeLOpt as MagnitudeLOpt
@@ -57,6 +58,7 @@ __all__ = [
     "MLPLOpt",
     "MagnitudeLOpt",
     "PerParamLOpt",
+    "UNKNOWN_HORIZON",
     "available",
     "available_learned",
     "check_trees",

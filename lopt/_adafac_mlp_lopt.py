@@ -39,6 +39,7 @@ import optax
 
 from lopt import _per_param_lopt as pp
 from lopt._base import with_checks
+from lopt._horizon import Horizon, check_num_steps
 from lopt._per_param_mlp import TIME_FEATURE_NAMES, FlatLayout, mlp_forward_t, time_features
 
 __all__ = ["AdafacMLPLOpt", "AdafacMLPLOptState"]
@@ -111,9 +112,14 @@ class AdafacMLPLOpt(pp.MagnitudeLOpt):
     return (("g", "p") + tuple(f"m{d}" for d in ds) + tuple(f"g/rms{d}" for d in ds)
             + tuple(f"m{d}/rms{d}" for d in ds))
 
-  def transform(self, meta_params: Any, num_steps: int | None = None
+  def transform(self, meta_params: Any, num_steps: Horizon | None = None
                 ) -> optax.GradientTransformationExtraArgs:
-    """Returns the optimizer that ``meta_params`` define for a ``num_steps`` horizon."""
+    """Returns the optimizer for a ``num_steps`` horizon: a positive int or ``"unknown"``.
+
+    ``num_steps`` is required (:func:`lopt._horizon.check_num_steps`); meta-training
+    passes a traced int.
+    """
+    num_steps = check_num_steps(num_steps, self.name)
     decays = jnp.asarray(self.decays, jnp.float32)
     nd = len(self.decays)
     nf = len(self.param_feature_names)

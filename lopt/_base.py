@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 import jax
 import optax
 
+from lopt._horizon import Horizon
 from lopt._per_param_mlp import FlatLayout
 
 __all__ = ["CheckedState", "LearnedOptimizer", "check_trees", "setting", "tree_spec",
@@ -196,7 +197,10 @@ class LearnedOptimizer(abc.ABC):
     opt = lo.transform(meta_params, num_steps)   # optax.GradientTransformationExtraArgs
 
   ``transform`` must be differentiable with respect to ``meta_params`` and
-  vmap-able over it, so meta-training can unroll the optimizer. ``name`` and
+  vmap-able over it, so meta-training can unroll the optimizer. An optimizer
+  whose update depends on the horizon validates ``num_steps`` with
+  :func:`lopt._horizon.check_num_steps` (None raises; ``"unknown"`` selects a
+  horizon-free mode); one that does not ignores it. ``name`` and
   ``config()`` identify the architecture in saved-weight manifests.
 
   Subclasses written as frozen, keyword-only dataclasses declare each setting
@@ -231,9 +235,13 @@ class LearnedOptimizer(abc.ABC):
     """Returns freshly initialized meta-parameters."""
 
   @abc.abstractmethod
-  def transform(self, meta_params: MetaParams, num_steps: int | None = None
+  def transform(self, meta_params: MetaParams, num_steps: Horizon | None = None
                 ) -> optax.GradientTransformationExtraArgs:
-    """Returns the optimizer defined by ``meta_params`` for a ``num_steps`` horizon."""
+    """Returns the optimizer defined by ``meta_params`` for a ``num_steps`` horizon.
+
+    ``num_steps``: the number of updates training will take, ``"unknown"``
+    (:data:`lopt.UNKNOWN_HORIZON`) or, in meta-training, a traced integer.
+    """
 
   def config(self) -> dict[str, Any]:
     """The JSON-serializable constructor arguments that define the architecture.

@@ -28,6 +28,9 @@ Per step, for every scalar parameter:
               * exp(c . time_features(step)),    f = step / num_steps,
      w = 0.1 sigmoid(warmup), a = sigmoid(final)
 
+   With ``num_steps="unknown"`` the schedule depends on the step count alone
+   (:func:`lopt.schedule_lr`).
+
 What follows the papers: the tiny MLP over momentum and rms-normalized features
 with per-tensor input normalization, per-step RMS normalization of the output,
 Newton-Schulz orthogonalization of matrix updates with Muon's coefficients, and
@@ -57,6 +60,7 @@ import optax
 from lopt import _per_param_lopt as pp
 from lopt import _per_tensor as pt
 from lopt._base import setting, with_checks
+from lopt._horizon import Horizon, check_num_steps
 from lopt._per_param_lopt import PerParamLOpt, pass_through_mlp
 from lopt._per_param_mlp import mlp_forward_t
 
@@ -205,16 +209,22 @@ class Celo2LOpt(PerParamLOpt):
 
   @staticmethod
   def learning_rate(schedule: dict[str, jax.Array], step: jax.Array,
-                    num_steps: int | None) -> jax.Array:
+                    num_steps: Horizon) -> jax.Array:
     """The learned step size at ``step`` (1-based) of a ``num_steps`` horizon.
 
-    See :func:`lopt.schedule_lr`; ``num_steps`` may be a traced integer.
+    See :func:`lopt.schedule_lr`; ``num_steps`` may be a traced integer or
+    ``"unknown"`` (a schedule of the step count alone).
     """
     return pp.schedule_lr(schedule, step, num_steps)
 
-  def transform(self, meta_params: Any, num_steps: int | None = None
+  def transform(self, meta_params: Any, num_steps: Horizon | None = None
                 ) -> optax.GradientTransformationExtraArgs:
-    """Returns the optimizer for a ``num_steps`` horizon (None: the schedule assumes 10,000)."""
+    """Returns the optimizer for a ``num_steps`` horizon: a positive int or ``"unknown"``.
+
+    ``num_steps`` is required (:func:`lopt._horizon.check_num_steps`); meta-training
+    passes a traced int.
+    """
+    num_steps = check_num_steps(num_steps, self.name)
     k = len(self.momentum_decays)
     decays = jnp.asarray(self.momentum_decays, jnp.float32)[:, None]  # (K, 1)
     b2 = self.rms_decay

@@ -43,6 +43,7 @@ import optax
 from lopt import _per_param_lopt as pp
 from lopt import _per_tensor as pt
 from lopt._base import setting, with_checks
+from lopt._horizon import Horizon, check_num_steps
 from lopt._per_param_mlp import TIME_FEATURE_NAMES, mlp_forward_t, time_features
 
 __all__ = ["HierarchicalLOpt", "HierarchicalLOptState", "tensor_lstm"]
@@ -214,9 +215,14 @@ class HierarchicalLOpt(pp.MagnitudeLOpt):
             jnp.broadcast_to(shared[None, :], (t, shared.shape[0]))]
     return jnp.concatenate(cols, axis=1)
 
-  def transform(self, meta_params: Any, num_steps: int | None = None
+  def transform(self, meta_params: Any, num_steps: Horizon | None = None
                 ) -> optax.GradientTransformationExtraArgs:
-    """Returns the optimizer for a ``num_steps`` horizon (None: no training-fraction features)."""
+    """Returns the optimizer for a ``num_steps`` horizon: a positive int or ``"unknown"``.
+
+    ``num_steps`` is required (:func:`lopt._horizon.check_num_steps`); meta-training
+    passes a traced int.
+    """
+    num_steps = check_num_steps(num_steps, self.name)
     k = len(self.momentum_decays)
     decays = jnp.asarray(self.momentum_decays, jnp.float32)[:, None]  # (K, 1)
     b2 = self.rms_decay

@@ -52,6 +52,7 @@ import optax
 
 from lopt import _per_tensor as pt
 from lopt._base import LearnedOptimizer, with_checks
+from lopt._horizon import Horizon, check_num_steps
 from lopt._per_param_lopt import finite_rows, restore_nonfinite
 from lopt._per_param_mlp import TIME_FEATURE_NAMES, mlp_forward, time_features
 
@@ -139,9 +140,14 @@ class LayerwiseComboLOpt(LearnedOptimizer):
     mp["log_lr"] = jnp.asarray(np.log(learning_rate), jnp.float32)
     return mp
 
-  def transform(self, meta_params: Any, num_steps: int | None = None
+  def transform(self, meta_params: Any, num_steps: Horizon | None = None
                 ) -> optax.GradientTransformationExtraArgs:
-    """Returns the optimizer for a ``num_steps`` horizon (None: no training-fraction features)."""
+    """Returns the optimizer for a ``num_steps`` horizon: a positive int or ``"unknown"``.
+
+    ``num_steps`` is required (:func:`lopt._horizon.check_num_steps`); meta-training
+    passes a traced int.
+    """
+    num_steps = check_num_steps(num_steps, self.name)
     beta, b1, b2, eps = self.momentum, self.b1, self.b2, self.eps
 
     def init_fn(params):

@@ -41,6 +41,7 @@ import optax
 
 from lopt import _per_param_lopt as pp
 from lopt._base import setting, with_checks
+from lopt._horizon import Horizon, check_num_steps
 from lopt._per_param_mlp import FlatLayout, default_chunk, mlp_forward_t, mlp_init, time_features
 
 __all__ = ["MLPLOpt", "MLPLOptState"]
@@ -163,9 +164,14 @@ class MLPLOpt(pp.MagnitudeLOpt):
         chunk = chunk if size <= CPU_ONE_CHUNK_MAX else CPU_CHUNK
     return FlatLayout.from_tree(params, max_chunk=chunk)
 
-  def transform(self, meta_params: Any, num_steps: int | None = None
+  def transform(self, meta_params: Any, num_steps: Horizon | None = None
                 ) -> optax.GradientTransformationExtraArgs:
-    """Returns the optimizer that ``meta_params`` define for a ``num_steps`` horizon."""
+    """Returns the optimizer for a ``num_steps`` horizon: a positive int or ``"unknown"``.
+
+    ``num_steps`` is required (:func:`lopt._horizon.check_num_steps`); meta-training
+    passes a traced int.
+    """
+    num_steps = check_num_steps(num_steps, self.name)
     mom_decays = jnp.asarray(self.momentum_decays, jnp.float32)
     rms_decays = jnp.asarray(self.rms_decays, jnp.float32)
     nf = len(self.param_feature_names)

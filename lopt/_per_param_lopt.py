@@ -30,13 +30,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lopt import _per_tensor as pt
 from lopt._base import LearnedOptimizer, setting
+from lopt._horizon import Horizon, is_unknown
 from lopt._per_param_mlp import TIME_FEATURE_NAMES, FlatLayout, mlp_init, time_features
 
-__all__ = ["MAX_ABS_GRAD", "MagnitudeLOpt", "PerParamLOpt", "block_bias", "block_square_sums",
-           "ema", "finite_rows", "init_schedule", "pass_through_mlp", "restore_nonfinite",
-           "scale_blocks", "schedule_lr", "tensor_means"]
+__all__ = ["FREE_SCHEDULE_STEPS", "MAX_ABS_GRAD", "MagnitudeLOpt", "PerParamLOpt", "block_bias",
+           "block_square_sums", "ema", "finite_rows", "init_schedule", "pass_through_mlp",
+           "restore_nonfinite", "scale_blocks", "schedule_lr", "tensor_means"]
 
 #: Gradient entries enter accumulators and features clipped to this magnitude, so
 #: their squares (and sums of squares over a tensor) stay finite in float32.
@@ -173,28 +173,52 @@ def init_schedule(init_lr: float) -> dict[str, jax.Array]:
           "corr": jnp.zeros((len(TIME_FEATURE_NAMES),), jnp.float32)}
 
 
-def schedule_lr(schedule: dict[str, jax.Array], step: jax.Array,
-                num_steps: int | None) -> jax.Array:
-  """The learned step size at ``step`` (1-based) of a ``num_steps`` horizon::
+#: The timescale, in steps, of the horizon-free schedule (``num_steps="unknown"``).
+FREE_SCHEDULE_STEPS = 1000.0
 
-    lr(t) = exp(log_lr) * min(1, f / w) * (a + (1 - a) (1 + cos(pi f)) / 2)
+
+def schedule_lr(schedule: dict[str, jax.Array], step: jax.Array,
+                num_steps: Horizon) -> jax.Array:
+  """The learned step size at ``step`` (1-based) of a ``num_steps`` horizon.
+
+  ::
+
+    lr(t) = exp(log_lr) * min(1, f / w) * (a + (1 - a) (1 + cos(pi min(f, 1))) / 2)
             * exp(clip(corr . time_features(t), +-5)),   f = t / num_steps,
     w = 0.1 sigmoid(warmup), a = sigmoid(final).
 
   ``num_steps`` may be a traced integer (meta-training gives each instance its
   own horizon), so the schedule is learned on the horizons it is used with.
+
+  With ``num_steps="unknown"`` (:data:`lopt.UNKNOWN_HORIZON`, the horizon-free
+  mode) the schedule is a function of the step count alone: a warmup over
+  ``w S`` steps, then an inverse-square-root decay on the timescale
+  ``S = FREE_SCHEDULE_STEPS = 1000``::
+
+    lr(t) = exp(log_lr) * min(1, t / (w S)) * (a + (1 - a) / sqrt(1 + t / S))
+            * exp(clip(corr . time_features(t), +-5)),
+
+  where the training-fraction entries of ``time_features`` are zero.
+
+  Args:
+    schedule: the schedule's meta-params (:func:`init_schedule`).
+    step: the 1-based step count, an integer scalar.
+    num_steps: a positive int, a traced integer scalar or ``"unknown"``
+      (validated by the optimizer's ``transform``).
   """
-  if num_steps is None or isinstance(num_steps, int):
-    horizon = float(pt.horizon(num_steps))
-  else:  # a traced horizon (meta-training)
-    horizon = jnp.maximum(jnp.asarray(num_steps, jnp.float32), 1.0)
-  f = step.astype(jnp.float32) / horizon
+  t = step.astype(jnp.float32)
   warm = 0.1 * jax.nn.sigmoid(schedule["warmup"])
   final = jax.nn.sigmoid(schedule["final"])
-  cosine = 0.5 * (1.0 + jnp.cos(jnp.pi * jnp.minimum(f, 1.0)))
+  if is_unknown(num_steps):
+    ramp = t / (warm * FREE_SCHEDULE_STEPS)
+    decay = jax.lax.rsqrt(1.0 + t / FREE_SCHEDULE_STEPS)
+  else:
+    f = t / jnp.maximum(jnp.asarray(num_steps, jnp.float32), 1.0)
+    ramp = f / warm
+    decay = 0.5 * (1.0 + jnp.cos(jnp.pi * jnp.minimum(f, 1.0)))
   corr = jnp.clip(jnp.dot(schedule["corr"], time_features(step, num_steps)), -5.0, 5.0)
-  return (jnp.exp(schedule["log_lr"]) * jnp.minimum(1.0, f / warm)
-          * (final + (1.0 - final) * cosine) * jnp.exp(corr))
+  return (jnp.exp(schedule["log_lr"]) * jnp.minimum(1.0, ramp)
+          * (final + (1.0 - final) * decay) * jnp.exp(corr))
 
 
 # ---- building blocks of the chunk loop ----------------------------------------------

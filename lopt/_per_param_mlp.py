@@ -47,6 +47,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from lopt._horizon import Horizon, is_unknown
+
 __all__ = ["FlatLayout", "TIME_FEATURE_NAMES", "mlp_apply", "mlp_apply_reference",
            "mlp_apply_t", "default_chunk", "mlp_flops", "mlp_forward", "mlp_forward_t", "mlp_init",
            "stack_leaf_features", "time_features"]
@@ -378,23 +380,21 @@ TIME_FEATURE_NAMES = tuple([f"tanh(frac*{s:g}-1)" for s in FRACTION_SCALES]
                            + [f"tanh(step/{t:g}-1)" for t in STEP_TIMESCALES])
 
 
-def time_features(count: jax.Array, num_steps: int | None) -> jax.Array:
+def time_features(count: jax.Array, num_steps: Horizon) -> jax.Array:
   """The training-step embedding: ``tanh(frac * s - 1)`` and ``tanh(step / T - 1)``.
 
-  ``frac = step / num_steps`` (zero features when ``num_steps`` is None) for scales
-  ``s`` in :data:`FRACTION_SCALES`, and absolute-step features for timescales ``T`` in
-  :data:`STEP_TIMESCALES` (as in learned_optimization's MLPLOpt). Being the same for
-  every parameter, these are folded into the first layer's bias
-  (``first_bias=time_features(...) @ w_time``) rather than stacked per row.
+  ``frac = step / num_steps`` for ``s`` in :data:`FRACTION_SCALES` (zeros when
+  ``num_steps="unknown"``, the horizon-free mode) and absolute steps for ``T`` in
+  :data:`STEP_TIMESCALES` (as learned_optimization's MLPLOpt). The same for every
+  parameter, they are folded into the first layer's bias (``time_features(...) @ w``).
 
   Returns:
     ``(len(TIME_FEATURE_NAMES),)`` float32.
   """
   step = count.astype(jnp.float32)
-  if num_steps is None:
+  if is_unknown(num_steps):
     frac = jnp.zeros((len(FRACTION_SCALES),), jnp.float32)
-  else:
-    frac = jnp.tanh(step / jnp.asarray(num_steps, jnp.float32) * jnp.asarray(FRACTION_SCALES)
-                    - 1.0)  # num_steps may be traced (per-instance horizons in meta-training)
+  else:  # num_steps may be traced (per-instance horizons in meta-training)
+    frac = jnp.tanh(step / jnp.asarray(num_steps, jnp.float32) * jnp.asarray(FRACTION_SCALES) - 1)
   absolute = jnp.tanh(step / jnp.asarray(STEP_TIMESCALES) - 1.0)
   return jnp.concatenate([frac, absolute])

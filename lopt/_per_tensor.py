@@ -23,14 +23,12 @@ import numpy as np
 
 from lopt._per_param_mlp import FlatLayout
 
-__all__ = ["DEFAULT_NUM_STEPS", "LOSS_FEATURE_NAMES", "LossStats", "block_valid",
-           "chunk_mask", "dense_init", "horizon", "init_loss_stats", "loss_features",
-           "tensor_rms", "tensor_rms_from_blocks", "tensor_rows", "update_loss_stats"]
+__all__ = ["LOSS_FEATURE_NAMES", "LossStats", "block_valid", "chunk_mask", "dense_init",
+           "init_loss_stats", "loss_features", "tensor_rms", "tensor_rms_from_blocks",
+           "tensor_rows", "update_loss_stats"]
 
 NUM_LOSS_FEATURES = 3
 LOSS_FEATURE_NAMES = ("loss_fast/first", "loss_slow/first", "loss/loss_slow")
-# The horizon a learned schedule assumes when an optimizer is built with ``num_steps=None``.
-DEFAULT_NUM_STEPS = 10_000
 
 
 def dense_init(key: jax.Array, shapes: Sequence[tuple[int, int]],
@@ -96,11 +94,6 @@ def tensor_rms_from_blocks(layout: FlatLayout, block_sq_sums: jax.Array,
                            eps: float = 1e-12) -> jax.Array:
   """Per-tensor root-mean-square from per-block sums of squares ``(num_blocks, ...)``."""
   return jnp.sqrt(layout.tensor_mean_from_blocks(block_sq_sums) + eps)
-
-
-def horizon(num_steps: int | None) -> int:
-  """The training horizon of a learned schedule (``DEFAULT_NUM_STEPS`` for None)."""
-  return DEFAULT_NUM_STEPS if num_steps is None else max(int(num_steps), 1)
 
 
 def tensor_rms(layout: FlatLayout, rows: jax.Array, eps: float = 1e-12) -> jax.Array:

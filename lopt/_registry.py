@@ -203,13 +203,15 @@ def register_learned(name: str, cls: Callable[..., Any], *, overwrite: bool = Fa
   ``lopt.get(name, weights=..., num_steps=..., seed=0, **config)`` then builds
   ``cls(**config)``, resolves ``weights`` with :func:`load_meta_params` (the
   default is ``"pretrained"`` when shipped weights exist, else fresh weights
-  from ``seed``) and returns ``lo.transform(meta_params, num_steps)``.
+  from ``seed``) and returns ``lo.transform(meta_params, num_steps)``. The
+  per-parameter learned optimizers need ``num_steps`` (an int or ``"unknown"``,
+  :data:`lopt.UNKNOWN_HORIZON`); without it, ``transform`` raises.
   """
   if name in _LEARNED and not overwrite:
     raise ValueError(f"learned optimizer {name!r} is already registered")
   _LEARNED[name] = cls
 
-  def factory(*, weights: Any = "default", num_steps: int | None = None, seed: int = 0,
+  def factory(*, weights: Any = "default", num_steps: int | str | None = None, seed: int = 0,
               **config: Any):
     lo = learned(name, **config)
     if isinstance(weights, str) and weights == "default":

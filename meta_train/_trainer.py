@@ -200,7 +200,7 @@ def train(config: TrainConfig, workdir: str | os.PathLike, *,
     cfg = meta_train.TrainConfig(lopt="mlp_lopt", task_family="digits_mlp",
                                  num_tasks=8, outer_steps=500)
     result = meta_train.train(cfg, "runs/mlp_lopt")
-    opt = lopt.get("mlp_lopt", weights="runs/mlp_lopt/weights")
+    opt = lopt.get("mlp_lopt", weights="runs/mlp_lopt/weights", num_steps=1000)
 
   Writes into ``workdir``: ``config.json`` (once), ``run.lock`` (while
   running), ``checkpoints/`` (orbax), ``metrics.jsonl`` (one JSON object per
@@ -314,7 +314,7 @@ def export_weights(workdir: str | os.PathLike, out: str | os.PathLike | None = N
   """Saves the meta-params of a run's checkpoint as loadable weights (orbax + manifest).
 
   Lets a run in progress be evaluated, e.g.
-  ``lopt.get("mlp_lopt", weights=export_weights("runs/x"))``.
+  ``lopt.get("mlp_lopt", weights=export_weights("runs/x"), num_steps=1000)``.
 
   Args:
     workdir: the run's directory (holds ``config.json`` and ``checkpoints/``).

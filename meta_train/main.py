@@ -14,7 +14,7 @@ Multi-process (one process per host, or several on one host for testing)::
 
 Writes into ``--workdir``: ``config.json``, ``checkpoints/``, ``metrics.jsonl``,
 ``meta_training_curve.png`` and ``weights/`` (load with
-``lopt.get(name, weights="<workdir>/weights")``).
+``lopt.get(name, weights="<workdir>/weights", num_steps=...)``).
 
 The flags are derived from the fields of :class:`meta_train.TrainConfig` and the
 configs it nests (:class:`meta_train.UnrollConfig`, :class:`meta_train.EstimatorConfig`):

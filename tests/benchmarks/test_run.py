@@ -136,8 +136,10 @@ def test_command_line_and_flag_errors(tmp_path, capsys):
 def test_specs():
   s = benchmarks.parse_spec("sgd(learning_rate=0.1, momentum=0.9)")
   assert (s.name, s.weights, s.kwargs) == ("sgd", None, {"learning_rate": 0.1, "momentum": 0.9})
-  s = benchmarks.parse_spec("celo2_lopt:pretrained(num_steps=None)")
-  assert (s.name, s.weights, s.kwargs) == ("celo2_lopt", "pretrained", {"num_steps": None})
+  for arg in ("unknown", "'unknown'"):   # unquoted, as typed on a command line, or quoted
+    s = benchmarks.parse_spec(f"celo2_lopt:pretrained(num_steps={arg})")
+    assert (s.name, s.weights, s.kwargs) == ("celo2_lopt", "pretrained",
+                                             {"num_steps": lopt.UNKNOWN_HORIZON})
   assert benchmarks.split_specs("sgd(learning_rate=0.1,momentum=0.9),celo2_lopt:fresh") == [
       "sgd(learning_rate=0.1,momentum=0.9)", "celo2_lopt:fresh"]
   for bad, match in {"sgd(0.1)": "keyword", "sgd:pretrained": "takes no weights",
@@ -153,6 +155,24 @@ def test_specs():
   with pytest.raises(KeyError, match="only hand-designed"):
     benchmarks.run_benchmark(["sgd"], [TINY], tune=["celo2_lopt"])
   assert len(benchmarks.tune_grid("adam")) == 13      # 1e-4..1 at 3 per decade
+
+
+def test_a_horizon_free_spec_builds_and_steps():
+  """``num_steps=unknown`` reaches the optimizer as the string, not the benchmark's horizon."""
+  text = "celo2_lopt:pretrained(num_steps=unknown)"
+  assert lopt.has_pretrained("celo2_lopt")
+  params = {"w": jnp.ones((4, 3)), "b": jnp.zeros((3,))}
+  grads = jax.tree.map(lambda x: 0.1 * x + 0.05, params)
+
+  def first_update(tx):
+    return tx.update(grads, tx.init(params), params, loss=1.0)[0]
+
+  free = first_update(benchmarks.build_optimizer(text, 50))
+  assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(free))
+  ref = first_update(lopt.get("celo2_lopt", weights="pretrained", num_steps="unknown"))
+  jax.tree.map(np.testing.assert_array_equal, free, ref)
+  with pytest.raises(ValueError, match="depends on the training horizon"):
+    benchmarks.build_optimizer("celo2_lopt:fresh(num_steps=None)", 50)
 
 
 def test_a_task_object_is_a_suite_entry():

@@ -1,7 +1,7 @@
 """Meta-level checks shared by learned-optimizer tests: unrolls, meta-gradients, vmap.
 
-``unroll_loss(lo, meta_params, params)`` trains a tiny quadratic for a few steps
-with ``lo.transform(meta_params)`` inside ``lax.scan`` and returns the final loss;
+``unroll_loss(lo, meta_params, params)`` trains a tiny quadratic for a few steps with
+``lo.transform(meta_params, num_steps)`` inside ``lax.scan`` and returns the final loss;
 :func:`check_meta_grad_vmapped` differentiates it with respect to ``meta_params``
 while vmapping over ``meta_params`` and over task instances (initial parameters).
 """

@@ -138,6 +138,14 @@ def test_optax_contract(tiny_weights):
   assert jax.tree.structure(upd) == jax.tree.structure(params)
 
 
+def test_needs_no_training_horizon(tiny_weights):
+  """G.pt does not read the horizon: it builds without ``num_steps`` and ignores one."""
+  path, params = tiny_weights
+  for kw in ({}, {"num_steps": None}, {"num_steps": lopt.UNKNOWN_HORIZON}, {"num_steps": 7}):
+    opt = lopt.get("gpt", weights=str(path), num_sampling_steps=2, **kw)
+    jax.eval_shape(opt.update, params, opt.init(params), params, loss=1.0)
+
+
 def test_optax_update_is_new_minus_params_and_deterministic(tiny_weights):
   path, params = tiny_weights
   opt = lopt.get("gpt", weights=str(path), num_sampling_steps=2, target=0.5)
