@@ -39,8 +39,8 @@ from meta_train.gpt._data import CheckpointDataset as CheckpointDataset
 from meta_train.gpt._data import load_dataset as load_gpt_dataset
 
 __all__ = [
-    "CheckpointDataset", "ES", "ESTIMATORS", "META_LOSS_WEIGHTINGS", "EstimatorConfig", "InnerState", "MixtureFamily",
-    "PES", "PESState", "TrainConfig", "TrainResult", "TruncatedBackprop", "UnrollConfig",
+    "CheckpointDataset", "ES", "ESTIMATORS", "META_LOSS_WEIGHTINGS", "EstimatorConfig",
+    "InnerState", "MixtureFamily", "PES", "PESState", "TrainConfig", "TrainResult", "TruncatedBackprop", "UnrollConfig",
     "UnrollOutput", "available_families", "export_weights", "get_family", "init_inner_state",
     "load_gpt_dataset", "make_estimator", "make_outer_step", "reset_if_done", "train", "unroll",
 ]
