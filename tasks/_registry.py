@@ -6,6 +6,7 @@ from typing import Any, Callable
 
 from tasks._autoencoder import ImageAutoencoder
 from tasks._base import ChoiceFamily, Task, TaskFamily
+from tasks._finetune import FineTuneDigits, FineTuneLM, finetune_family
 from tasks._image import ImageCNN, ImageMLP
 from tasks._lm import CharLM
 from tasks._quadratic import Quadratic
@@ -44,6 +45,8 @@ _TASKS: dict[str, Callable[..., Task]] = {
     "acrobot": _preset(GymnaxPolicy, "GymnaxPolicy on Acrobot-v1.", env_name="Acrobot-v1"),
     "catch": _preset(GymnaxPolicy, "GymnaxPolicy on bsuite's Catch (9-step episodes).",
                      env_name="Catch-bsuite", horizon=10, batch_size=16),
+    "finetune_digits": FineTuneDigits,
+    "finetune_char_lm": FineTuneLM,
 }
 
 #: Tasks that need data prepared outside the package (TFDS); the rest are embedded.
@@ -62,6 +65,8 @@ _FAMILIES: dict[str, Callable[..., TaskFamily]] = {
         "digits_cnn", _TASKS["digits_cnn"],
         {"channels": [(8,), (16,), (8, 16), (16, 32)],
          "activation": ["relu", "tanh", "gelu"], "batch_size": [32, 64, 128]}),
+    "finetune_digits": finetune_family,
+    "finetune_digits_held_out": lambda **kw: finetune_family("held_out", **kw),
 }
 
 

@@ -16,6 +16,8 @@ SMALL = {"char_lm": dict(dim=16, layers=1, seq_len=16, batch_size=4, eval_batch_
          "char_lm_python": dict(dim=16, layers=1, seq_len=16, batch_size=4, eval_batch_size=8),
          "digits_cnn": dict(channels=(4, 8), batch_size=16),
          "digits_autoencoder": dict(hidden=(16, 4), batch_size=16),
+         "finetune_digits": dict(batch_size=16),
+         "finetune_char_lm": dict(batch_size=4, eval_batch_size=8),
          "cartpole": dict(horizon=20, batch_size=2, eval_batch_size=4),
          "acrobot": dict(horizon=20, batch_size=2, eval_batch_size=4),
          "catch": dict(batch_size=2, eval_batch_size=4),
