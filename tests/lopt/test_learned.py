@@ -142,3 +142,13 @@ def test_missing_params_or_loss_is_an_error(name):
       opt.update(params, state, params)
   else:
     jax.eval_shape(opt.update, params, state, params)
+
+
+def test_the_docs_name_exactly_the_optimizers_that_read_the_loss():
+  import pathlib
+  text = (pathlib.Path(__file__).resolve().parents[2] / "docs" / "concepts.md").read_text()
+  para = text.split("**Which optimizers read `loss=`:**", 1)[1].split("\n\n", 1)[0]
+  reads, ignores = para.split("These three raise", 1)
+  named = lambda part: {n for n in [*NAMES, "gpt"] if f"`{n}`" in part}
+  assert named(reads) == READS_LOSS | {"gpt"}
+  assert named(ignores) == set(NAMES) - READS_LOSS
