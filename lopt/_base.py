@@ -180,12 +180,14 @@ def _coerce(value: Any, hint: Any) -> Any:
       return None
     return _coerce(value, next(a for a in args if a is not type(None)))
   if origin is tuple:
-    return tuple(_coerce(v, args[0]) for v in value)
+    if len(args) == 2 and args[1] is Ellipsis or len(args) != len(value):
+      return tuple(_coerce(v, args[0]) for v in value)
+    return tuple(_coerce(v, a) for v, a in zip(value, args))  # tuple[str, tuple[int, ...]]
   return value
 
 
 def _plain(value: Any) -> Any:
-  return list(value) if isinstance(value, tuple) else value
+  return [_plain(v) for v in value] if isinstance(value, tuple) else value
 
 
 class LearnedOptimizer(abc.ABC):

@@ -17,7 +17,7 @@ computed with the usual accumulators,
 
 ::
 
-  update_t = lr * sum_k c_{t,k} u_k,      lr = exp(log_lr)
+  update_t = lr_t * sum_k c_{t,k} u_k,    lr_t = exp(log_lr + layer_log_lr_t)
   c_t      = bias + layer_bias_t + net(features_t)
 
 ``net`` is a small MLP applied to all tensors in one call, over per-tensor
@@ -26,18 +26,24 @@ parameters; the gradient-momentum cosine; training-fraction and loss features).
 Its output layer starts at zero and ``bias`` starts one-hot on ``adam`` with
 ``log_lr = log(1e-3)``, so a fresh optimizer *is* Adam(1e-3); setting ``bias`` to
 another one-hot vector and ``log_lr`` to ``log(lr)`` selects exactly one base
-optimizer (:meth:`LayerwiseComboLOpt.one_hot`). ``layer_bias`` (one row per
-tensor) exists only when the constructor is given ``num_layers``, since it ties
-the meta-parameters to one parameter tree. The paper specializes the optimizer
-to one model and dataset; here the per-tensor weights come from a network over
-per-tensor features (plus the optional per-layer bias), so they can change
-during training and the same meta-parameters apply to other parameter trees.
-The features and the network are this library's choices, not the paper's.
+optimizer (:meth:`LayerwiseComboLOpt.one_hot`).
+
+*Specialized* to one parameter tree (``num_layers`` set, e.g. by
+:meth:`LayerwiseComboLOpt.for_params`), each tensor also gets a learned mixture
+bias ``layer_bias_t`` and a learned step-size factor ``exp(layer_log_lr_t)``,
+both zero at init, as in the paper's per-layer step sizes and mixtures; the
+meta-parameters then only fit that tree. ``param_tree`` records its tensors'
+paths and shapes, so applying the weights to another model raises a
+``ValueError`` naming the first differing tensor (a trace-time check).
+Without ``num_layers`` the per-tensor weights come from the network alone and the
+same meta-parameters apply to any parameter tree. The features and the network
+are this library's choices, not the paper's.
 
 Example::
 
   lo = lopt.learned("layerwise_combo_lopt")
   opt = lo.transform(lo.one_hot("momentum", 0.05), num_steps=1000)
+  lo = LayerwiseComboLOpt.for_params(params, init_lr=3e-3)   # specialized to params' tree
 """
 
 from __future__ import annotations
@@ -51,7 +57,7 @@ import numpy as np
 import optax
 
 from lopt import _per_tensor as pt
-from lopt._base import LearnedOptimizer, with_checks
+from lopt._base import LearnedOptimizer, TreeSpec, setting, tree_spec, with_checks
 from lopt._horizon import Horizon, check_num_steps
 from lopt._per_param_lopt import finite_rows, restore_nonfinite
 from lopt._per_param_mlp import TIME_FEATURE_NAMES, mlp_forward, time_features
@@ -89,8 +95,14 @@ class LayerwiseComboLOpt(LearnedOptimizer):
     b1: Adam first-moment decay (also the sign direction's momentum).
     b2: Adam second-moment decay.
     eps: Adam epsilon (added outside the square root, as optax does).
-    num_layers: if given, a learned per-tensor bias with this many rows is added
-      (the optimizer then only accepts parameter trees with that many tensors).
+    num_layers: if given, a learned per-tensor mixture bias and step-size factor
+      with this many rows are added (the optimizer then only accepts parameter
+      trees with that many tensors).
+    param_tree: ``((path, shape), ...)`` of every tensor of the parameter tree the
+      optimizer is specialized to (:func:`lopt._base.tree_spec`); ``init`` and
+      ``update`` refuse any other tree. Sets ``num_layers`` when that is None.
+    init_lr: the step size of :meth:`init` (Adam's learning rate at init); not part
+      of the architecture, so weights load whatever its value.
   """
 
   hidden_size: int = 16
@@ -99,28 +111,76 @@ class LayerwiseComboLOpt(LearnedOptimizer):
   b2: float = 0.999
   eps: float = 1e-8
   num_layers: int | None = None
+  param_tree: tuple[tuple[str, tuple[int, ...]], ...] | None = None
+  init_lr: float = setting(1e-3, config=False)
 
   name = "layerwise_combo_lopt"
   RENAMED: ClassVar[dict[str, str]] = {"hidden": "hidden_size"}
+  ADDED: ClassVar[dict[str, Any]] = {"param_tree": None}
   #: Per-tensor inputs of the weight network, in column order.
   feature_names: ClassVar[tuple[str, ...]] = (
       ("log_rms(g)", "log_rms(m)", "log_rms(trace)", "log_rms(adam)", "log_rms(p)",
        "log(rms(g)/rms(p))", "cos(g,m)") + TIME_FEATURE_NAMES + pt.LOSS_FEATURE_NAMES)
 
+  def __post_init__(self) -> None:
+    super().__post_init__()
+    if self.param_tree is not None:
+      if self.num_layers is None:
+        object.__setattr__(self, "num_layers", len(self.param_tree))
+      elif self.num_layers != len(self.param_tree):
+        raise ValueError(f"num_layers={self.num_layers} but param_tree lists "
+                         f"{len(self.param_tree)} tensors")
+    if self.num_layers is not None and self.num_layers < 1:
+      raise ValueError(f"num_layers must be >= 1, got {self.num_layers}")
+    if not self.init_lr > 0:
+      raise ValueError(f"init_lr must be > 0, got {self.init_lr}")
+
+  @classmethod
+  def for_params(cls, params: Any, **kwargs: Any) -> "LayerwiseComboLOpt":
+    """The optimizer specialized to ``params``' tree (``num_layers``, ``param_tree``).
+
+    Example::
+
+      lo = LayerwiseComboLOpt.for_params(task.init(key), init_lr=3e-3)
+    """
+    spec = tree_spec(params)
+    return cls(num_layers=len(spec), param_tree=spec, **kwargs)
+
+  def check_params(self, params: Any) -> None:
+    """Raises ``ValueError`` if the optimizer is specialized to a tree other than ``params``'.
+
+    Only the number of tensors and their shapes (in leaf order) count; paths name them.
+    """
+    if self.num_layers is None:
+      return
+    got = tree_spec(params)
+    if self.param_tree is None:
+      if len(got) != self.num_layers:
+        raise ValueError(f"layerwise_combo_lopt was built with num_layers={self.num_layers} "
+                         f"but the parameter tree has {len(got)} tensors")
+      return
+    msg = _tree_mismatch(self.param_tree, got)
+    if msg is not None:
+      raise ValueError(f"layerwise_combo_lopt: these meta-parameters are specialized to "
+                       f"another model: {msg}; specialize them to this model "
+                       f"(meta_train.specialize) or use unspecialized weights")
+
   def init(self, key: jax.Array) -> dict[str, Any]:
-    """Meta-params that make the optimizer exactly ``optax.adam(1e-3)``.
+    """Meta-params that make the optimizer exactly ``optax.adam(init_lr)``.
 
     Returns ``{"net": [{"w", "b"}, ...], "bias": (4,), "log_lr": ()}`` plus
-    ``"layer_bias": (num_layers, 4)`` when ``num_layers`` is set.
+    ``"layer_bias": (num_layers, 4)`` and ``"layer_log_lr": (num_layers,)`` (zeros)
+    when ``num_layers`` is set.
     """
     k = len(BASE_DIRECTIONS)
     net = pt.dense_init(key, [(len(self.feature_names), self.hidden_size),
                                (self.hidden_size, k)], [1.0, 0.0])
     mp = {"net": net,
           "bias": jnp.asarray(np.eye(k, dtype=np.float32)[BASE_DIRECTIONS.index("adam")]),
-          "log_lr": jnp.asarray(np.log(1e-3), jnp.float32)}
+          "log_lr": jnp.asarray(np.log(self.init_lr), jnp.float32)}
     if self.num_layers is not None:
       mp["layer_bias"] = jnp.zeros((self.num_layers, k), jnp.float32)
+      mp["layer_log_lr"] = jnp.zeros((self.num_layers,), jnp.float32)
     return mp
 
   def one_hot(self, direction: str, learning_rate: float, key: jax.Array | None = None
@@ -151,6 +211,7 @@ class LayerwiseComboLOpt(LearnedOptimizer):
     beta, b1, b2, eps = self.momentum, self.b1, self.b2, self.eps
 
     def init_fn(params):
+      self.check_params(params)
       layout = self.layout(params)
       z = lambda: jnp.zeros((layout.num_rows,), jnp.float32)  # distinct buffers (donation)
       return LayerwiseComboLOptState(jnp.zeros((), jnp.int32), z(), z(), z(),
@@ -158,10 +219,8 @@ class LayerwiseComboLOpt(LearnedOptimizer):
 
     def update_fn(updates, state, params=None, *, loss=None, **extra):
       del extra
+      self.check_params(params)
       layout = self.layout(params)
-      if self.num_layers is not None and layout.num_leaves != self.num_layers:
-        raise ValueError(f"layerwise_combo_lopt was built with num_layers={self.num_layers} "
-                         f"but the parameter tree has {layout.num_leaves} tensors")
       g, finite = finite_rows(layout.flatten(updates))
       step = optax.safe_increment(state.step)
       trace = g + beta * state.trace
@@ -190,9 +249,11 @@ class LayerwiseComboLOpt(LearnedOptimizer):
           [stats, jnp.broadcast_to(shared[None, :], (layout.num_leaves, shared.shape[0]))],
           axis=1)
       coef = mlp_forward(meta_params["net"], feats) + meta_params["bias"][None, :]
+      log_lr = jnp.broadcast_to(meta_params["log_lr"], (layout.num_leaves,))
       if self.num_layers is not None:
         coef = coef + meta_params["layer_bias"]
-      coef = coef * jnp.exp(meta_params["log_lr"])  # (T, 4)
+        log_lr = log_lr + meta_params["layer_log_lr"]
+      coef = coef * jnp.exp(log_lr)[:, None]  # (T, 4)
 
       c = [pt.tensor_rows(layout, coef[:, i]) for i in range(len(BASE_DIRECTIONS))]
       step_rows = -(c[0] * g + c[1] * trace + c[2] * adam + c[3] * jnp.sign(mu))
@@ -201,3 +262,19 @@ class LayerwiseComboLOpt(LearnedOptimizer):
 
     return with_checks(optax.GradientTransformationExtraArgs(init_fn, update_fn), self.name,
                        needs_params=True, needs_loss=True)
+
+
+def _tree_mismatch(expected: TreeSpec, got: TreeSpec) -> str | None:
+  """How ``got`` differs from the specialized tree ``expected`` (counts, then shapes), or None."""
+  first = next((i for i, (a, b) in enumerate(zip(expected, got)) if a[1] != b[1]),
+               min(len(expected), len(got)))
+  def leaf(spec: TreeSpec) -> str:
+    return f"{spec[first][0]} {spec[first][1]}" if first < len(spec) else "nothing"
+  if len(expected) != len(got):
+    return (f"expected {len(expected)} tensors (the model it was specialized to), got "
+            f"{len(got)}; first difference at tensor {first}: expected {leaf(expected)}, "
+            f"got {leaf(got)}")
+  if first < len(expected):
+    return (f"tensor {first} of {len(expected)} has another shape: expected "
+            f"{leaf(expected)}, got {leaf(got)}")
+  return None

@@ -12,7 +12,7 @@ from lopt._hand import HAND_DESIGNED
 
 __all__ = ["available", "available_learned", "get", "has_pretrained", "is_learned", "learned",
            "load_meta_params", "pretrained_path", "register", "register_learned",
-           "weights_word_hint"]
+           "saved_config", "weights_word_hint"]
 
 Factory = Callable[..., optax.GradientTransformationExtraArgs]
 
@@ -197,11 +197,36 @@ def load_meta_params(lo: Any, weights: Any, *, seed: int = 0) -> Any:
   return weights
 
 
+def saved_config(name: str, weights: Any) -> dict[str, Any]:
+  """The architecture saved with ``weights`` for learned optimizer ``name``, or ``{}``.
+
+  ``{}`` unless ``weights`` is a directory whose manifest is one of ``name``'s (any
+  other case is reported by :func:`load_meta_params`); keys of older versions are
+  renamed and fields the class no longer has are left out.
+  """
+  import dataclasses
+
+  if not isinstance(weights, (str, os.PathLike)) or weights in WEIGHT_WORDS + ("default",):
+    return {}
+  from lopt._weights import read_manifest
+  try:
+    manifest = read_manifest(weights)
+  except (FileNotFoundError, ValueError):
+    return {}
+  cls = _LEARNED.get(name)
+  if manifest["name"] != name or cls is None or not dataclasses.is_dataclass(cls):
+    return {}
+  fields = {f.name for f in dataclasses.fields(cls)}
+  return {k: v for k, v in cls.renamed_config(manifest["config"]).items() if k in fields}
+
+
 def register_learned(name: str, cls: Callable[..., Any], *, overwrite: bool = False) -> None:
   """Registers a learned optimizer class and its optax factory under ``name``.
 
   ``lopt.get(name, weights=..., num_steps=..., seed=0, **config)`` then builds
-  ``cls(**config)``, resolves ``weights`` with :func:`load_meta_params` (the
+  ``cls(**config)`` (with ``weights`` a saved directory, the fields ``config``
+  leaves out take the values saved in its manifest, so weights of a non-default
+  architecture load by path alone), resolves ``weights`` with :func:`load_meta_params` (the
   default is ``"pretrained"`` when shipped weights exist, else fresh weights
   from ``seed``) and returns ``lo.transform(meta_params, num_steps)``. The
   per-parameter learned optimizers need ``num_steps`` (an int or ``"unknown"``,
@@ -213,7 +238,7 @@ def register_learned(name: str, cls: Callable[..., Any], *, overwrite: bool = Fa
 
   def factory(*, weights: Any = "default", num_steps: int | str | None = None, seed: int = 0,
               **config: Any):
-    lo = learned(name, **config)
+    lo = learned(name, **{**saved_config(name, weights), **config})
     if isinstance(weights, str) and weights == "default":
       weights = "pretrained" if has_pretrained(name) else None
     return lo.transform(load_meta_params(lo, weights, seed=seed), num_steps)

@@ -10,6 +10,9 @@
   meta_train.train(cfg, "runs/mlp_lopt")   # resumable; see docs/meta_training.md
 
 Command line: ``python -m meta_train.main --flagfile=meta_train/configs/<name>.flags``.
+Specializing an optimizer to one pretrained model (docs/specialize.md):
+``meta_train.specialize(pretrained=..., targets=..., workdir=...)`` or
+``python -m meta_train.specialize --pretrained=digits_cnn --workdir=runs/spec``.
 G.pt checkpoint datasets, training and evaluation: :mod:`meta_train.gpt`.
 """
 
@@ -23,6 +26,9 @@ from meta_train._estimators import make_estimator as make_estimator
 from meta_train._families import MixtureFamily as MixtureFamily
 from meta_train._families import available_families as available_families
 from meta_train._families import get_family as get_family
+from meta_train._specialize import SpecializeResult as SpecializeResult
+from meta_train._specialize import TargetFamily as TargetFamily
+from meta_train._specialize import specialize as specialize
 from meta_train._trainer import TrainConfig as TrainConfig
 from meta_train._trainer import TrainResult as TrainResult
 from meta_train._trainer import export_weights as export_weights
@@ -40,7 +46,9 @@ from meta_train.gpt._data import load_dataset as load_gpt_dataset
 
 __all__ = [
     "CheckpointDataset", "ES", "ESTIMATORS", "META_LOSS_WEIGHTINGS", "EstimatorConfig",
-    "InnerState", "MixtureFamily", "PES", "PESState", "TrainConfig", "TrainResult", "TruncatedBackprop", "UnrollConfig",
-    "UnrollOutput", "available_families", "export_weights", "get_family", "init_inner_state",
-    "load_gpt_dataset", "make_estimator", "make_outer_step", "reset_if_done", "train", "unroll",
+    "InnerState", "MixtureFamily", "PES", "PESState", "SpecializeResult", "TargetFamily",
+    "TrainConfig", "TrainResult", "TruncatedBackprop", "UnrollConfig", "UnrollOutput",
+    "available_families", "export_weights", "get_family", "init_inner_state",
+    "load_gpt_dataset", "make_estimator", "make_outer_step", "reset_if_done", "specialize",
+    "train", "unroll",
 ]

@@ -4,7 +4,8 @@
 and instances:
 
 * ``num_configs`` task configurations are drawn from the family once, from the
-  seed; each is one *group* of ``num_tasks`` instances (same architecture, so the
+  seed (``family.group_configs``: independent draws, or a fixed list's members in
+  order); each is one *group* of ``num_tasks`` instances (same architecture, so the
   group's states stack and vmap) compiled once. Outer step ``t`` advances group
   ``t % num_configs`` by one truncation and applies its meta-gradient. Diversity
   within a group comes from initializations, data, horizons and augmentation.
@@ -150,8 +151,7 @@ class _Run:
     root = jax.random.key(config.seed)
     self.seed_key = _replicate(jax.random.key_data(jax.random.fold_in(root, 3)), self.replicated)
     k_cfg = jax.random.fold_in(root, 0)
-    self.task_configs = [self.family.sample(jax.random.fold_in(k_cfg, g))
-                         for g in range(config.num_configs)]
+    self.task_configs = self.family.group_configs(k_cfg, config.num_configs)
     self.estimators = [config.estimator.build(self.family.task(c), self.lo, config.unroll)
                        for c in self.task_configs]
     self.opt = optax.chain(optax.clip_by_global_norm(config.clip_norm),

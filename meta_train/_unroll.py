@@ -177,23 +177,27 @@ def _divide(tree: Any, s: jax.Array) -> Any:
 _TRACED_HORIZON_OK: dict[int, tuple[Any, bool]] = {}
 
 
-def accepts_traced_horizon(lo: lopt.LearnedOptimizer, meta_params: Any) -> bool:
+def accepts_traced_horizon(lo: lopt.LearnedOptimizer, meta_params: Any,
+                           params: Any = None) -> bool:
   """Whether ``lo.transform(meta_params, num_steps)`` works with a traced ``num_steps``.
 
-  Probed once per optimizer object by tracing ``init`` and one ``update`` on a
-  tiny parameter tree (no computation runs).
+  Probed once per optimizer object by tracing ``init`` and one ``update`` on the
+  shapes of ``params`` (default: a tiny tree; an optimizer specialized to one
+  parameter tree refuses any other) -- no computation runs.
   """
   cached = _TRACED_HORIZON_OK.get(id(lo))
   if cached is not None and cached[0] is lo:
     return cached[1]
-
-  def probe(theta, horizon):
-    tx = lo.transform(theta, horizon)
+  if params is None:
     params = {"w": jnp.ones((3,), jnp.float32)}
-    return tx.update(params, tx.init(params), params, loss=jnp.ones(()))
+  shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), x.dtype), params)
+
+  def probe(theta, horizon, p):
+    tx = lo.transform(theta, horizon)
+    return tx.update(p, tx.init(p), p, loss=jnp.ones(()))
 
   try:
-    jax.eval_shape(probe, meta_params, jnp.ones((), jnp.int32))
+    jax.eval_shape(probe, meta_params, jnp.ones((), jnp.int32), shapes)
     ok = True
   except (jax.errors.ConcretizationTypeError, TypeError):
     ok = False
@@ -202,8 +206,8 @@ def accepts_traced_horizon(lo: lopt.LearnedOptimizer, meta_params: Any) -> bool:
 
 
 def _transform(lo: lopt.LearnedOptimizer, meta_params: Any, horizon: jax.Array,
-               cfg: UnrollConfig) -> optax.GradientTransformationExtraArgs:
-  if cfg.horizon_aware and accepts_traced_horizon(lo, meta_params):
+               cfg: UnrollConfig, params: Any) -> optax.GradientTransformationExtraArgs:
+  if cfg.horizon_aware and accepts_traced_horizon(lo, meta_params, params):
     return lo.transform(meta_params, horizon)
   return lo.transform(meta_params, cfg.max_truncs * cfg.trunc_length)
 
@@ -217,7 +221,7 @@ def _fresh_run(task: tasks.Task, lo: lopt.LearnedOptimizer, meta_params: Any, ra
   s = _log_uniform(k_s, *cfg.param_scale_range)
   c = _log_uniform(k_c, *cfg.loss_scale_range)
   params = _divide(task.init(k_init), s)
-  opt_state = _transform(lo, meta_params, horizon, cfg).init(params)
+  opt_state = _transform(lo, meta_params, horizon, cfg, params).init(params)
   return InnerState(params, opt_state, jnp.zeros((), jnp.int32), horizon,
                     jax.random.key_data(k_run), s, c, jnp.zeros((), bool))
 
@@ -291,7 +295,7 @@ def unroll(task: tasks.Task, lo: lopt.LearnedOptimizer, meta_params: Any, state:
   was_reset = jnp.zeros((), bool)
   if reset:
     state, was_reset = reset_if_done(task, lo, meta_params, state, cfg)
-  tx = _transform(lo, meta_params, state.horizon, cfg)
+  tx = _transform(lo, meta_params, state.horizon, cfg, state.params)
   s, c = state.param_scale, state.loss_scale
   run_key = _key(state.key)
 

@@ -121,6 +121,14 @@ class TaskFamily(abc.ABC):
   def task(self, cfg: Mapping[str, Any]) -> Task:
     """Builds the task of configuration ``cfg``."""
 
+  def group_configs(self, key: jax.Array, num: int) -> list[dict[str, Any]]:
+    """``num`` configurations for meta-training's task groups (one compiled program each).
+
+    Default: ``num`` independent draws ``sample(fold_in(key, g))``. A family over a
+    short fixed list may override it to cover the list in order.
+    """
+    return [self.sample(jax.random.fold_in(key, g)) for g in range(num)]
+
   def contains(self, task: Task) -> bool:
     """Whether ``task`` (same class and ``config()``) can be drawn from this family.
 

@@ -1,4 +1,4 @@
-"""Tests of layerwise_combo_lopt: one-hot references against optax, init, per-layer bias.
+"""Tests of layerwise_combo_lopt: one-hot references against optax, init, per-layer terms.
 
 The optimizer contract runs for every registered optimizer in test_contract.py and
 the learned-optimizer contract (meta-gradients, donation, weights, non-finite
@@ -30,9 +30,14 @@ def _apply(opt, params, state):
   return optax.apply_updates(params, u), state
 
 
-def test_one_hot_reproduces_base_optimizers():
-  """One-hot weights match optax over 5 steps: |params - ref| <= 1e-6 + 1e-5 |ref|."""
-  lo = LayerwiseComboLOpt()
+@pytest.mark.parametrize("specialized", [False, True])
+def test_one_hot_reproduces_base_optimizers(specialized):
+  """One-hot weights match optax over 5 steps: |params - ref| <= 1e-6 + 1e-5 |ref|.
+
+  ``specialized``: the per-layer mixture bias and step size exist (zero), as after
+  :meth:`LayerwiseComboLOpt.for_params`.
+  """
+  lo = LayerwiseComboLOpt.for_params(make_params()) if specialized else LayerwiseComboLOpt()
   assert set(REFERENCES) == set(BASE_DIRECTIONS)
 
   @jax.jit
@@ -43,6 +48,7 @@ def test_one_hot_reproduces_base_optimizers():
 
   for name, make_ref in REFERENCES.items():
     mp, ref = lo.one_hot(name, LR), make_ref()
+    assert ("layer_log_lr" in mp) == specialized
     params = ref_params = make_params()
     state, ref_state = lo.transform(mp, 100).init(params), ref.init(ref_params)
     ref_step = jax.jit(lambda p, s: _apply(ref, p, s))
@@ -63,14 +69,68 @@ def test_init_is_adam():
   assert all(float(jnp.abs(x).max()) == 0.0 for x in jax.tree.leaves(mp["net"][-1]))
 
 
+def test_init_lr_sets_the_starting_adam_rate():
+  lo = LayerwiseComboLOpt(init_lr=3e-3)
+  np.testing.assert_allclose(lo.init(jax.random.key(0))["log_lr"], np.log(3e-3), rtol=1e-6)
+  assert "init_lr" not in lo.config()   # not architecture: weights load whatever its value
+  with pytest.raises(ValueError, match="init_lr must be > 0"):
+    LayerwiseComboLOpt(init_lr=0.0)
+
+
 def test_num_layers_bias_and_mismatch():
   params = make_params()
   lo = LayerwiseComboLOpt(num_layers=len(jax.tree.leaves(params)))
-  assert lo.init(jax.random.key(0))["layer_bias"].shape == (6, 4)
+  mp = lo.init(jax.random.key(0))
+  assert mp["layer_bias"].shape == (6, 4) and mp["layer_log_lr"].shape == (6,)
   bad = LayerwiseComboLOpt(num_layers=3)
   opt = bad.transform(bad.init(jax.random.key(0)), 10)
   with pytest.raises(ValueError, match="num_layers=3"):
-    opt.update(params, opt.init(params), params, loss=1.0)
+    opt.init(params)
+
+
+def test_per_layer_step_size_scales_only_its_tensor():
+  """``layer_log_lr[t] = log 2`` doubles tensor t's update and leaves the others alone."""
+  params = make_params()
+  lo = LayerwiseComboLOpt.for_params(params)
+  mp = lo.one_hot("sgd", LR)
+  g = jax.grad(quad_loss)(params)
+
+  @jax.jit
+  def update(mp):
+    opt = lo.transform(mp, 10)
+    return opt.update(g, opt.init(params), params, loss=1.0)[0]
+
+  base = update(mp)
+  mp["layer_log_lr"] = mp["layer_log_lr"].at[2].set(np.log(2.0))
+  doubled = update(mp)
+  for t, (a, b) in enumerate(zip(jax.tree.leaves(base), jax.tree.leaves(doubled))):
+    np.testing.assert_allclose(b, a * (2.0 if t == 2 else 1.0), rtol=1e-6)
+
+
+def test_specialized_weights_refuse_another_tree(tmp_path):
+  """Weights specialized to one tree, loaded by path, refuse a tree of other count or shape."""
+  import lopt
+
+  params = make_params()
+  lo = LayerwiseComboLOpt.for_params(params)
+  assert lo.num_layers == 6 and lo.param_tree[0] == ("['conv']", (3, 3, 2, 4))
+  path = lopt.save_weights(tmp_path / "w", lo, lo.init(jax.random.key(0)))
+  opt = lopt.get("layerwise_combo_lopt", weights=str(path), num_steps=10)  # config from manifest
+  state = opt.init(params)
+  loss, g = jax.value_and_grad(quad_loss)(params)
+  assert jax.tree.structure(opt.update(g, state, params, loss=loss)[0]) == jax.tree.structure(g)
+  fewer = {k: v for k, v in params.items() if k != "scale"}
+  with pytest.raises(ValueError, match=r"specialized to another model: expected 6 tensors "
+                                       r"\(the model it was specialized to\), got 5; first "
+                                       r"difference at tensor 5: expected \['scale'\] \(\)"):
+    opt.init(fewer)
+  wider = dict(params, dense2={"kernel": jnp.zeros((16, 5)), "bias": jnp.zeros((5,))})
+  with pytest.raises(ValueError, match=r"tensor 3 of 6 has another shape: expected "
+                                       r"\['dense2'\]\['bias'\] \(4,\), got "
+                                       r"\['dense2'\]\['bias'\] \(5,\)"):
+    opt.init(wider)
+  with pytest.raises(ValueError, match="num_layers=5 but param_tree lists 6"):
+    LayerwiseComboLOpt(num_layers=5, param_tree=lo.param_tree)
 
 
 def test_scan_under_shard_map():

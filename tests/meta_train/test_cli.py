@@ -1,5 +1,6 @@
 """The command lines of meta_train: flags derived from the configs, one-line errors, flagfiles."""
 
+import importlib
 import json
 import os
 import pathlib
@@ -16,6 +17,8 @@ from meta_train.gpt import evaluate as gpt_evaluate
 from meta_train.gpt import train as gpt_train
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
+# the module (``from meta_train import specialize`` is the function)
+specialize_cli = importlib.import_module("meta_train.specialize")
 GPT_WEIGHTS = f"--weights={lopt.gpt.pretrained_gpt_path()}"
 
 
@@ -61,10 +64,13 @@ def test_every_config_field_is_a_flag_and_every_flagfile_parses():
   assert not cfg.unroll.stagger and not cfg.unroll.horizon_aware
   assert (cfg.estimator.name, cfg.estimator.sigma, cfg.max_to_keep) == ("es", 0.1, 3)
   for path in sorted((ROOT / "meta_train" / "configs").glob("*.flags")):
-    module = gpt_train if path.name.startswith("gpt_") else meta_main
+    module = (gpt_train if path.name.startswith("gpt_") else
+              specialize_cli if path.name.startswith("specialize_") else meta_main)
     fv = _parse(module, [f"--flagfile={path}"])
     if module is meta_main:
       assert meta_main.config_from_flags(fv).unroll.trunc_length == 20, path.name
+    elif module is specialize_cli:
+      assert fv["pretrained"].present and fv["workdir"].present, path.name
     else:
       assert fv["steps"].present, path.name
 
