@@ -181,4 +181,9 @@ if __name__ == "__main__":
   define_flags()
   app.run(main)
 else:
-  sys.modules[__name__].__class__ = _CallableModule
+  # Once imported, the attribute meta_train.specialize is this module: make it look
+  # like the function to callers and to introspection (help(), docs/gen_api.py).
+  _self = sys.modules[__name__]
+  _self.__class__ = _CallableModule
+  _self.__signature__ = inspect.signature(specialize)
+  _self.__doc__ = specialize.__doc__
