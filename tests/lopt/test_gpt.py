@@ -165,6 +165,7 @@ def test_optax_update_is_new_minus_params_and_deterministic(tiny_weights):
   assert all(not np.any(np.asarray(x)) for x in jax.tree.leaves(v2))
 
 
+@pytest.mark.slow  # 38 s; the default suite keeps the other G.pt sampling tests
 def test_temperature_zero_is_deterministic_and_read_from_manifest(tiny_weights, tmp_path):
   path, params = tiny_weights
   m = lopt.gpt.load_gpt(path)

@@ -114,6 +114,7 @@ def test_weights_work_as_optimizer_and_reject_other_trees(trained):
     opt.init(other)
 
 
+@pytest.mark.slow  # 42 s: trains a second, gradient-conditioned model
 def test_condition_grad_and_prompt_dropout_give_a_guidable_optimizer(trained):
   root, task, _, _ = trained
   weights = train_gpt(str(root / "data"), str(root / "work_grad"),
