@@ -123,10 +123,10 @@ def _relative_hidden_change(width: int, scaling: str) -> float:
 
 def test_spectral_scaling_keeps_the_relative_update_across_widths():
   """With "spectral" (muP) scaling a hidden layer's relative change is the same at
-  widths 32 and 512; with "rms" it grows like sqrt(width) (4x here)."""
-  rms = [_relative_hidden_change(n, "rms") for n in (32, 512)]
-  spectral = [_relative_hidden_change(n, "spectral") for n in (32, 512)]
-  assert 3.0 < rms[1] / rms[0] < 5.5
+  widths 32 and 288; with "rms" it grows like sqrt(width) (3x here)."""
+  rms = [_relative_hidden_change(n, "rms") for n in (32, 288)]
+  spectral = [_relative_hidden_change(n, "spectral") for n in (32, 288)]
+  assert 2.3 < rms[1] / rms[0] < 4.0
   assert 0.7 < spectral[1] / spectral[0] < 1.4
   lo = Celo2LOpt(update_scaling="spectral")
   assert lo.matrix_scale(64, 64) == Celo2LOpt().matrix_scale(64, 64) == 8.0

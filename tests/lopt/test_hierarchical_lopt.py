@@ -60,12 +60,17 @@ def test_adam_init_matches_mlp_lopts_adam_init():
   for name in ("hierarchical_lopt", "mlp_lopt"):
     lo = lopt.learned(name, **kw)
     opt = lo.transform(lo.init(jax.random.key(0)), num_steps=20)
-    p, s = params, opt.init(params)
-    for i in range(3):
-      g = jax.tree.map(lambda x: jnp.sin(x * (i + 1)), p)
-      u, s = opt.update(g, s, p, loss=jnp.asarray(1.0))
-      p = optax.apply_updates(p, u)
-    outs.append(p)
+
+    @jax.jit
+    def run(p):
+      s = opt.init(p)
+      for i in range(3):
+        g = jax.tree.map(lambda x: jnp.sin(x * (i + 1)), p)
+        u, s = opt.update(g, s, p, loss=jnp.asarray(1.0))
+        p = optax.apply_updates(p, u)
+      return p
+
+    outs.append(run(params))
   for a, b in zip(jax.tree.leaves(outs[0]), jax.tree.leaves(outs[1])):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
   with pytest.raises(ValueError, match="valid: 'random', 'adam'"):

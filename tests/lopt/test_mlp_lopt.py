@@ -143,13 +143,18 @@ def test_adam_init_is_adam_under_the_learned_schedule():
     lrs = [float(lopt.schedule_lr(mp["schedule"], jnp.asarray(t), 20)) if sched else 0.05
            for t in (1, 2, 3)]
     ref = optax.adam(lambda c: jnp.asarray(lrs)[c], b1=0.9, b2=0.999, eps=1e-8)
-    p, s, pr, sr = params, opt.init(params), params, ref.init(params)
-    for _ in range(3):
-      g = jax.grad(_quad)(p)
-      u, s = opt.update(g, s, p)
-      p = optax.apply_updates(p, u)
-      ur, sr = ref.update(jax.grad(_quad)(pr), sr, pr)
-      pr = optax.apply_updates(pr, ur)
+
+    @jax.jit
+    def run(p):
+      s, pr, sr = opt.init(p), p, ref.init(p)
+      for _ in range(3):
+        u, s = opt.update(jax.grad(_quad)(p), s, p)
+        p = optax.apply_updates(p, u)
+        ur, sr = ref.update(jax.grad(_quad)(pr), sr, pr)
+        pr = optax.apply_updates(pr, ur)
+      return p, pr
+
+    p, pr = run(params)
     for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(pr)):
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=2e-5)
   with pytest.raises(ValueError, match="valid: 'random', 'adam'"):
