@@ -42,7 +42,7 @@ import optax
 
 from lopt import _per_param_lopt as pp
 from lopt import _per_tensor as pt
-from lopt._base import setting, with_checks
+from lopt._base import with_checks
 from lopt._horizon import Horizon, check_num_steps
 from lopt._per_param_mlp import TIME_FEATURE_NAMES, mlp_forward_t, time_features
 
@@ -103,27 +103,22 @@ def tensor_lstm(weights: dict[str, Any], carry: tuple[jax.Array, jax.Array], x: 
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, repr=False)
-class HierarchicalLOpt(pp.MagnitudeLOpt):
+class HierarchicalLOpt(pp.AdamPriorLOpt):
   """Per-tensor LSTM modulating a per-parameter MLP (VeLO-lite).
 
-  Fields of :class:`~lopt.PerParamLOpt` and :class:`~lopt.MagnitudeLOpt`
-  (``hidden_size``: the per-parameter MLP's width, ``hidden_layers``, ``chunk``,
-  ``step_mult``, ``exp_mult``), and:
+  Fields of :class:`~lopt.PerParamLOpt`, :class:`~lopt.MagnitudeLOpt` and
+  :class:`~lopt._per_param_lopt.AdamPriorLOpt` (``hidden_size``: the per-parameter
+  MLP's width, ``hidden_layers``, ``chunk``, ``step_mult``, ``exp_mult``;
+  ``learned_schedule``, ``init_kind``, ``init_lr``: with ``"adam"`` and the LSTM's
+  zero output layer the untrained optimizer is Adam-like, and with
+  ``learned_schedule`` the LSTM's per-tensor scale, which sees the loss features,
+  modulates the schedule), and:
 
   Args:
     lstm_hidden: LSTM width (per tensor).
     num_controls: control values the LSTM feeds each tensor's per-parameter MLP.
     momentum_decays: decays of the momentum accumulators.
     rms_decay: decay of the squared-gradient accumulator.
-    learned_schedule: multiply every step by celo2_lopt's learned warmup + cosine
-      schedule (:func:`lopt.schedule_lr`, meta-params ``"schedule"``); the LSTM's
-      per-tensor scale, which sees the loss features, modulates it.
-    init_kind: how :meth:`init` sets the per-parameter MLP (not part of
-      :meth:`config`): ``"random"`` (default) or ``"adam"`` -- the MLP passes the
-      tensor-normalized ``m0.9/rms`` through, so with the LSTM's zero output layer
-      the untrained optimizer is Adam-like at ``init_lr`` (the schedule's peak
-      when ``learned_schedule``).
-    init_lr: the step size of the ``"adam"`` init.
   """
 
   hidden_size: int = 16
@@ -131,12 +126,8 @@ class HierarchicalLOpt(pp.MagnitudeLOpt):
   num_controls: int = 4
   momentum_decays: tuple[float, ...] = (0.9, 0.99, 0.999)
   rms_decay: float = 0.999
-  learned_schedule: bool = False
-  init_kind: str = setting("random", config=False)
-  init_lr: float = setting(1e-3, config=False)
 
   name = "hierarchical_lopt"
-  ADDED: ClassVar[dict[str, Any]] = {"learned_schedule": False}
   #: The time embedding reaches the MLP through the LSTM's controls, not directly.
   shared_feature_names: ClassVar[tuple[str, ...]] = ()
 
@@ -145,6 +136,11 @@ class HierarchicalLOpt(pp.MagnitudeLOpt):
     """Per-parameter MLP inputs, in column order (before the per-tensor controls)."""
     m = tuple(f"m{d:g}" for d in self.momentum_decays)
     return ("g", "p") + m + ("sqrt(rms)",) + tuple(f"{n}/rms" for n in m) + ("g/rms",)
+
+  @property
+  def adam_feature(self) -> str:
+    """The feature the ``"adam"`` init passes through: the first momentum over ``sqrt(rms)``."""
+    return f"m{self.momentum_decays[0]:g}/rms"
 
   @property
   def tensor_feature_names(self) -> tuple[str, ...]:
@@ -173,23 +169,7 @@ class HierarchicalLOpt(pp.MagnitudeLOpt):
     layers = pt.dense_init(key, shapes + mlp_shapes,
                            [1.0, 1.0, 1.0, 0.0, 1.0] + [1.0] * (len(mlp_shapes) - 1) + [0.1])
     lstm = dict(zip(("embed", "mix", "cell", "out"), layers[:4]))
-    mp = {"lstm": lstm, "ctrl": layers[4]["w"][:c], "mlp": layers[5:]}
-    if self.init_kind == "adam":
-      scale = (1.0 if self.learned_schedule else self.init_lr) / self.step_mult
-      column = self.param_feature_names.index(f"m{self.momentum_decays[0]:g}/rms")
-      mp["mlp"] = pp.pass_through_mlp(mp["mlp"], column, scale=scale, noise=0.1)
-    if self.learned_schedule:
-      mp["schedule"] = pp.init_schedule(self.init_lr)
-    return mp
-
-  def __post_init__(self) -> None:
-    super().__post_init__()
-    if self.init_kind not in ("random", "adam"):
-      raise ValueError(f"unknown init_kind {self.init_kind!r}; valid: 'random', 'adam'")
-    if self.init_kind == "adam" and self.hidden_layers > 0 and self.hidden_size < 2:
-      raise ValueError("init_kind='adam' needs hidden_size >= 2")
-    if not self.init_lr > 0:
-      raise ValueError(f"init_lr must be > 0, got {self.init_lr}")
+    return self.with_prior({"lstm": lstm, "ctrl": layers[4]["w"][:c], "mlp": layers[5:]})
 
   def _tensor_features(self, layout, means, update_rms, step, num_steps, loss_stats, loss):
     """``(num_tensors, num_tensor_features)`` statistics of every tensor.
@@ -270,8 +250,7 @@ class HierarchicalLOpt(pp.MagnitudeLOpt):
       (lstm_c, lstm_h), ctrl = tensor_lstm(meta_params["lstm"], (state.lstm_c, state.lstm_h),
                                            tfeat)
       scale = jnp.exp(jnp.clip(ctrl[:, 0], -10.0, 5.0))  # (T,)
-      if self.learned_schedule:
-        scale = scale * pp.schedule_lr(meta_params["schedule"], step, num_steps)
+      scale = scale * self.schedule_scale(meta_params, step, num_steps)
       first_bias = ctrl[:, 1:] @ meta_params["ctrl"]  # (T, hidden_size)
       per_block = lambda a: layout.chunked_blocks(layout.per_block(a))
 

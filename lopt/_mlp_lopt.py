@@ -32,7 +32,7 @@ learned_optimization's ``MLPLOpt``.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -40,7 +40,7 @@ import numpy as np
 import optax
 
 from lopt import _per_param_lopt as pp
-from lopt._base import setting, with_checks
+from lopt._base import with_checks
 from lopt._horizon import Horizon, check_num_steps
 from lopt._per_param_mlp import FlatLayout, default_chunk, mlp_forward_t, mlp_init, time_features
 
@@ -79,11 +79,13 @@ def _param_features(g, p, m, v, m_corr, v_corr) -> jax.Array:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, repr=False)
-class MLPLOpt(pp.MagnitudeLOpt):
+class MLPLOpt(pp.AdamPriorLOpt):
   """Per-parameter MLP learned optimizer (see the module docstring).
 
-  Fields of :class:`~lopt.PerParamLOpt` and :class:`~lopt.MagnitudeLOpt`
-  (``hidden_size``, ``hidden_layers``, ``chunk``, ``step_mult``, ``exp_mult``), and:
+  Fields of :class:`~lopt.PerParamLOpt`, :class:`~lopt.MagnitudeLOpt` and
+  :class:`~lopt._per_param_lopt.AdamPriorLOpt` (``hidden_size``, ``hidden_layers``,
+  ``chunk``, ``step_mult``, ``exp_mult``, ``learned_schedule``, ``init_kind``,
+  ``init_lr``), and:
 
   Args:
     momentum_decays: decays of the momentum accumulators.
@@ -91,15 +93,6 @@ class MLPLOpt(pp.MagnitudeLOpt):
       normalizes the momenta.
     normalize_features: divide each feature by its rms over the parameter's
       tensor. Off gives a linear-in-features optimizer (used to reproduce SGD).
-    learned_schedule: multiply the step by celo2_lopt's learned warmup + cosine
-      schedule (:func:`lopt.schedule_lr`, meta-params ``"schedule"``).
-    init_kind: how :meth:`init` sets the MLP (not part of :meth:`config`).
-      ``"random"`` (default): LeCun-normal layers. ``"adam"``: the MLP passes the
-      Adam direction ``m0.9/rms`` (tensor-normalized when ``normalize_features``)
-      through unchanged and its other units have no path to the output, so the
-      untrained optimizer *is* Adam-like at ``init_lr`` (under the schedule when
-      ``learned_schedule``) -- a prior that meta-training refines.
-    init_lr: the step size of the ``"adam"`` init (the schedule's peak).
 
   With ``chunk=None`` the MLP loop runs, on CPU, as one chunk up to
   :data:`CPU_ONE_CHUNK_MAX` parameters and in :data:`CPU_CHUNK`-row chunks above;
@@ -110,42 +103,15 @@ class MLPLOpt(pp.MagnitudeLOpt):
   momentum_decays: tuple[float, ...] = (0.5, 0.9, 0.99, 0.999)
   rms_decays: tuple[float, ...] = (0.99, 0.999)
   normalize_features: bool = True
-  learned_schedule: bool = False
-  init_kind: str = setting("random", config=False)
-  init_lr: float = setting(1e-3, config=False)
 
   name = "mlp_lopt"
-  ADDED: ClassVar[dict[str, Any]] = {"learned_schedule": False}
-
-  def __post_init__(self) -> None:
-    super().__post_init__()
-    if self.init_kind not in ("random", "adam"):
-      raise ValueError(f"unknown init_kind {self.init_kind!r}; valid: 'random', 'adam'")
-    if self.init_kind == "adam" and self.hidden_layers > 0 and self.hidden_size < 2:
-      raise ValueError("init_kind='adam' needs hidden_size >= 2")
-    if not self.init_lr > 0:
-      raise ValueError(f"init_lr must be > 0, got {self.init_lr}")
-
-  @property
-  def adam_feature(self) -> str:
-    """The feature the ``"adam"`` init passes through: momentum at 0.9 (else the
-    first decay) over the root of the second moment."""
-    decay = 0.9 if 0.9 in self.momentum_decays else self.momentum_decays[0]
-    return f"m{decay:g}/rms"
 
   def init(self, key: jax.Array) -> dict[str, Any]:
     """Meta-params ``{"mlp": [...]}`` (plus ``"schedule"`` when ``learned_schedule``).
 
-    See ``init_kind`` in the class docstring.
+    See ``init_kind`` of :class:`~lopt._per_param_lopt.AdamPriorLOpt`.
     """
-    mp = {"mlp": mlp_init(key, self.mlp_sizes)}
-    if self.init_kind == "adam":
-      scale = (1.0 if self.learned_schedule else self.init_lr) / self.step_mult
-      mp["mlp"] = pp.pass_through_mlp(mp["mlp"], self.feature_names.index(self.adam_feature),
-                                      scale=scale, noise=0.1)
-    if self.learned_schedule:
-      mp["schedule"] = pp.init_schedule(self.init_lr)
-    return mp
+    return self.with_prior({"mlp": mlp_init(key, self.mlp_sizes)})
 
   @property
   def param_feature_names(self) -> tuple[str, ...]:
@@ -207,8 +173,7 @@ class MLPLOpt(pp.MagnitudeLOpt):
 
       momenta, rms, sq_sums = layout.map_chunks(accumulate, g, p, state.momenta, state.rms)
 
-      lr = (pp.schedule_lr(meta_params["schedule"], count, num_steps)
-            if self.learned_schedule else 1.0)
+      lr = self.schedule_scale(meta_params, count, num_steps)
       layers = meta_params["mlp"]
       w_first = layers[0]["w"]
       first_bias = (time_features(count, num_steps) @ w_first[nf:])[:, None]

@@ -11,6 +11,8 @@ What they share lives here, once:
   reproduce, momentum, SGD or Adam).
 * :class:`MagnitudeLOpt`: a direction ``d`` and a log-magnitude ``m`` out of the MLP,
   and the step rule ``step = d * exp(m * exp_mult) * step_mult``.
+* :class:`AdamPriorLOpt`: an Adam-like init and an optional learned step-size
+  schedule (:func:`schedule_lr`) on top of it (``mlp_lopt``, ``hierarchical_lopt``).
 * The pieces of the two-pass chunk loop: :func:`ema` (a moment update),
   :func:`block_square_sums` and :func:`tensor_means` (per-tensor feature
   normalizers), :func:`scale_blocks` (normalize features per block) and
@@ -34,9 +36,10 @@ from lopt._base import LearnedOptimizer, setting
 from lopt._horizon import Horizon, is_unknown
 from lopt._per_param_mlp import TIME_FEATURE_NAMES, FlatLayout, mlp_init, time_features
 
-__all__ = ["FREE_SCHEDULE_STEPS", "MAX_ABS_GRAD", "MagnitudeLOpt", "PerParamLOpt", "block_bias",
-           "block_square_sums", "ema", "finite_rows", "init_schedule", "pass_through_mlp",
-           "restore_nonfinite", "scale_blocks", "schedule_lr", "tensor_means"]
+__all__ = ["FREE_SCHEDULE_STEPS", "MAX_ABS_GRAD", "AdamPriorLOpt", "MagnitudeLOpt",
+           "PerParamLOpt", "block_bias", "block_square_sums", "ema", "finite_rows",
+           "init_schedule", "pass_through_mlp", "restore_nonfinite", "scale_blocks",
+           "schedule_lr", "tensor_means"]
 
 #: Gradient entries enter accumulators and features clipped to this magnitude, so
 #: their squares (and sums of squares over a tensor) stay finite in float32.
@@ -130,6 +133,66 @@ class MagnitudeLOpt(PerParamLOpt):
   def step(self, out: jax.Array) -> jax.Array:
     """The step rule on feature-major MLP outputs ``out = (d, m, ...)``: ``d exp(m c2) c1``."""
     return out[0] * jnp.exp(out[1] * self.exp_mult) * self.step_mult
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, repr=False)
+class AdamPriorLOpt(MagnitudeLOpt):
+  """A :class:`MagnitudeLOpt` that can start as Adam and learn a step-size schedule.
+
+  Shared by ``mlp_lopt`` and ``hierarchical_lopt``; the subclass has
+  ``momentum_decays`` and an ``"{m}/rms"`` feature for each momentum ``m``, and
+  multiplies its step by :meth:`schedule_scale`.
+
+  Args:
+    learned_schedule: multiply every step by celo2_lopt's learned warmup + cosine
+      schedule (:func:`lopt.schedule_lr`, meta-params ``"schedule"``).
+    init_kind: how :meth:`init` sets the per-parameter MLP (not part of
+      :meth:`config`). ``"random"`` (default): LeCun-normal layers. ``"adam"``: the
+      MLP passes the Adam direction :attr:`adam_feature` (tensor-normalized when
+      the features are) through unchanged and its other units have no path to the
+      output, so the untrained optimizer *is* Adam-like at ``init_lr`` (under the
+      schedule when ``learned_schedule``) -- a prior that meta-training refines.
+    init_lr: the step size of the ``"adam"`` init (the schedule's peak).
+  """
+
+  learned_schedule: bool = False
+  init_kind: str = setting("random", config=False)
+  init_lr: float = setting(1e-3, config=False)
+
+  ADDED: ClassVar[dict[str, Any]] = {"learned_schedule": False}
+
+  def __post_init__(self) -> None:
+    super().__post_init__()
+    if self.init_kind not in ("random", "adam"):
+      raise ValueError(f"unknown init_kind {self.init_kind!r}; valid: 'random', 'adam'")
+    if self.init_kind == "adam" and self.hidden_layers > 0 and self.hidden_size < 2:
+      raise ValueError("init_kind='adam' needs hidden_size >= 2")
+    if not self.init_lr > 0:
+      raise ValueError(f"init_lr must be > 0, got {self.init_lr}")
+
+  @property
+  def adam_feature(self) -> str:
+    """The feature the ``"adam"`` init passes through: momentum at 0.9 (else the
+    first decay) over the root of the second moment."""
+    decay = 0.9 if 0.9 in self.momentum_decays else self.momentum_decays[0]
+    return f"m{decay:g}/rms"
+
+  def with_prior(self, mp: dict[str, Any]) -> dict[str, Any]:
+    """``mp`` with the ``"adam"`` init applied to ``mp["mlp"]`` (if ``init_kind`` says
+    so) and the initial ``"schedule"`` (if ``learned_schedule``)."""
+    if self.init_kind == "adam":
+      scale = (1.0 if self.learned_schedule else self.init_lr) / self.step_mult
+      mp["mlp"] = pass_through_mlp(mp["mlp"], self.feature_names.index(self.adam_feature),
+                                   scale=scale, noise=0.1)
+    if self.learned_schedule:
+      mp["schedule"] = init_schedule(self.init_lr)
+    return mp
+
+  def schedule_scale(self, meta_params: Any, step: jax.Array, num_steps: Horizon) -> Any:
+    """The learned schedule's step size at ``step`` (1.0 without ``learned_schedule``)."""
+    if not self.learned_schedule:
+      return 1.0
+    return schedule_lr(meta_params["schedule"], step, num_steps)
 
 
 def pass_through_mlp(layers: list[dict[str, jax.Array]], column: int, *, scale: float = 1.0,
