@@ -17,6 +17,7 @@ import re
 from typing import Any, NamedTuple
 
 import lopt
+from lopt._horizon import check_num_steps
 
 __all__ = ["TUNE_RANGES", "OptimizerSpec", "build_optimizer", "parse_spec", "split_specs",
            "tunable", "tune_grid", "unavailable_reason", "weights_digest"]
@@ -121,6 +122,8 @@ def parse_spec(text: str) -> OptimizerSpec:
     raise ValueError(f"{name!r} is hand-designed and takes no weights (spec {text!r})")
   if "weights" in kwargs:
     raise ValueError(f"give weights after a colon, not as an argument (spec {text!r})")
+  if "num_steps" in kwargs and name in lopt.available_learned():
+    check_num_steps(kwargs["num_steps"], name)   # a bad horizon fails with the flag
   return spec
 
 

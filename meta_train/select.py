@@ -159,15 +159,17 @@ def main(argv: Sequence[str]) -> None:
     sys.exit(1)
   try:
     record = select(workdir, stride=_FLAGS.stride, num_seeds=_FLAGS.seeds)
-  except (FileNotFoundError, KeyError, ValueError) as e:
+    for step, s in record["candidates"].items():
+      mark = "  <- chosen" if int(step) == record["chosen"] else ""
+      print(f"step {int(step):6d}: IQM speedup steps {s['steps']:.3f}, test {s['test']:.3f}"
+            f"{mark}")
+    if _FLAGS.export:
+      command = (_FLAGS.command
+                 or f"python -m meta_train.main --workdir={workdir} (see its flagfile)")
+      print(f"exported to {export(workdir, record, _FLAGS.export, command)}")
+  except (OSError, KeyError, ValueError) as e:  # not a flag problem: one line, no usage
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
-  for step, s in record["candidates"].items():
-    mark = "  <- chosen" if int(step) == record["chosen"] else ""
-    print(f"step {int(step):6d}: IQM speedup steps {s['steps']:.3f}, test {s['test']:.3f}{mark}")
-  if _FLAGS.export:
-    command = _FLAGS.command or f"python -m meta_train.main --workdir={workdir} (see its flagfile)"
-    print(f"exported to {export(workdir, record, _FLAGS.export, command)}")
 
 
 if __name__ == "__main__":

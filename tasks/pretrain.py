@@ -69,6 +69,9 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                                        message="bad --source", flag_values=fv)
   flags.register_validator("learning_rate", lambda v: v is None or v > 0,
                            message="--learning_rate must be > 0", flag_values=fv)
+  flags.register_validator("out", lambda v: v is None or bool(v.strip()),
+                           message="--out must name a directory (omit it for the shipped "
+                           "tasks/pretrained)", flag_values=fv)
 
 
 def run_from_flags(fv: flags.FlagValues = flags.FLAGS) -> None:

@@ -143,7 +143,8 @@ def test_specs():
   assert benchmarks.split_specs("sgd(learning_rate=0.1,momentum=0.9),celo2_lopt:fresh") == [
       "sgd(learning_rate=0.1,momentum=0.9)", "celo2_lopt:fresh"]
   for bad, match in {"sgd(0.1)": "keyword", "sgd:pretrained": "takes no weights",
-                     "sgd(learning_rate=x)": "literal", "1sgd": "malformed"}.items():
+                     "sgd(learning_rate=x)": "literal", "1sgd": "malformed",
+                     "celo2_lopt:fresh(num_steps=0)": "must be a positive int"}.items():
     with pytest.raises(ValueError, match=match):
       benchmarks.parse_spec(bad)
   with pytest.raises(ValueError, match="unbalanced"):

@@ -226,6 +226,7 @@ def test_shipped_checkpoints_exist_and_are_package_data():
     (["--seed=-1"], "not a non-negative integer|-1 is not"),
     (["--steps=0"], "0 is not a positive integer"),
     (["--learning_rate=0"], "learning_rate must be > 0"),
+    (["--out="], "--out must name a directory"),
 ])
 def test_pretrain_cli_rejects_bad_flags(args, expected):
   fv = flags.FlagValues()
