@@ -104,6 +104,40 @@ _VALIDATION = (
                "batch_size": 64}, 500),
 )
 
+
+def _finetune(prefix: str, targets: tuple[str, ...], seeds: tuple[int, ...],
+              steps: int) -> tuple[SuiteTask, ...]:
+  """Fine-tuning entries of the shipped digits CNN (pretrained on digits 0-4)."""
+  out = []
+  for seed in seeds:
+    for target in targets:
+      t = tasks.FINETUNE_TARGETS[target]
+      classes = list(t["classes"]) if "classes" in t else None   # None: the source's
+      out.append(SuiteTask(f"{prefix}_{target}_s{seed}", "finetune_digits",
+                           {"pretrain_seed": seed, "classes": classes,
+                            "transform": t.get("transform", "none"), "shots": t.get("shots", 0)},
+                           steps))
+  return tuple(out)
+
+
+# Fine-tuning ("Narrowing the Focus", docs/specialize.md): the digits CNN
+# specialized on tasks.SPECIALIZATION_TARGETS with the seed-0 backbone over
+# 100-step runs (meta_train/configs/specialize_digits_cnn.flags). Its evaluation
+# has three held-out suites, each reported on its own: targets never specialized
+# on; the same targets on backbones pretrained with other seeds; and 3x the
+# specialization horizon. "finetune_specialization" is the in-distribution check.
+_FT_STEPS = 100
+_FINETUNE = {
+    "finetune_specialization": _finetune("ft", tasks.SPECIALIZATION_TARGETS,
+                                         tasks.SPECIALIZATION_SEEDS, _FT_STEPS),
+    "finetune_heldout_targets": _finetune("ft", tasks.HELD_OUT_TARGETS,
+                                          tasks.SPECIALIZATION_SEEDS, _FT_STEPS),
+    "finetune_heldout_seeds": _finetune("ft", tasks.SPECIALIZATION_TARGETS,
+                                        tasks.HELD_OUT_SEEDS, _FT_STEPS),
+    "finetune_long": _finetune("ft300", tasks.SPECIALIZATION_TARGETS,
+                               tasks.SPECIALIZATION_SEEDS, 3 * _FT_STEPS),
+}
+
 # A quick suite of embedded tasks for `make demo` (a few minutes on 2 CPU cores).
 _EMBEDDED = (
     SuiteTask("digits_mlp", "digits_mlp", {"hidden": (32,)}, 300),  # G.pt's architecture
@@ -122,6 +156,7 @@ SUITES: dict[str, tuple[SuiteTask, ...]] = {
     "validation": _VALIDATION,
     "embedded": _EMBEDDED,
     "smoke": _SMOKE,
+    **_FINETUNE,
 }
 
 

@@ -92,3 +92,32 @@ def test_suites_resolve():
     benchmarks.parse_tasks("no_such_task")
   with pytest.raises(KeyError, match="valid suites"):
     benchmarks.suite("nope")
+
+
+def test_finetune_suites_split_like_the_specialization_families():
+  """The specialization suite holds only specialization-family members, the three
+  held-out suites only members of the held-out family or longer horizons (compared
+  by full config, without building the tasks)."""
+  import inspect
+
+  defaults = {k: p.default for k, p in
+              inspect.signature(tasks.FineTuneDigits).parameters.items()}
+
+  def full(cfg):
+    c = {**defaults, **cfg}
+    c["classes"] = list(c["classes"] or (0, 1, 2, 3, 4))
+    return json.dumps(c, sort_keys=True)
+
+  spec = {full(c) for c in tasks.finetune_configs("specialization")}
+  held = {full(c) for c in tasks.finetune_configs("held_out")}
+  got = {name: [full(e.cfg) for e in benchmarks.suite(name)] for name in (
+      "finetune_specialization", "finetune_heldout_targets", "finetune_heldout_seeds",
+      "finetune_long")}
+  assert set(got["finetune_specialization"]) == spec == set(got["finetune_long"])
+  assert all(e.steps == 300 for e in benchmarks.suite("finetune_long"))
+  assert all(c in held and c not in spec for c in
+             got["finetune_heldout_targets"] + got["finetune_heldout_seeds"])
+  assert {json.loads(c)["pretrain_seed"] for c in got["finetune_heldout_seeds"]} == set(
+      tasks.HELD_OUT_SEEDS)
+  task = benchmarks.suite("finetune_heldout_targets")[0].build()
+  assert get_family("finetune_digits_held_out").contains(task)
