@@ -76,6 +76,10 @@ class LayerwiseComboLOptState(NamedTuple):
     mu: ``(num_rows,)`` Adam first moment.
     nu: ``(num_rows,)`` Adam second moment.
     loss_stats: running loss statistics.
+    coef: ``(num_tensors, 4)`` the last update's step sizes per tensor and base
+      direction (``lr_t * c_t``, columns in :data:`BASE_DIRECTIONS` order, tensors
+      in the order of ``jax.tree.leaves(params)``); zeros before the first update.
+      Read it to see which base optimizer each layer uses over a run.
   """
 
   step: jax.Array
@@ -83,6 +87,7 @@ class LayerwiseComboLOptState(NamedTuple):
   mu: jax.Array
   nu: jax.Array
   loss_stats: pt.LossStats
+  coef: jax.Array
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, repr=False)
@@ -214,8 +219,9 @@ class LayerwiseComboLOpt(LearnedOptimizer):
       self.check_params(params)
       layout = self.layout(params)
       z = lambda: jnp.zeros((layout.num_rows,), jnp.float32)  # distinct buffers (donation)
-      return LayerwiseComboLOptState(jnp.zeros((), jnp.int32), z(), z(), z(),
-                                     pt.init_loss_stats())
+      return LayerwiseComboLOptState(
+          jnp.zeros((), jnp.int32), z(), z(), z(), pt.init_loss_stats(),
+          jnp.zeros((layout.num_leaves, len(BASE_DIRECTIONS)), jnp.float32))
 
     def update_fn(updates, state, params=None, *, loss=None, **extra):
       del extra
@@ -257,7 +263,7 @@ class LayerwiseComboLOpt(LearnedOptimizer):
 
       c = [pt.tensor_rows(layout, coef[:, i]) for i in range(len(BASE_DIRECTIONS))]
       step_rows = -(c[0] * g + c[1] * trace + c[2] * adam + c[3] * jnp.sign(mu))
-      new_state = LayerwiseComboLOptState(step, trace, mu, nu, loss_stats)
+      new_state = LayerwiseComboLOptState(step, trace, mu, nu, loss_stats, coef)
       return layout.unflatten(restore_nonfinite(step_rows, finite)), new_state
 
     return with_checks(optax.GradientTransformationExtraArgs(init_fn, update_fn), self.name,

@@ -98,13 +98,18 @@ def test_per_layer_step_size_scales_only_its_tensor():
   @jax.jit
   def update(mp):
     opt = lo.transform(mp, 10)
-    return opt.update(g, opt.init(params), params, loss=1.0)[0]
+    return opt.update(g, opt.init(params), params, loss=1.0)
 
-  base = update(mp)
+  base, state = update(mp)
   mp["layer_log_lr"] = mp["layer_log_lr"].at[2].set(np.log(2.0))
-  doubled = update(mp)
+  doubled, state2 = update(mp)
   for t, (a, b) in enumerate(zip(jax.tree.leaves(base), jax.tree.leaves(doubled))):
     np.testing.assert_allclose(b, a * (2.0 if t == 2 else 1.0), rtol=1e-6)
+  # state.coef records each tensor's step size per base direction (here: sgd only)
+  expected = np.zeros((6, 4))
+  expected[:, 0] = LR
+  np.testing.assert_allclose(state.coef, expected, rtol=1e-6)
+  np.testing.assert_allclose(state2.coef[2, 0], 2 * LR, rtol=1e-6)
 
 
 def test_specialized_weights_refuse_another_tree(tmp_path):
