@@ -1,0 +1,224 @@
+r"""Which base optimizer each layer uses: plots of a specialized optimizer's mixtures.
+
+Usage::
+
+  python -m benchmarks.mixtures --weights=lopt/weights/specialized/digits_cnn \
+      --targets=heldout --out=docs/results/finetune
+
+``layerwise_combo_lopt`` updates tensor ``t`` by ``sum_k lr_t c_{t,k} u_k`` over
+the base directions ``u_k`` (sgd, momentum, adam, sign; :data:`lopt.BASE_DIRECTIONS`).
+The size of a coefficient alone says little (an sgd direction is a raw gradient,
+a sign direction has unit entries), so each direction's *contribution* is
+measured as ``|lr_t c_{t,k}| * rms_t(u_k)`` at every step of a fine-tuning run and
+shown as its share of the four. The figure has one panel per tensor (shares
+averaged over the targets, the median total update RMS in the title); the JSON
+beside it holds the per-target curves.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import app, flags
+
+import lopt
+import tasks
+from lopt._layerwise_combo_lopt import BASE_DIRECTIONS
+
+__all__ = ["define_flags", "plot_mixtures", "record_mixtures", "run_from_flags"]
+
+_NAME = "layerwise_combo_lopt"
+
+
+def record_mixtures(lo: Any, meta_params: Any, task: tasks.Task, num_steps: int,
+                    key: jax.Array) -> dict[str, Any]:
+  """Fine-tunes ``task`` with ``lo`` and records each direction's contribution.
+
+  Args:
+    lo: a :class:`lopt.LayerwiseComboLOpt`.
+    meta_params: its weights.
+    task: the task (its ``init`` gives the starting parameters).
+    num_steps: the run's length (also the optimizer's horizon).
+    key: randomness of init and batches.
+
+  Returns:
+    ``{"tensors": [path, ...], "contribution": (num_steps, T, 4) array,
+    "loss": (num_steps,) array}``; contribution ``[s, t, k]`` is
+    ``|lr_t c_{t,k}| * rms_t(u_k)`` at step ``s``.
+  """
+  opt = lo.transform(meta_params, num_steps)
+  k_init, k_run = jax.random.split(key)
+  params = task.init(k_init)
+  layout = lo.layout(params)
+  tensors = [jax.tree_util.keystr(p) for p, _ in jax.tree.leaves_with_path(params)]
+
+  def rms(x):
+    return jnp.sqrt(layout.tensor_mean(x * x))
+
+  @jax.jit
+  def run(params, key):
+    def body(carry, k):
+      params, state = carry
+      k_batch, k_loss = jax.random.split(k)
+      loss, grads = jax.value_and_grad(task.loss)(params, k_loss, task.batch(k_batch, "train"))
+      updates, state = opt.update(grads, state, params, loss=loss)
+      t = state.step.astype(jnp.float32)
+      adam = (state.mu / (1.0 - lo.b1 ** t)) / (
+          jnp.sqrt(state.nu / (1.0 - lo.b2 ** t)) + lo.eps)
+      u = jnp.stack([rms(layout.flatten(grads)), rms(state.trace), rms(adam),
+                     rms(jnp.sign(state.mu))], axis=1)          # (T, 4)
+      return (optax.apply_updates(params, updates), state), (jnp.abs(state.coef) * u, loss)
+
+    _, out = jax.lax.scan(body, (params, opt.init(params)), jax.random.split(key, num_steps))
+    return out
+
+  contribution, loss = run(params, k_run)
+  return {"tensors": tensors, "contribution": np.asarray(contribution),
+          "loss": np.asarray(loss)}
+
+
+def plot_mixtures(records: dict[str, dict[str, Any]], path: str | pathlib.Path,
+                  title: str = "") -> pathlib.Path:
+  """Stacked shares of the four directions per tensor, averaged over ``records``.
+
+  Args:
+    records: ``{target: record_mixtures(...)}``, all over the same tensors and steps.
+    path: the PNG to write.
+    title: the figure's title.
+  """
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  first = next(iter(records.values()))
+  contrib = np.stack([r["contribution"] for r in records.values()])   # (R, S, T, 4)
+  share = contrib / np.maximum(contrib.sum(-1, keepdims=True), 1e-30)
+  mean_share = share.mean(0)                                          # (S, T, 4)
+  total = np.median(contrib.sum(-1), axis=(0, 1))                     # (T,)
+  num_t = mean_share.shape[1]
+  cols = min(3, num_t)
+  rows = -(-num_t // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
+  steps = np.arange(1, mean_share.shape[0] + 1)
+  for t in range(num_t):
+    ax = axes[t // cols][t % cols]
+    ax.stackplot(steps, mean_share[:, t, :].T, labels=BASE_DIRECTIONS, alpha=0.85)
+    ax.set_title(f"{first['tensors'][t]}\nmedian step rms {total[t]:.2g}", fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("step", fontsize=8)
+    ax.tick_params(labelsize=7)
+  for t in range(num_t, rows * cols):
+    axes[t // cols][t % cols].axis("off")
+  axes[0][0].set_ylabel("share of the update")
+  axes[0][-1].legend(loc="upper right", fontsize=7)
+  fig.suptitle(title or f"direction shares, mean over {len(records)} runs", fontsize=10)
+  fig.tight_layout()
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+def _target_names(value: str) -> list[str]:
+  named = {"heldout": tasks.HELD_OUT_TARGETS, "specialization": tasks.SPECIALIZATION_TARGETS}
+  names = list(named.get(value, [v.strip() for v in value.split(",") if v.strip()]))
+  bad = [n for n in names if n not in tasks.FINETUNE_TARGETS]
+  if bad or not names:
+    raise ValueError(f"unknown target(s) {bad or value!r}; valid: heldout, specialization or "
+                     f"a comma list of {', '.join(tasks.FINETUNE_TARGETS)}")
+  return names
+
+
+def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+  """Defines this command's flags (with validators) on ``fv``."""
+  flags.DEFINE_string("weights", None, "Weights directory of a specialized "
+                      "layerwise_combo_lopt (written by meta_train.specialize).", required=True,
+                      flag_values=fv)
+  flags.DEFINE_string("targets", "heldout", "'heldout', 'specialization' or a comma list of "
+                      "tasks.FINETUNE_TARGETS.", flag_values=fv)
+  flags.DEFINE_integer("pretrain_seed", 0, "The backbone's pretraining seed.", lower_bound=0,
+                       flag_values=fv)
+  flags.DEFINE_integer("steps", None, "Fine-tuning steps (default: the specialization "
+                       "horizon, from the manifest).", lower_bound=2, flag_values=fv)
+  flags.DEFINE_string("out", "bench_out/mixtures", "Output directory.", flag_values=fv)
+  flags.DEFINE_integer("seed", 0, "Seed of the runs.", lower_bound=0, flag_values=fv)
+
+  def targets_ok(value):
+    try:
+      _target_names(value)
+    except ValueError as e:
+      raise flags.ValidationError(str(e)) from None
+    return True
+
+  flags.register_validator("targets", targets_ok, flag_values=fv)
+  flags.register_validator("out", bool, "--out must not be empty", flag_values=fv)
+
+
+def run_from_flags(fv: flags.FlagValues = flags.FLAGS) -> pathlib.Path:
+  """Records and plots the mixtures the flags ask for; returns the PNG's path.
+
+  Raises:
+    OSError, ValueError: missing weights, weights not specialized to a digits backbone.
+  """
+  from lopt._registry import load_meta_params, saved_config
+  from lopt._weights import read_manifest
+
+  manifest = read_manifest(fv.weights)
+  if manifest["name"] != _NAME:
+    raise ValueError(f"{fv.weights} holds {manifest['name']!r} weights, not {_NAME!r}")
+  extra = manifest.get("extra", {})
+  special = extra.get("specialized_to")
+  if not special or special.get("backbone") not in ("digits_cnn", "digits_mlp"):
+    raise ValueError(f"{fv.weights} is not specialized to a digits backbone (its manifest's "
+                     f"extra.specialized_to is {special!r})")
+  unroll = extra.get("meta_training", {}).get("config", {}).get("unroll", {})
+  steps = fv.steps or unroll.get("max_horizon")
+  if not steps:
+    raise ValueError("the manifest names no horizon; pass --steps")
+  steps = int(steps)
+  lo = lopt.learned(_NAME, **saved_config(_NAME, fv.weights))
+  mp = load_meta_params(lo, fv.weights)
+  backbone = special["backbone"]
+  records = {}
+  for name in _target_names(fv.targets):
+    t = tasks.FINETUNE_TARGETS[name]
+    task = tasks.FineTuneDigits(backbone, source=special["source"],
+                                pretrain_seed=fv.pretrain_seed, classes=t.get("classes"),
+                                transform=t.get("transform", "none"), shots=t.get("shots", 0))
+    records[name] = record_mixtures(lo, mp, task, steps, jax.random.key(fv.seed))
+    print(f"{name}: final training loss {records[name]['loss'][-1]:.4f}")
+  out = pathlib.Path(fv.out)
+  png = plot_mixtures(records, out / "mixtures.png",
+                      f"{_NAME} specialized to {backbone} (seed {fv.pretrain_seed}): direction "
+                      f"shares per tensor, mean over {len(records)} targets ({steps} steps)")
+  final = {n: (r["contribution"][-1] / np.maximum(r["contribution"][-1].sum(-1, keepdims=True),
+                                                  1e-30)).round(4).tolist()
+           for n, r in records.items()}
+  (out / "mixtures.json").write_text(json.dumps(
+      {"weights": str(fv.weights), "steps": steps, "pretrain_seed": fv.pretrain_seed,
+       "directions": list(BASE_DIRECTIONS), "tensors": next(iter(records.values()))["tensors"],
+       "final_share": final}, indent=1))
+  return png
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  try:
+    print(f"wrote {run_from_flags(flags.FLAGS)}")
+  except (OSError, KeyError, ValueError) as e:  # not a flag problem: one line, no usage
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)
