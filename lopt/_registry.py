@@ -12,7 +12,7 @@ from lopt._hand import HAND_DESIGNED
 
 __all__ = ["available", "available_learned", "get", "has_pretrained", "is_learned", "learned",
            "load_meta_params", "pretrained_path", "register", "register_learned",
-           "saved_config", "weights_word_hint"]
+           "saved_config", "specialized_path", "weights_word_hint"]
 
 Factory = Callable[..., optax.GradientTransformationExtraArgs]
 
@@ -111,6 +111,27 @@ def pretrained_path(name: str) -> "Any":
   ``lopt/weights/gpt_digits_mlp``.
   """
   return _weights_dir() / _PRETRAINED.get(name, name)
+
+
+def specialized_path(model: str) -> "Any":
+  """The shipped weights of a ``layerwise_combo_lopt`` specialized to ``model``.
+
+  ``lopt/weights/specialized/<model>``; pass it as ``weights=`` (the manifest
+  names the model's parameter tree, its targets and the command that made it)::
+
+    opt = lopt.get("layerwise_combo_lopt", weights=lopt.specialized_path("digits_cnn"),
+                   num_steps=100)
+
+  Raises:
+    KeyError: no weights are shipped for ``model``; the message lists those that are.
+  """
+  root = _weights_dir() / "specialized"
+  shipped = sorted(p.name for p in root.iterdir() if (p / "manifest.json").is_file()) \
+      if root.is_dir() else []
+  if model not in shipped:
+    raise KeyError(f"no specialized optimizer is shipped for {model!r}; shipped: "
+                   f"{', '.join(shipped) or 'none'}")
+  return root / model
 
 
 def has_pretrained(name: str) -> bool:

@@ -46,3 +46,23 @@ def test_shipped_weights(name):
   losses = np.asarray(result.losses)
   assert np.all(np.isfinite(losses))
   assert losses[-10:].mean() < 0.25 * losses[:5].mean(), (losses[:5], losses[-10:])
+
+
+def test_shipped_specialized_optimizer_fits_its_backbone_only():
+  """The digits-CNN specialized layerwise_combo_lopt: its manifest names the backbone
+  and the command; it fine-tunes a held-out target and refuses a 10-class head."""
+  path = lopt.specialized_path("digits_cnn")
+  manifest = json.loads((path / "manifest.json").read_text())
+  assert manifest["name"] == "layerwise_combo_lopt"
+  assert manifest["extra"]["specialized_to"]["backbone"] == "digits_cnn"
+  assert manifest["extra"]["command"] == (
+      "python -m meta_train.specialize --flagfile=meta_train/configs/specialize_digits_cnn.flags")
+  with pytest.raises(KeyError, match="shipped: digits_cnn"):
+    lopt.specialized_path("resnet")
+  opt = lopt.get("layerwise_combo_lopt", weights=path, num_steps=20)
+  held_out = tasks.FineTuneDigits(classes=None, transform="rotate180")
+  losses = np.asarray(tasks.train(held_out, opt, 20, jax.random.key(0)).losses)
+  assert np.all(np.isfinite(losses)) and losses[-5:].mean() < 0.7 * losses[:3].mean()
+  ten_classes = tasks.FineTuneDigits(classes=tuple(range(10)))
+  with pytest.raises(ValueError, match=r"tensor 4 of 6 has another shape.*Dense_0.*\(10,\)"):
+    opt.init(ten_classes.init(jax.random.key(0)))
