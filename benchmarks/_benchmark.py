@@ -17,6 +17,7 @@ import os
 import platform
 import sys
 import time
+import warnings
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
@@ -63,7 +64,9 @@ def not_applicable_reason(tx, task, key: jax.Array) -> str | None:
   """Why ``tx`` cannot train ``task``, or None.
 
   Optimizers tied to one architecture (G.pt) reject other parameter trees in
-  ``init`` with a ``ValueError``; that marks the pair not applicable.
+  ``init`` with a ``ValueError``; that marks the pair not applicable. (G.pt also
+  refuses another task of the same shapes when built for it:
+  :class:`lopt.gpt.TaskMismatchError` from ``build_optimizer(..., task=task)``.)
   """
   try:
     jax.eval_shape(tx.init, task.init(key))
@@ -183,8 +186,11 @@ def _benchmark_task(entry: SuiteTask, specs: Sequence[OptimizerSpec], tune: Sequ
       rows[spec.text] = old      # deterministic given the seeds and (unchanged) weights
       progress(f"{entry.label}: {spec.text} (reused)", keys.shape[0])
       continue
-    tx = build_optimizer(spec, horizon)
-    why = not_applicable_reason(tx, task, keys[0])
+    try:
+      tx = build_optimizer(spec, horizon, task=task)
+      why = not_applicable_reason(tx, task, keys[0])
+    except lopt.gpt.TaskMismatchError as e:   # G.pt trained for another task
+      why = str(e).splitlines()[0][:300]
     if why is not None:
       out["not_applicable"][spec.text] = why
       print(f"note: {spec.text} does not apply to {entry.label}: {why}", flush=True)
@@ -332,7 +338,9 @@ def run_benchmark(optimizers: Sequence[str], entries: Sequence[SuiteTask], *,
   specs = [s for s in specs if s.text not in skipped]
   for s in specs:  # build every optimizer once, so bad arguments fail before any run
     try:
-      build_optimizer(s, max(2, min(e.steps for e in entries) if entries else 2))
+      with warnings.catch_warnings():  # no task here: G.pt's task is checked per task
+        warnings.simplefilter("ignore", lopt.gpt.GPTWarning)
+        build_optimizer(s, max(2, min(e.steps for e in entries) if entries else 2))
     except TypeError as e:
       raise ValueError(f"optimizer spec {s.text!r} cannot be built: {e}") from None
   for spec, why in skipped.items():

@@ -172,13 +172,14 @@ def weights_digest(spec: OptimizerSpec) -> str | None:
   return h.hexdigest()[:16]
 
 
-def build_optimizer(spec: OptimizerSpec | str, num_steps: int):
+def build_optimizer(spec: OptimizerSpec | str, num_steps: int, *, task: Any = None):
   """``lopt.get`` for a spec, passing the horizon ``num_steps`` to learned optimizers.
 
   A spec's own arguments win: ``celo2_lopt:pretrained(num_steps=unknown)`` runs
   its horizon-free mode (:data:`lopt.UNKNOWN_HORIZON`). G.pt is run as the paper
   uses it: one sampled update at the first step (``max_updates=1``); its curve is
-  flat afterwards.
+  flat afterwards. ``task`` (the task it will train) reaches G.pt, which checks it
+  against the task it was trained for (:class:`lopt.gpt.TaskMismatchError`).
   """
   if isinstance(spec, str):
     spec = parse_spec(spec)
@@ -187,6 +188,8 @@ def build_optimizer(spec: OptimizerSpec | str, num_steps: int):
     kwargs["weights"] = spec.weights
   if spec.name == "gpt":
     kwargs.setdefault("max_updates", 1)
+    if task is not None:
+      kwargs.setdefault("task", task)
   elif spec.learned:
     kwargs.setdefault("num_steps", int(num_steps))
   return lopt.get(spec.name, **kwargs)

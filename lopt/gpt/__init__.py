@@ -2,13 +2,19 @@
 
 ::
 
-  opt = lopt.get("gpt", weights="pretrained", target=0.05)   # digits_mlp, hidden=(32,)
-  updates, state = opt.update(grads, state, params, loss=loss)
+  opt = lopt.get("gpt", weights="pretrained", task=tasks.get("digits_mlp", hidden=(32,)))
+  updates, state = opt.update(grads, state, params, loss=test_loss)
+
+A model fits the one task its manifest names (:func:`trained_for`): another task
+raises :class:`TaskMismatchError` unless ``allow_other_task=True``, and a first
+update from a loss outside its training range warns (:class:`GPTWarning`).
 
 Peebles et al. 2022, "Learning to Learn with Generative Models of Neural Network
 Checkpoints" (arXiv 2209.12892).
 """
 
+from lopt.gpt._checks import GPTWarning as GPTWarning
+from lopt.gpt._checks import TaskMismatchError as TaskMismatchError
 from lopt.gpt._diffusion import Schedule as Schedule
 from lopt.gpt._diffusion import diffusion_loss as diffusion_loss
 from lopt.gpt._diffusion import make_schedule as make_schedule
@@ -26,13 +32,14 @@ from lopt.gpt._optimizer import GPTState as GPTState
 from lopt.gpt._optimizer import gpt as gpt
 from lopt.gpt._optimizer import gpt_from_loaded as gpt_from_loaded
 from lopt.gpt._optimizer import pretrained_gpt_path as pretrained_gpt_path
+from lopt.gpt._optimizer import trained_for as trained_for
 from lopt.gpt._tokenizer import Tokenizer as Tokenizer
 from lopt.gpt._tokenizer import dense_stack as dense_stack
 from lopt.gpt._tokenizer import param_spec as param_spec
 
 __all__ = [
-    "DEFAULT_CONFIG", "GPT", "GPTNet", "GPTState", "LoadedGPT", "PRETRAINED", "Schedule",
-    "Tokenizer", "dense_stack",
+    "DEFAULT_CONFIG", "GPT", "GPTNet", "GPTState", "GPTWarning", "LoadedGPT", "PRETRAINED",
+    "Schedule", "TaskMismatchError", "Tokenizer", "dense_stack",
     "diffusion_loss", "gpt", "gpt_from_loaded", "load_gpt", "make_schedule", "param_spec",
-    "pretrained_gpt_path", "q_sample", "read_gpt_manifest", "sample", "save_gpt",
+    "pretrained_gpt_path", "q_sample", "read_gpt_manifest", "sample", "save_gpt", "trained_for",
 ]

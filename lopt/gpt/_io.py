@@ -3,8 +3,8 @@
 A weights directory holds::
 
   <path>/manifest.json  {"format": "lopt-gpt/1", "name": "gpt", "config": GPT config
-                         (the task's param spec included), "task": {...}, "best_metric",
-                         "extra": {...}}
+                         (the task's param spec included), "task": {"name", "config"},
+                         "best_metric", "metric_range": [lo, hi], "extra": {...}}
   <path>/state/         orbax: {"params": EMA network weights, "stats": normalization}
 
 ``load_gpt`` rebuilds the model from the manifest alone, so the structure a
@@ -37,9 +37,15 @@ class LoadedGPT(NamedTuple):
   stats: dict[str, jax.Array]
   manifest: dict[str, Any]
 
+  @property
+  def trained_for(self) -> dict[str, Any] | None:
+    """The task the model was trained for, ``{"name", "config"}`` (``tasks.get``'s arguments)."""
+    return self.manifest.get("task")
+
 
 def save_gpt(path: str | pathlib.Path, model: GPT, params: Any, stats: dict[str, Any], *,
              task: dict[str, Any] | None = None, best_metric: float | None = None,
+             metric_range: tuple[float, float] | None = None,
              extra: dict[str, Any] | None = None) -> pathlib.Path:
   """Saves a G.pt model to the directory ``path`` (created; overwritten).
 
@@ -48,13 +54,21 @@ def save_gpt(path: str | pathlib.Path, model: GPT, params: Any, stats: dict[str,
     model: the :class:`GPT` whose config goes into the manifest.
     params: network weights (usually the EMA).
     stats: normalization statistics (:meth:`GPT.compute_stats`).
-    task: ``{"name", "config"}`` of the task the model was trained on (informative).
+    task: ``{"name", "config"}`` of the task the model was trained on: its ``tasks.get``
+      name and every setting of its ``config()`` (dataset, architecture, activation);
+      the optimizer refuses other tasks (see :func:`lopt.gpt.gpt`).
     best_metric: best metric value seen in training data: the default prompt.
+    metric_range: ``(lo, hi)``, the metric values the model was conditioned on in
+      training; the optimizer warns about a first update outside it.
     extra: JSON-serializable metadata (training run, evaluation, ...).
 
   Returns:
     The absolute path.
   """
+  if metric_range is not None:
+    lo, hi = (float(x) for x in metric_range)
+    if not (np.isfinite(lo) and np.isfinite(hi) and lo <= hi):
+      raise ValueError(f"metric_range must be finite (lo, hi) with lo <= hi, got {metric_range}")
   path = pathlib.Path(path).expanduser().resolve()
   path.mkdir(parents=True, exist_ok=True)
   state = {"params": jax.tree.map(np.asarray, params),
@@ -64,6 +78,8 @@ def save_gpt(path: str | pathlib.Path, model: GPT, params: Any, stats: dict[str,
     ckptr.wait_until_finished()
   manifest = {"format": FORMAT, "name": "gpt", "config": model.config(), "task": task,
               "best_metric": None if best_metric is None else float(best_metric),
+              "metric_range": (None if metric_range is None
+                               else [float(metric_range[0]), float(metric_range[1])]),
               "extra": extra or {}}
   (path / "manifest.json").write_text(json.dumps(manifest, indent=1))
   return path

@@ -8,6 +8,12 @@ models trained with ``condition_grad``, which also condition on them. The sampli
 key lives in the state, so ``update`` is pure, jit-able and deterministic given
 the state. Prompting the model repeatedly (one update per step) refines further.
 
+A model fits one task: ``task=`` is compared with the task its manifest names
+and another task is refused (:class:`~lopt.gpt.TaskMismatchError`) unless
+``allow_other_task=True``; the first update warns (:class:`~lopt.gpt.GPTWarning`)
+when ``loss=`` lies outside the metric range the model was trained on (see
+``lopt/gpt/_checks.py``).
+
 Reference: Peebles et al. 2022, arXiv 2209.12892, Sec. 5 (one-step training and
 recursive prompting).
 """
@@ -24,9 +30,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lopt.gpt._io import LoadedGPT, load_gpt
+from lopt.gpt._checks import StartCheck, check_task, describe_task, metric_range
+from lopt.gpt._io import LoadedGPT, load_gpt, read_gpt_manifest
 
-__all__ = ["GPTState", "gpt", "gpt_from_loaded", "pretrained_gpt_path"]
+__all__ = ["GPTState", "gpt", "gpt_from_loaded", "pretrained_gpt_path", "trained_for"]
 
 #: The shipped model, for the ``digits_mlp`` task with hidden=(32,).
 PRETRAINED = "gpt_digits_mlp"
@@ -46,9 +53,10 @@ def pretrained_gpt_path(name: str = PRETRAINED) -> pathlib.Path:
 def gpt_from_loaded(loaded: LoadedGPT, *, target: float | None = None,
                     num_sampling_steps: int = 20, eta: float = 0.0,
                     temperature: float | None = None, guidance: float | None = None,
-                    seed: int = 0, max_updates: int | None = None
-                    ) -> optax.GradientTransformationExtraArgs:
+                    seed: int = 0, max_updates: int | None = None, task: Any = None,
+                    allow_other_task: bool = False) -> optax.GradientTransformationExtraArgs:
   """Builds the optimizer from an already loaded model (see :func:`gpt`)."""
+  check_task(loaded.trained_for, task, allow_other_task)
   model, net_params, stats = loaded.model, loaded.params, loaded.stats
   tok = model.tokenizer
   extra_info = loaded.manifest.get("extra", {})
@@ -69,10 +77,13 @@ def gpt_from_loaded(loaded: LoadedGPT, *, target: float | None = None,
   if not math.isfinite(guidance):
     raise ValueError(f"guidance must be finite, got {guidance}")
 
-  task = loaded.manifest.get("task") or {}
-  fits = (f"; this G.pt model fits the parameters of task {task['name']!r} with config "
-          f"{task.get('config', {})} (any tree with their leaf shapes, whatever its names)"
-          if task.get("name") else "")
+  trained = describe_task(loaded.trained_for)
+  fits = (f"; this G.pt model fits the parameters of task {trained} (any tree with their "
+          f"leaves' shapes in jax.tree order, whatever their names)")
+  metric = str(model.cfg["metric"])
+  start_check = StartCheck(*metric_range(loaded.manifest, stats, model.cfg["log_metric"]),
+                           log_metric=bool(model.cfg["log_metric"]), metric=metric,
+                           task=trained)
 
   def check(tree, name="params"):
     try:
@@ -90,8 +101,13 @@ def gpt_from_loaded(loaded: LoadedGPT, *, target: float | None = None,
       raise ValueError("the G.pt optimizer needs params: call update(grads, state, params, "
                        "loss=loss)")
     if loss is None:
-      raise ValueError("the G.pt optimizer needs the current loss: call update(grads, state, "
-                       "params, loss=loss)")
+      raise ValueError(f"the G.pt optimizer needs loss=, the current {metric} of params (each "
+                       f"sample is conditioned on it): call update(grads, state, params, "
+                       f"loss=loss), or with nnx.Optimizer optimizer.update(model, grads, "
+                       f"loss=loss)")
+    if jnp.size(loss) != 1:
+      raise ValueError(f"loss= must be one scalar, the {metric} of params; got shape "
+                       f"{jnp.shape(loss)}")
     check(params)
     grad_flat = None
     if model.cfg["condition_grad"]:
@@ -116,6 +132,7 @@ def gpt_from_loaded(loaded: LoadedGPT, *, target: float | None = None,
     # A non-finite loss cannot condition the model: the update is skipped (zero
     # updates, state unchanged), so a later finite loss still gets its sample.
     run = jnp.isfinite(loss)
+    start_check(loss, state.count)   # warns if the first start is off the training range
     if max_updates is not None:  # after max_updates samples params are left alone
       run = run & (state.count < max_updates)
     upd = jax.lax.cond(run, sample, lambda _: jax.tree.map(jnp.zeros_like, params), None)
@@ -129,12 +146,14 @@ def gpt(weights: Any = "pretrained", target: float | None = None, *,
         num_sampling_steps: int = 20, eta: float = 0.0, temperature: float | None = None,
         guidance: float | None = None, seed: int = 0,
         prompt: float | None = None, num_steps: int | None = None,
-        max_updates: int | None = None, **unused: Any) -> optax.GradientTransformationExtraArgs:
+        max_updates: int | None = None, task: Any = None, allow_other_task: bool = False,
+        **unused: Any) -> optax.GradientTransformationExtraArgs:
   """The G.pt generative optimizer, ``lopt.get("gpt", ...)``.
 
   Example::
 
-    opt = lopt.get("gpt", weights="pretrained", target=0.05)
+    task = tasks.get("digits_mlp", hidden=(32,))
+    opt = lopt.get("gpt", weights="pretrained", task=task, target=0.05)
     state = opt.init(params)
     updates, state = opt.update(grads, state, params, loss=test_loss)
     params = optax.apply_updates(params, updates)   # a sampled network
@@ -165,13 +184,29 @@ def gpt(weights: Any = "pretrained", target: float | None = None, *,
     max_updates: sample only the first ``max_updates`` updates and return zero
       updates afterwards (``1``: the paper's one-update use inside a training
       loop, as ``benchmarks`` runs it); None samples at every update.
+    task: the task the parameters belong to: a task object (``name`` and
+      ``config()``, e.g. ``tasks.get("digits_mlp", hidden=(32,))``) or ``{"name",
+      "config"}``. It is compared with the task the model was trained for
+      (:func:`trained_for`): the name and every setting the manifest records
+      (dataset, architecture, activation, ...; not ``batch_size``) must match.
+      None skips the check with a :class:`~lopt.gpt.GPTWarning` (once per process).
+    allow_other_task: use the model on another task anyway: a mismatch warns
+      instead of raising, and no ``task`` gives no warning.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params``
     and ``loss=`` and raises ``ValueError`` for a parameter tree whose leaf
     shapes do not match the model's task (leaf names do not matter; the message
     names the task that fits). An update with a non-finite ``loss`` is skipped:
-    zero updates and an unchanged state (``count`` counts samples taken).
+    zero updates and an unchanged state (``count`` counts samples taken). The
+    first sample warns (:class:`~lopt.gpt.GPTWarning`) when ``loss`` lies outside
+    the manifest's ``metric_range`` (widened by 10 % of its log-width on each
+    side); under ``jit`` the warning comes from a ``jax.debug.callback`` that
+    only an out-of-range first update calls.
+
+  Raises:
+    TaskMismatchError: ``task`` is not the one the model was trained for (a
+      ``ValueError`` naming both; ``allow_other_task=True`` makes it a warning).
   """
   del num_steps
   if unused:
@@ -180,29 +215,56 @@ def gpt(weights: Any = "pretrained", target: float | None = None, *,
     if target is not None:
       raise ValueError("give target= or its alias prompt=, not both")
     target = prompt
-  if isinstance(weights, LoadedGPT):
-    loaded = weights
-  else:
-    if weights is None:
-      raise ValueError("G.pt has no meaningful fresh weights; pass weights='pretrained' "
-                       "or a path written by meta_train.gpt_train")
-    if isinstance(weights, str) and weights == "pretrained":
-      path = pretrained_gpt_path()
-      if not (path / "manifest.json").exists():
-        raise FileNotFoundError(f"no pretrained G.pt weights are shipped at {path}; train "
-                                f"one with `python -m meta_train.gpt_train` and pass its "
-                                f"weights directory")
-      weights = path
-    if not isinstance(weights, (str, os.PathLike)):
-      raise TypeError(f"weights must be 'pretrained', a path or a LoadedGPT, got "
-                      f"{type(weights).__name__}")
-    if isinstance(weights, str) and not os.path.exists(weights):
-      close = difflib.get_close_matches(weights, ["pretrained"], n=1, cutoff=0.6)
-      raise FileNotFoundError(f"no G.pt weights at {weights!r}"
-                              + (f" (did you mean {close[0]!r}?)" if close else "")
-                              + "; weights are 'pretrained', a directory written by "
-                                "lopt.gpt.save_gpt, or a LoadedGPT")
-    loaded = load_gpt(weights)
-  return gpt_from_loaded(loaded, target=target, num_sampling_steps=num_sampling_steps,
+  return gpt_from_loaded(_load(weights), target=target, num_sampling_steps=num_sampling_steps,
                          eta=eta, temperature=temperature, guidance=guidance, seed=seed,
-                         max_updates=max_updates)
+                         max_updates=max_updates, task=task, allow_other_task=allow_other_task)
+
+
+def _weights_path(weights: Any) -> str | os.PathLike:
+  """The directory of ``weights`` (``"pretrained"`` or a path), with clear errors."""
+  if weights is None:
+    raise ValueError("G.pt has no meaningful fresh weights; pass weights='pretrained' "
+                     "or a path written by meta_train.gpt_train")
+  if isinstance(weights, str) and weights == "pretrained":
+    path = pretrained_gpt_path()
+    if not (path / "manifest.json").exists():
+      raise FileNotFoundError(f"no pretrained G.pt weights are shipped at {path}; train "
+                              f"one with `python -m meta_train.gpt_train` and pass its "
+                              f"weights directory")
+    return path
+  if not isinstance(weights, (str, os.PathLike)):
+    raise TypeError(f"weights must be 'pretrained', a path or a LoadedGPT, got "
+                    f"{type(weights).__name__}")
+  if isinstance(weights, str) and not os.path.exists(weights):
+    close = difflib.get_close_matches(weights, ["pretrained"], n=1, cutoff=0.6)
+    raise FileNotFoundError(f"no G.pt weights at {weights!r}"
+                            + (f" (did you mean {close[0]!r}?)" if close else "")
+                            + "; weights are 'pretrained', a directory written by "
+                              "lopt.gpt.save_gpt, or a LoadedGPT")
+  return weights
+
+
+def _load(weights: Any) -> LoadedGPT:
+  return weights if isinstance(weights, LoadedGPT) else load_gpt(_weights_path(weights))
+
+
+def trained_for(weights: Any = "pretrained") -> dict[str, Any] | None:
+  """The task a G.pt model was trained for, as its manifest records it.
+
+  Example::
+
+    t = lopt.gpt.trained_for()   # {"name": "digits_mlp", "config": {"dataset": "digits",
+                                 #  "hidden": [32], "activation": "relu", ...}}
+    task = tasks.get(t["name"], **t["config"])
+    opt = lopt.get("gpt", weights="pretrained", task=task)
+
+  Args:
+    weights: ``"pretrained"``, a weights directory or a :class:`~lopt.gpt.LoadedGPT`.
+
+  Returns:
+    ``{"name", "config"}`` (the task is ``tasks.get(name, **config)``), or None
+    for a manifest that records no task.
+  """
+  if isinstance(weights, LoadedGPT):
+    return weights.trained_for
+  return read_gpt_manifest(_weights_path(weights)).get("task")

@@ -191,7 +191,9 @@ class Tokenizer:
 
     Leaves are matched in ``jax.tree`` order by shape; their names do not matter,
     so the same network written with other module names (a Flax ``nnx`` model's
-    ``l1/kernel`` for ``Dense_0/kernel``) fits.
+    ``hidden/kernel`` for linen's ``Dense_0/kernel``) fits. A tree whose leaves
+    have the right shapes in another order (dict keys sort, so ``{"out", "dense"}``
+    puts the output layer first) is refused with a hint to rename.
     """
     got = param_spec(params)
     if len(got) != len(self.spec):
@@ -200,10 +202,14 @@ class Tokenizer:
           f"expected ({[s['path'] for s in got][:6]} vs {[s['path'] for s in self.spec][:6]})")
     for g, s in zip(got, self.spec):
       if g["shape"] != s["shape"]:
+        same = sorted(x["shape"] for x in got) == sorted(x["shape"] for x in self.spec)
         raise ValueError(
             f"{name} do not match the G.pt model's task: leaf {g['path']!r} with shape "
             f"{tuple(g['shape'])} where the model expects {s['path']!r} with shape "
-            f"{tuple(s['shape'])}")
+            f"{tuple(s['shape'])}" + (
+                " (the tree has the model's shapes in another order: leaves are matched in "
+                "jax.tree order, which sorts dict keys, so name the layers to sort in "
+                "order, e.g. layer_0, layer_1)" if same else ""))
 
   def flatten(self, params: Any) -> jax.Array:
     """Concatenates the leaves of ``params`` (spec order) into one ``(num_params,)`` vector."""

@@ -190,7 +190,7 @@ def train_gpt(dataset: str, workdir: str, config: dict[str, Any] | None = None, 
   Example::
 
     path = train_gpt("runs/gpt_digits_data", "runs/gpt_digits", {"steps": 2000})
-    opt = lopt.get("gpt", weights=str(path))
+    opt = lopt.get("gpt", weights=str(path), task=tasks.get("digits_mlp", hidden=(32,)))
 
   The workdir is a resumable run (:mod:`meta_train._run`): ``config.json`` is
   written once (a resumed run may change only :data:`RESUMABLE_KEYS`), a second
@@ -241,6 +241,9 @@ def _train(dataset: str, cfg: dict[str, Any], run_dir: RunDir, export: str | Non
            model.compute_stats(data.params[train_runs], metric[train_runs],
                                sample_grads).items()}
   best = float(metric[train_runs].min() if is_loss else metric[train_runs].max())
+  # What the optimizer checks its use against: the task's every setting, the metric range.
+  trained = {"task": _trained_for(data.index), "best_metric": best, "metric_range": (
+      float(np.nanmin(metric[train_runs])), float(np.nanmax(metric[train_runs])))}
   atomic_write_text(workdir_p / "split.json", json.dumps(
       {"dataset": ",".join(str(pathlib.Path(p).resolve()) for p in str(dataset).split(",")),
        "seed": cfg["seed"],
@@ -256,7 +259,7 @@ def _train(dataset: str, cfg: dict[str, Any], run_dir: RunDir, export: str | Non
   state = {"params": net, "ema": net, "opt_state": tx.init(net),
            "step": jnp.zeros((), jnp.int32), "nonfinite": jnp.zeros((), jnp.int32)}
   export_fn = functools.partial(_export, workdir_p / "weights", model, stats, data, dataset,
-                                cfg, best, held_runs)
+                                cfg, trained, held_runs)
   mngr = run_dir.checkpoint_manager(max_to_keep=2)
   try:
     restored = restore_newest(mngr, state, workdir_p, log=log)
@@ -277,12 +280,20 @@ def _train(dataset: str, cfg: dict[str, Any], run_dir: RunDir, export: str | Non
   return out
 
 
-def _export(path, model, stats, data, dataset, cfg, best, held_runs, state) -> pathlib.Path:
+def _trained_for(index: dict[str, Any]) -> dict[str, Any]:
+  """The manifest's task: its registry name and all of its ``config()`` (defaults included)."""
+  name, config = index["task"], index["task_config"]
+  try:
+    config = tasks.get(name, **config).config()
+  except Exception:  # noqa: BLE001 - e.g. TFDS data not prepared here: the dataset's settings
+    pass
+  return {"name": name, "config": config}
+
+
+def _export(path, model, stats, data, dataset, cfg, trained, held_runs, state) -> pathlib.Path:
   """Writes the EMA weights and their manifest to ``path`` (swapped in atomically)."""
   replace_dir(path, lambda tmp: save_gpt(
-      tmp, model, state["ema"], stats,
-      task={"name": data.index["task"], "config": data.index["task_config"]},
-      best_metric=best,
+      tmp, model, state["ema"], stats, **trained,
       extra={"dataset": str(pathlib.Path(dataset)), "train_config": cfg,
              "steps": int(state["step"]), "nonfinite_steps": int(state["nonfinite"]),
              "heldout_run_ids": data.run_ids[held_runs].tolist()}))

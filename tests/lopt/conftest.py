@@ -5,7 +5,7 @@ import pytest
 from tests.lopt.gpt_tiny import save_tiny
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory):
   path, params, _ = save_tiny(tmp_path_factory.mktemp("gpt") / "w")
   return path, params

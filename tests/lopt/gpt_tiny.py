@@ -10,6 +10,8 @@ from tests.lopt.contract import make_params
 
 TINY = {"chunk_size": 16, "d_model": 16, "num_layers": 1, "num_heads": 2,
         "num_timesteps": 50}
+#: The task ``save_tiny`` records in the manifest (``task=`` of ``lopt.get("gpt", ...)``).
+TINY_TASK = {"name": "contract", "config": {}}
 
 
 def save_tiny(path, **config):
@@ -31,5 +33,5 @@ def save_tiny(path, **config):
   net = gpt.init(jax.random.key(0))  # the decoder is zero-initialized: perturb it
   net["dec"]["kernel"] = 0.1 * jax.random.normal(jax.random.key(1), net["dec"]["kernel"].shape)
   lopt.gpt.save_gpt(path, gpt, net, stats, best_metric=0.1,
-                    task={"name": "contract", "config": {}})
+                    task=TINY_TASK)
   return path, params, stats

@@ -11,7 +11,7 @@ import pytest
 
 import lopt
 from lopt.gpt import GPT, param_spec
-from tests.lopt.gpt_tiny import TINY, save_tiny
+from tests.lopt.gpt_tiny import TINY, TINY_TASK, save_tiny
 
 
 @functools.partial(jax.jit, static_argnums=(0, 6))
@@ -75,7 +75,7 @@ def test_guidance_default_from_manifest_and_errors(tiny_weights, tmp_path):
   common = {"num_sampling_steps": 2, "temperature": 0.0, "target": 0.5}
 
   def upd(weights, **kw):
-    opt = lopt.get("gpt", weights=str(weights), **common, **kw)
+    opt = lopt.get("gpt", weights=str(weights), task=TINY_TASK, **common, **kw)
     return np.asarray(jax.jit(opt.update)(params, opt.init(params), params,
                                           loss=2.0)[0]["conv"])
 
@@ -84,4 +84,4 @@ def test_guidance_default_from_manifest_and_errors(tiny_weights, tmp_path):
   assert not np.allclose(from_manifest, plain, atol=1e-5)
   np.testing.assert_allclose(upd(tmp_path / "w", guidance=0.0), plain, rtol=1e-5, atol=1e-7)
   with pytest.raises(ValueError, match="guidance"):
-    lopt.get("gpt", weights=str(path), guidance=float("nan"))
+    lopt.get("gpt", weights=str(path), task=TINY_TASK, guidance=float("nan"))

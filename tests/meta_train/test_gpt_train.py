@@ -104,7 +104,7 @@ def test_resume_keeps_config_and_cuts_metrics_back_to_the_checkpoint(trained, tm
 def test_weights_work_as_optimizer_and_reject_other_trees(trained):
   _, task, weights, _ = trained
   params = task.init(jax.random.key(5))
-  opt = lopt.get("gpt", weights=str(weights), num_sampling_steps=2)
+  opt = lopt.get("gpt", weights=str(weights), task=task, num_sampling_steps=2)
   state = opt.init(params)
   updates, state = jax.jit(opt.update)(params, state, params, loss=jnp.float32(2.3))
   new = optax.apply_updates(params, updates)
@@ -125,7 +125,8 @@ def test_condition_grad_and_prompt_dropout_give_a_guidable_optimizer(trained):
   assert m.model.cfg["prompt_dropout"] == 0.3 and "null_target" in m.params
   params = task.init(jax.random.key(5))
   grads = jax.grad(task.loss)(params, jax.random.key(0), task.batch(jax.random.key(0)))
-  opt = lopt.get("gpt", weights=str(weights), num_sampling_steps=2, guidance=0.5)
+  opt = lopt.get("gpt", weights=str(weights), task=task, num_sampling_steps=2,
+                 guidance=0.5)
   updates, _ = jax.jit(opt.update)(grads, opt.init(params), params, loss=jnp.float32(2.3))
   assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(updates))
   with pytest.raises(ValueError, match="prompt_dropout"):
