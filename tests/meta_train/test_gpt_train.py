@@ -67,6 +67,10 @@ def test_trains_logs_and_exports(trained):
   assert any("ETA" in msg for msg in logs)
   manifest = lopt.gpt.read_gpt_manifest(weights)
   assert manifest["best_metric"] == pytest.approx(0.3) and manifest["extra"]["steps"] == 4
+  # What lopt.get("gpt", task=...) checks: the task's whole config, the start-metric range.
+  assert manifest["task"] == {"name": "digits_mlp",
+                              "config": tasks.get("digits_mlp", hidden=[4]).config()}
+  assert manifest["metric_range"] == pytest.approx([0.3, 2.3])
   split = json.loads((root / "work" / "split.json").read_text())
   assert len(split["heldout_run_ids"]) == 2 and len(split["train_run_ids"]) == 4
 
