@@ -224,7 +224,8 @@ def test_gpt_runs_on_its_architecture_and_is_not_applicable_elsewhere(tmp_path, 
   stats = gpt.compute_stats(np.stack([flat, 0.5 * flat])[None].repeat(2, axis=0),
                             np.asarray([[3.0, 1.0]] * 2, np.float32))
   lopt.gpt.save_gpt(tmp_path / "w", gpt, gpt.init(jax.random.key(1)), stats, best_metric=0.1,
-                    task={"name": "quadratic", "config": {"dim": 4}})
+                    task={"name": "quadratic", "config": {"dim": 4}},
+                    metric_range=(0.1, 50.0))   # the quadratic's start losses (~15)
   spec = f"gpt:{tmp_path / 'w'}"
   results = benchmarks.run_benchmark([spec], [task4, task5], num_seeds=1, tune=["adam"],
                                      learning_rates=np.array([0.1]), time_rounds=1)
