@@ -12,7 +12,7 @@ import pytest
 
 import lopt
 import tasks
-from lopt.gpt import GPTWarning, TaskMismatchError, Tokenizer
+from lopt.gpt import GPTWarning, TaskMismatchError
 from tests.lopt.gpt_tiny import TINY_TASK
 
 SHIPPED_TASK = tasks.get("digits_mlp", hidden=(32,))
@@ -155,4 +155,3 @@ def test_nnx_names_fit_by_structure_and_a_mismatch_names_the_first_leaf(shipped)
   with pytest.raises(ValueError, match=r"'hidden/bias' with shape \(33,\).*digits_mlp\(") as e:
     opt.init(wide)
   assert "another order" not in str(e.value)
-  assert isinstance(tok, Tokenizer)
