@@ -32,9 +32,9 @@ from lopt._registry import is_learned as is_learned
 from lopt._registry import learned as learned
 from lopt._registry import load_meta_params as load_meta_params
 from lopt._registry import pretrained_path as pretrained_path
-from lopt._registry import specialized_path as specialized_path
 from lopt._registry import register as register
 from lopt._registry import register_learned as register_learned
+from lopt._registry import specialized_path as specialized_path
 from lopt._weights import load_weights as load_weights
 from lopt._weights import save_weights as save_weights
 
