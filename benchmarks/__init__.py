@@ -8,7 +8,8 @@
   results["summary"]["celo2_lopt:pretrained"]["steps"]   # IQM speedup with 95 % CI
   save_results(results, "bench_out")   # results.json, results.md, PNG plots
 
-Command lines: ``python -m benchmarks.run``, ``python -m benchmarks.demo``.
+Command lines: ``python -m benchmarks.run``, ``python -m benchmarks.demo``,
+``python -m benchmarks.width_sweep`` (:func:`sweep_widths`: loss curves across widths).
 """
 
 from benchmarks._benchmark import PROTOCOL_VERSION as PROTOCOL_VERSION
@@ -47,12 +48,17 @@ from benchmarks._suites import suite as suite
 from benchmarks._summary import beats_tuned_adam as beats_tuned_adam
 from benchmarks._summary import meta_training_gain as meta_training_gain
 from benchmarks._summary import summarize as summarize
+from benchmarks._width_sweep import save_width_sweep as save_width_sweep
+from benchmarks._width_sweep import sweep_widths as sweep_widths
+from benchmarks._width_sweep import width_spread as width_spread
+from benchmarks._width_sweep import width_sweep_markdown as width_sweep_markdown
 
 __all__ = [
     "PROTOCOL_VERSION", "REFERENCE", "SUITES", "TUNE_RANGES", "OptimizerSpec", "Runs",
     "SuiteTask", "auto_ema_decay", "beats_tuned_adam", "bootstrap_ci", "build_optimizer", "ema",
     "eval_every", "evaluate_runs", "grid_runs", "horizon_speedup", "iqm", "lower_envelope",
     "lr_grid", "markdown", "meta_training_gain", "parse_spec", "parse_tasks", "ratio_scores",
-    "run_benchmark", "save_results", "speedup_curve", "split_specs", "steps_to_reach", "suite",
-    "summarize", "time_per_step", "train_runs", "tune_grid", "tuned_label", "wallclock_speedup",
+    "run_benchmark", "save_results", "save_width_sweep", "speedup_curve", "split_specs",
+    "steps_to_reach", "suite", "summarize", "sweep_widths", "time_per_step", "train_runs",
+    "tune_grid", "tuned_label", "wallclock_speedup", "width_spread", "width_sweep_markdown",
 ]
