@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import app, flags
+from absl import app, flags, logging
 
 import lopt
 import tasks
@@ -212,6 +212,8 @@ def run_from_flags(fv: flags.FlagValues = flags.FLAGS) -> pathlib.Path:
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:   # keep orbax's INFO lines out of the printout
+    logging.set_verbosity(logging.WARNING)
   try:
     print(f"wrote {run_from_flags(flags.FLAGS)}")
   except (OSError, KeyError, ValueError) as e:  # not a flag problem: one line, no usage
