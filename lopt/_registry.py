@@ -221,13 +221,19 @@ def load_meta_params(lo: Any, weights: Any, *, seed: int = 0) -> Any:
 def saved_config(name: str, weights: Any) -> dict[str, Any]:
   """The architecture saved with ``weights`` for learned optimizer ``name``, or ``{}``.
 
-  ``{}`` unless ``weights`` is a directory whose manifest is one of ``name``'s (any
-  other case is reported by :func:`load_meta_params`); keys of older versions are
-  renamed and fields the class no longer has are left out.
+  ``{}`` unless ``weights`` is a directory whose manifest is one of ``name``'s, or
+  ``"pretrained"`` / ``"default"`` with shipped weights (their manifest is read, so
+  shipped weights of a non-default architecture load by name alone); any other case
+  is reported by :func:`load_meta_params`. Keys of older versions are renamed and
+  fields the class no longer has are left out.
   """
   import dataclasses
 
-  if not isinstance(weights, (str, os.PathLike)) or weights in WEIGHT_WORDS + ("default",):
+  if isinstance(weights, str) and weights in ("pretrained", "default"):
+    if not has_pretrained(name):
+      return {}
+    weights = pretrained_path(name)
+  if not isinstance(weights, (str, os.PathLike)) or weights in WEIGHT_WORDS:
     return {}
   from lopt._weights import read_manifest
   try:

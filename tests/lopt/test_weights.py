@@ -119,3 +119,23 @@ def test_weights_are_checked_when_the_optimizer_is_built():
     lopt.get("celo2_lopt:frsh")
   with pytest.raises(FileNotFoundError, match="did you mean 'pretrained'"):
     lopt.get("gpt", weights="pretraind")
+
+
+def test_shipped_weights_of_another_architecture_load_by_name(saved, monkeypatch, tmp_path):
+  """``lopt.get(name)`` builds the architecture the shipped manifest names (here
+  hidden_size=8, not the default), for the default and for ``"pretrained"``."""
+  import shutil
+
+  from lopt import _registry
+
+  _, mp, path = saved
+  shutil.copytree(path, tmp_path / "mlp_lopt")
+  monkeypatch.setattr(_registry, "_weights_dir", lambda: tmp_path)
+  assert _registry.saved_config("mlp_lopt", "pretrained")["hidden_size"] == 8
+  assert _registry.saved_config("mlp_lopt", "fresh") == {}
+  params = {"w": np.ones((3, 2), np.float32)}
+  for weights in ("default", "pretrained"):
+    opt = lopt.get("mlp_lopt", num_steps=10) if weights == "default" else lopt.get(
+        "mlp_lopt", weights=weights, num_steps=10)
+    updates, _ = opt.update(params, opt.init(params), params)
+    assert np.all(np.isfinite(updates["w"]))
