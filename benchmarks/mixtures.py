@@ -19,17 +19,17 @@ from __future__ import annotations
 
 import json
 import pathlib
-import sys
-from typing import Any, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import app, flags, logging
+from absl import app, flags
 
 import lopt
 import tasks
+from benchmarks._cli import check, make_main
 from lopt._layerwise_combo_lopt import BASE_DIRECTIONS
 
 __all__ = ["define_flags", "plot_mixtures", "record_mixtures", "run_from_flags"]
@@ -151,14 +151,7 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_string("out", "bench_out/mixtures", "Output directory.", flag_values=fv)
   flags.DEFINE_integer("seed", 0, "Seed of the runs.", lower_bound=0, flag_values=fv)
 
-  def targets_ok(value):
-    try:
-      _target_names(value)
-    except ValueError as e:
-      raise flags.ValidationError(str(e)) from None
-    return True
-
-  flags.register_validator("targets", targets_ok, flag_values=fv)
+  flags.register_validator("targets", lambda v: check(_target_names, v), flag_values=fv)
   flags.register_validator("out", bool, "--out must not be empty", flag_values=fv)
 
 
@@ -209,16 +202,11 @@ def run_from_flags(fv: flags.FlagValues = flags.FLAGS) -> pathlib.Path:
   return png
 
 
-def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:   # keep orbax's INFO lines out of the printout
-    logging.set_verbosity(logging.WARNING)
-  try:
-    print(f"wrote {run_from_flags(flags.FLAGS)}")
-  except (OSError, KeyError, ValueError) as e:  # not a flag problem: one line, no usage
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+def _print_run(fv: flags.FlagValues) -> None:
+  print(f"wrote {run_from_flags(fv)}")
+
+
+main = make_main(_print_run, (OSError, KeyError, ValueError))
 
 
 if __name__ == "__main__":

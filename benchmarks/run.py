@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import json
 import pathlib
-import sys
 from typing import Any
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from benchmarks._benchmark import run_benchmark
+from benchmarks._cli import check, make_main
 from benchmarks._report import markdown, save_results, write_json
 from benchmarks._runs import lr_grid
 from benchmarks._specs import parse_spec, split_specs, tune_grid, unavailable_reason
@@ -38,19 +38,6 @@ from benchmarks._suites import parse_tasks
 _FLAG_ORDER = ("optimizers", "tune", "tasks", "seeds", "steps", "baseline_horizon_mult",
                "lrs_per_decade", "num_lrs", "lr_min", "lr_max", "ema", "eval_points", "reuse",
                "out")
-
-
-def _message(e: Exception) -> str:
-  """The text of an error (a KeyError's str() adds quotes)."""
-  return str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
-
-
-def _check(fn, value) -> bool:
-  try:
-    fn(value)
-  except (KeyError, ValueError, FileNotFoundError) as e:
-    raise flags.ValidationError(_message(e)) from None
-  return True
 
 
 def _check_reuse(path: str | None) -> bool:
@@ -70,7 +57,7 @@ def _check_grid(d: dict[str, Any]) -> bool:
   given = [v is not None for v in d.values()]
   if not any(given):
     return True
-  return all(given) and _check(lambda x: lr_grid(x["num_lrs"], x["lr_min"], x["lr_max"]), d)
+  return all(given) and check(lambda x: lr_grid(x["num_lrs"], x["lr_min"], x["lr_max"]), d)
 
 
 def _check_specs(text: str) -> None:
@@ -124,11 +111,11 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
       "baselines and hand-designed rows are reused, the requested optimizers are added.",
       flag_values=fv)
   flags.register_validator(
-      "optimizers", lambda v: _check(_check_specs, v),
+      "optimizers", lambda v: check(_check_specs, v),
       message="bad --optimizers", flag_values=fv)
-  flags.register_validator("tune", lambda v: _check(lambda x: [tune_grid(n) for n in x], v),
+  flags.register_validator("tune", lambda v: check(lambda x: [tune_grid(n) for n in x], v),
                            message="bad --tune", flag_values=fv)
-  flags.register_validator("tasks", lambda v: _check(parse_tasks, v), message="bad --tasks",
+  flags.register_validator("tasks", lambda v: check(parse_tasks, v), message="bad --tasks",
                            flag_values=fv)
   flags.register_validator("reuse", _check_reuse, message="bad --reuse", flag_values=fv)
   flags.register_multi_flags_validator(
@@ -158,16 +145,7 @@ def run_from_flags(fv: flags.FlagValues = flags.FLAGS) -> dict[str, Any]:
   return results
 
 
-def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:  # keep orbax's and jax's INFO lines out of the table
-    logging.set_verbosity(logging.WARNING)
-  try:
-    run_from_flags(flags.FLAGS)
-  except (KeyError, ValueError, FileNotFoundError) as e:  # not a flag problem: no usage text
-    print(f"error: {_message(e)}", file=sys.stderr)
-    sys.exit(1)
+main = make_main(run_from_flags, (KeyError, ValueError, FileNotFoundError))
 
 
 if __name__ == "__main__":

@@ -17,22 +17,17 @@ panel per optimizer, a line per width) and prints the table. See docs/width_swee
 
 from __future__ import annotations
 
-import sys
-from typing import Any, Sequence
+from typing import Any
 
-from absl import app, flags, logging
+from absl import app, flags
 
+from benchmarks._cli import check, make_main
 from benchmarks._specs import parse_spec, split_specs, unavailable_reason
 from benchmarks._width_sweep import save_width_sweep, sweep_widths, width_sweep_markdown
 
 __all__ = ["define_flags", "parse_widths", "run_from_flags"]
 
 _FLAG_ORDER = ("optimizers", "widths", "depth", "steps", "seeds", "batch_size", "seed", "out")
-
-
-def _message(e: Exception) -> str:
-  """The text of an error (a KeyError's str() adds quotes)."""
-  return str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
 
 
 def parse_widths(text: str) -> list[int]:
@@ -49,14 +44,6 @@ def parse_widths(text: str) -> list[int]:
   if len(set(widths)) != len(widths):
     raise ValueError(f"--widths repeats a width: {text!r}")
   return widths
-
-
-def _check(fn, value) -> bool:
-  try:
-    fn(value)
-  except (KeyError, ValueError, FileNotFoundError) as e:
-    raise flags.ValidationError(_message(e)) from None
-  return True
 
 
 def _check_specs(text: str) -> None:
@@ -92,9 +79,9 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                        flag_values=fv)
   flags.DEFINE_integer("seed", 0, "Base seed.", lower_bound=0, flag_values=fv)
   flags.DEFINE_string("out", "bench_out/width_sweep", "Output directory.", flag_values=fv)
-  flags.register_validator("optimizers", lambda v: _check(_check_specs, v),
+  flags.register_validator("optimizers", lambda v: check(_check_specs, v),
                            message="bad --optimizers", flag_values=fv)
-  flags.register_validator("widths", lambda v: _check(parse_widths, v),
+  flags.register_validator("widths", lambda v: check(parse_widths, v),
                            message="bad --widths", flag_values=fv)
   flags.register_validator("out", lambda v: bool(v and v.strip()), "--out must not be empty",
                            flag_values=fv)
@@ -114,16 +101,7 @@ def run_from_flags(fv: flags.FlagValues = flags.FLAGS) -> dict[str, Any]:
   return results
 
 
-def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:  # keep orbax's and jax's INFO lines out of the table
-    logging.set_verbosity(logging.WARNING)
-  try:
-    run_from_flags(flags.FLAGS)
-  except (KeyError, ValueError, OSError) as e:  # not a flag problem: one line, no usage text
-    print(f"error: {_message(e)}", file=sys.stderr)
-    sys.exit(1)
+main = make_main(run_from_flags, (KeyError, ValueError, OSError))
 
 
 if __name__ == "__main__":
