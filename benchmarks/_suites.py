@@ -111,12 +111,11 @@ def _finetune(prefix: str, targets: tuple[str, ...], seeds: tuple[int, ...],
   out = []
   for seed in seeds:
     for target in targets:
-      t = tasks.FINETUNE_TARGETS[target]
-      classes = list(t["classes"]) if "classes" in t else None   # None: the source's
+      t = tasks.finetune_target(target)
+      classes = None if t["classes"] is None else list(t["classes"])   # None: the source's
       out.append(SuiteTask(f"{prefix}_{target}_s{seed}", "finetune_digits",
                            {"pretrain_seed": seed, "classes": classes,
-                            "transform": t.get("transform", "none"), "shots": t.get("shots", 0)},
-                           steps))
+                            "transform": t["transform"], "shots": t["shots"]}, steps))
   return tuple(out)
 
 

@@ -182,10 +182,8 @@ def run_from_flags(fv: flags.FlagValues = flags.FLAGS) -> pathlib.Path:
   backbone = special["backbone"]
   records = {}
   for name in _target_names(fv.targets):
-    t = tasks.FINETUNE_TARGETS[name]
     task = tasks.FineTuneDigits(backbone, source=special["source"],
-                                pretrain_seed=fv.pretrain_seed, classes=t.get("classes"),
-                                transform=t.get("transform", "none"), shots=t.get("shots", 0))
+                                pretrain_seed=fv.pretrain_seed, **tasks.finetune_target(name))
     records[name] = record_mixtures(lo, mp, task, steps, jax.random.key(fv.seed))
     print(f"{name}: final training loss {records[name]['loss'][-1]:.4f}")
   out = pathlib.Path(fv.out)

@@ -158,11 +158,9 @@ def _digits_targets(path: pathlib.Path, manifest: Mapping[str, Any], names: Sequ
   pretrained_dir = None if path.parent == SHIPPED_DIR.resolve() else str(path.parent)
   out = {}
   for name in names:
-    t = tasks.FINETUNE_TARGETS[name]
-    out[name] = tasks.FineTuneDigits(
-        manifest["model"], manifest["source"], manifest["seed"], classes=t.get("classes"),
-        transform=t.get("transform", "none"), shots=t.get("shots", 0),
-        pretrained_dir=pretrained_dir)
+    out[name] = tasks.FineTuneDigits(manifest["model"], manifest["source"], manifest["seed"],
+                                     pretrained_dir=pretrained_dir,
+                                     **tasks.finetune_target(name))
   return out
 
 

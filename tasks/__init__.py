@@ -30,6 +30,7 @@ from tasks._finetune import SPECIALIZATION_TARGETS as SPECIALIZATION_TARGETS
 from tasks._finetune import FineTuneDigits as FineTuneDigits
 from tasks._finetune import FineTuneLM as FineTuneLM
 from tasks._finetune import finetune_configs as finetune_configs
+from tasks._finetune import finetune_target as finetune_target
 from tasks._image import ImageCNN as ImageCNN
 from tasks._image import ImageMLP as ImageMLP
 from tasks._lm import CORPORA as CORPORA
@@ -62,7 +63,7 @@ __all__ = [
     "ImageMLP", "MAX_NORMALIZED_LOSS", "NonFiniteLossError", "PRETRAIN_MODELS", "Pretrained",
     "Quadratic", "SPECIALIZATION_SEEDS", "SPECIALIZATION_TARGETS", "TFDS_TASKS", "Task",
     "TaskFamily", "TrainResult", "available", "available_families", "digits", "digits_variant",
-    "embedded_text", "evaluate", "finetune_configs", "from_flax", "from_functions", "get",
-    "get_family", "load_pretrained", "pretrain_model", "pretrained_path", "register",
-    "save_pretrained", "tfds_images", "train", "train_step", "transform_images",
+    "embedded_text", "evaluate", "finetune_configs", "finetune_target", "from_flax",
+    "from_functions", "get", "get_family", "load_pretrained", "pretrain_model", "pretrained_path",
+    "register", "save_pretrained", "tfds_images", "train", "train_step", "transform_images",
 ]

@@ -45,7 +45,7 @@ from tasks._pretrain import PRETRAIN_MODELS, load_pretrained, pretrained_path
 
 __all__ = ["FINETUNE_TARGETS", "FineTuneDigits", "FineTuneLM", "HELD_OUT_SEEDS",
            "HELD_OUT_TARGETS", "SPECIALIZATION_SEEDS", "SPECIALIZATION_TARGETS",
-           "finetune_configs", "finetune_family"]
+           "finetune_configs", "finetune_family", "finetune_target"]
 
 _IMAGE_CLASSES = {"digits_cnn": ImageCNN, "digits_mlp": ImageMLP}
 #: ``FineTuneDigits.loss_scale`` measures the initial loss on this many training examples.
@@ -85,6 +85,26 @@ HELD_OUT_TARGETS = ("classes_odd", "classes_even", "rotate180", "rotate30", "shi
 #: Pretraining seeds of the backbone specialized on; the others are held-out initializations.
 SPECIALIZATION_SEEDS = (0,)
 HELD_OUT_SEEDS = (1, 2)
+
+
+def finetune_target(name: str) -> dict[str, Any]:
+  """The :class:`FineTuneDigits` arguments of a named target of ``FINETUNE_TARGETS``.
+
+  Example::
+
+    tasks.FineTuneDigits(pretrain_seed=1, **tasks.finetune_target("rotate90"))
+
+  Returns:
+    ``{"classes": tuple or None (the source's), "transform": str, "shots": int}``.
+
+  Raises:
+    KeyError: an unknown name; the message lists the valid ones.
+  """
+  if name not in FINETUNE_TARGETS:
+    raise KeyError(f"unknown fine-tuning target {name!r}; valid: {', '.join(FINETUNE_TARGETS)}")
+  t = FINETUNE_TARGETS[name]
+  return {"classes": t.get("classes"), "transform": t.get("transform", "none"),
+          "shots": t.get("shots", 0)}
 
 
 def _pretrained(backbone: str, source: str, seed: int, pretrained_dir, kind: str):
@@ -302,11 +322,10 @@ def finetune_configs(split: str = "specialization", *, backbone: str = "digits_c
     raise ValueError(f"unknown source {source!r}; valid: {', '.join(DIGIT_SOURCES)}")
   configs = []
   for target, seed in pairs[split]:
-    t = FINETUNE_TARGETS[target]
-    classes = t.get("classes") or DIGIT_SOURCES[source]
+    t = finetune_target(target)
     configs.append({"backbone": backbone, "source": source, "pretrain_seed": seed,
-                    "classes": list(classes), "transform": t.get("transform", "none"),
-                    "shots": t.get("shots", 0), "shot_seed": 0,
+                    "classes": list(t["classes"] or DIGIT_SOURCES[source]),
+                    "transform": t["transform"], "shots": t["shots"], "shot_seed": 0,
                     "pretrained_dir": None if pretrained_dir is None else str(pretrained_dir)})
   return configs
 
