@@ -46,6 +46,7 @@ from benchmarks._suites import SuiteTask as SuiteTask
 from benchmarks._suites import parse_tasks as parse_tasks
 from benchmarks._suites import suite as suite
 from benchmarks._summary import beats_tuned_adam as beats_tuned_adam
+from benchmarks._summary import head_to_head as head_to_head
 from benchmarks._summary import meta_training_gain as meta_training_gain
 from benchmarks._summary import summarize as summarize
 from benchmarks._width_sweep import save_width_sweep as save_width_sweep
@@ -56,7 +57,8 @@ from benchmarks._width_sweep import width_sweep_markdown as width_sweep_markdown
 __all__ = [
     "PROTOCOL_VERSION", "REFERENCE", "SUITES", "TUNE_RANGES", "OptimizerSpec", "Runs",
     "SuiteTask", "auto_ema_decay", "beats_tuned_adam", "bootstrap_ci", "build_optimizer", "ema",
-    "eval_every", "evaluate_runs", "grid_runs", "horizon_speedup", "iqm", "lower_envelope",
+    "eval_every", "evaluate_runs", "grid_runs", "head_to_head", "horizon_speedup", "iqm",
+    "lower_envelope",
     "lr_grid", "markdown", "meta_training_gain", "parse_spec", "parse_tasks", "ratio_scores",
     "run_benchmark", "save_results", "save_width_sweep", "speedup_curve", "split_specs",
     "steps_to_reach", "suite", "summarize", "sweep_widths", "time_per_step", "train_runs",

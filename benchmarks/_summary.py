@@ -9,7 +9,7 @@ import numpy as np
 
 from benchmarks import _protocol as protocol
 
-__all__ = ["KINDS", "beats_tuned_adam", "meta_training_gain", "summarize"]
+__all__ = ["KINDS", "beats_tuned_adam", "head_to_head", "meta_training_gain", "summarize"]
 
 #: The speedup kinds reported for every row.
 KINDS = ("steps", "test", "wallclock")
@@ -86,3 +86,53 @@ def meta_training_gain(results: dict[str, Any], *, num_bootstrap: int = 2000
                      "per_task": dict(zip(labels, np.median(ratio, axis=1).tolist()))}
     out[f"{trained} vs {fresh}"] = entry
   return out
+
+
+#: Relative difference of final losses below which :func:`head_to_head` calls a tie.
+TIE_TOLERANCE = 0.01
+
+
+def _final(row: dict[str, Any], kind: str) -> float:
+  return float(row["test"]["loss"] if kind == "test" else row["final_loss"])
+
+
+def head_to_head(results: dict[str, Any], name: str, other: str, kind: str = "steps"
+                 ) -> dict[str, Any]:
+  """Per task, whether optimizer ``name`` is better than ``other`` (e.g. a general LO).
+
+  The higher median speedup (``speedup_<kind>``) wins. Equal speedups (in
+  practice both at the cap, both reaching tuned Adam's loss within a quarter of
+  the steps) are decided by the loss at the horizon: the final training loss
+  (``kind="steps"``/``"wallclock"``) or the final test loss (``kind="test"``),
+  lower wins, a tie within :data:`TIE_TOLERANCE` relative difference.
+
+  Returns:
+    ``{"wins": int, "ties": int, "losses": int, "num_tasks": int, "per_task":
+    {label: "win" | "tie" | "loss"}}`` over the tasks where both ran.
+
+  Raises:
+    KeyError: ``name`` or ``other`` ran on no task; the message lists the rows.
+  """
+  if kind not in KINDS:
+    raise ValueError(f"unknown kind {kind!r}; valid: {', '.join(KINDS)}")
+  rows = {n for r in results["tasks"].values() for n in r["optimizers"]}
+  for n in (name, other):
+    if n not in rows:
+      raise KeyError(f"no row {n!r} in these results; rows: {', '.join(sorted(rows))}")
+  per_task = {}
+  for label, r in results["tasks"].items():
+    if name not in r["optimizers"] or other not in r["optimizers"]:
+      continue
+    a, b = r["optimizers"][name], r["optimizers"][other]
+    sa, sb = a[f"speedup_{kind}"], b[f"speedup_{kind}"]
+    if sa != sb:
+      per_task[label] = "win" if sa > sb else "loss"
+      continue
+    fa, fb = _final(a, kind), _final(b, kind)
+    if abs(fa - fb) <= TIE_TOLERANCE * max(abs(fa), abs(fb)):
+      per_task[label] = "tie"
+    else:
+      per_task[label] = "win" if fa < fb else "loss"
+  outcomes = list(per_task.values())
+  return {"wins": outcomes.count("win"), "ties": outcomes.count("tie"),
+          "losses": outcomes.count("loss"), "num_tasks": len(per_task), "per_task": per_task}

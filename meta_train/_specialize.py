@@ -43,8 +43,8 @@ from meta_train._run import replace_dir
 from meta_train._trainer import TrainResult, _barrier, train
 from meta_train._unroll import UnrollConfig
 
-__all__ = ["DIGITS_BACKBONES", "SpecializeResult", "TargetFamily", "resolve_pretrained",
-           "specialize", "specialize_config"]
+__all__ = ["DIGITS_BACKBONES", "SPECIALIZE_ESTIMATORS", "SpecializeResult", "TargetFamily",
+           "check_horizons", "resolve_pretrained", "specialize", "specialize_config"]
 
 #: Backbones whose fine-tuning targets are built by name (``tasks.FINETUNE_TARGETS``).
 DIGITS_BACKBONES = ("digits_cnn", "digits_mlp")
@@ -176,24 +176,50 @@ def _param_tree(targets: Mapping[str, tasks.Task]) -> tuple:
   return tree_spec(trees[first])
 
 
+#: Valid ``estimator`` values of :func:`specialize`.
+SPECIALIZE_ESTIMATORS = ("es", "pes")
+
+
+def check_horizons(horizon: int, max_horizon: int | None, estimator: str) -> int:
+  """``max_horizon`` resolved (default ``horizon``); ValueError naming a bad combination."""
+  if estimator not in SPECIALIZE_ESTIMATORS:
+    raise ValueError(f"unknown estimator {estimator!r}; valid: {', '.join(SPECIALIZE_ESTIMATORS)}")
+  if horizon < 1:
+    raise ValueError(f"horizon must be >= 1, got {horizon}")
+  max_horizon = horizon if max_horizon is None else max_horizon
+  if max_horizon < horizon or max_horizon % horizon:
+    raise ValueError(f"max_horizon must be a multiple of horizon={horizon} and at least it "
+                     f"(runs are unrolled in truncations of horizon steps), got {max_horizon}")
+  if max_horizon > horizon and estimator == "es":
+    raise ValueError(f"runs longer than one truncation (max_horizon={max_horizon} > "
+                     f"horizon={horizon}) need estimator='pes': ES would ignore each "
+                     f"truncation's effect on the next")
+  return max_horizon
+
+
 def specialize_config(*, family_name: str, param_tree: tuple, num_targets: int, horizon: int,
                       outer_steps: int, num_tasks: int, seed: int, sigma: float,
                       learning_rate: float, init_lr: float, hidden_size: int,
-                      checkpoint_every: int) -> TrainConfig:
-  """The :class:`meta_train.TrainConfig` of a specialization run (ES over whole runs).
+                      checkpoint_every: int, max_horizon: int | None = None,
+                      estimator: str = "es") -> TrainConfig:
+  """The :class:`meta_train.TrainConfig` of a specialization run.
 
   Arguments as :func:`specialize`'s; ``family_name`` names the pretrained model and the
-  targets, ``param_tree`` is the model's :func:`lopt._base.tree_spec`.
+  targets, ``param_tree`` is the model's :func:`lopt._base.tree_spec`. With
+  ``max_horizon`` None (or ``horizon``), ES/PES over whole runs of ``horizon`` steps;
+  otherwise each run's length is drawn from ``horizon, 2 horizon, ..., max_horizon`` and
+  unrolled in truncations of ``horizon`` steps (PES).
   """
+  max_horizon = check_horizons(horizon, max_horizon, estimator)
   return TrainConfig(
       lopt=lopt.LayerwiseComboLOpt.name,
       lopt_config={"hidden_size": hidden_size, "num_layers": len(param_tree),
                    "param_tree": param_tree, "init_lr": init_lr},
       task_family=family_name,
-      unroll=UnrollConfig(trunc_length=horizon, min_horizon=horizon, max_horizon=horizon,
+      unroll=UnrollConfig(trunc_length=horizon, min_horizon=horizon, max_horizon=max_horizon,
                           stagger=False, meta_loss_split="test", meta_loss_log=True,
                           meta_loss_weighting="late"),
-      estimator=EstimatorConfig("es", sigma=sigma), num_tasks=num_tasks,
+      estimator=EstimatorConfig(estimator, sigma=sigma), num_tasks=num_tasks,
       num_configs=num_targets, outer_steps=outer_steps, learning_rate=learning_rate,
       seed=seed, checkpoint_every=min(checkpoint_every, outer_steps))
 
@@ -210,7 +236,8 @@ def _jsonable(x: Any) -> Any:
 
 def specialize(*, pretrained: str | os.PathLike, workdir: str | os.PathLike,
                targets: Sequence[str] | Mapping[str, tasks.Task] | None = None,
-               horizon: int = 100, outer_steps: int = 320, num_tasks: int = 8, seed: int = 0,
+               horizon: int = 100, max_horizon: int | None = None, estimator: str = "es",
+               outer_steps: int = 320, num_tasks: int = 8, seed: int = 0,
                sigma: float = 0.05, learning_rate: float = 0.01, init_lr: float = 1e-2,
                hidden_size: int = 16, checkpoint_every: int = 20, command: str | None = None,
                callback: Callable[[int, dict[str, float]], None] | None = None,
@@ -232,7 +259,13 @@ def specialize(*, pretrained: str | os.PathLike, workdir: str | os.PathLike,
     targets: names of ``tasks.FINETUNE_TARGETS`` (default
       ``tasks.SPECIALIZATION_TARGETS``), or ``{name: task}`` of fine-tuning tasks of
       one model (all with the same parameter tree; e.g. :func:`tasks.from_flax`).
-    horizon: steps of each fine-tuning run (the truncation is the whole run).
+    horizon: steps of each fine-tuning run (the truncation is the whole run); with
+      ``max_horizon``, the shortest run and the truncation length.
+    max_horizon: if given (a multiple of ``horizon``), each run's length is drawn from
+      ``horizon, 2 horizon, ..., max_horizon``, so the optimizer sees several horizons
+      (its step-fraction features the true one); needs ``estimator="pes"``.
+    estimator: ``"es"`` (antithetic ES over whole runs) or ``"pes"`` (persistent ES,
+      unbiased over runs of several truncations).
     outer_steps: ES steps; each fine-tunes ``2 * num_tasks`` runs of one target.
     num_tasks: instances per outer step (divisible by the number of devices).
     seed: the root of all randomness.
@@ -271,12 +304,14 @@ def specialize(*, pretrained: str | os.PathLike, workdir: str | os.PathLike,
       family_name=family.name, param_tree=spec, num_targets=len(built), horizon=horizon,
       outer_steps=outer_steps, num_tasks=num_tasks, seed=seed, sigma=sigma,
       learning_rate=learning_rate, init_lr=init_lr, hidden_size=hidden_size,
-      checkpoint_every=checkpoint_every)
+      checkpoint_every=checkpoint_every, max_horizon=max_horizon, estimator=estimator)
   lo = lopt.learned(config.lopt, **dict(config.lopt_config))
   result = train(config, workdir, family=family, callback=callback, devices=devices, log=log)
   if command is None:
     command = (f"meta_train.specialize(pretrained={ident!r}, targets={list(built)!r}, "
-               f"workdir={os.fspath(workdir)!r}, horizon={horizon}, outer_steps={outer_steps}, "
+               f"workdir={os.fspath(workdir)!r}, horizon={horizon}, "
+               f"max_horizon={config.unroll.max_horizon}, estimator={estimator!r}, "
+               f"outer_steps={outer_steps}, "
                f"num_tasks={num_tasks}, seed={seed}, sigma={sigma}, "
                f"learning_rate={learning_rate}, init_lr={init_lr})")
   record.update(num_tensors=len(spec), param_tree=_jsonable(spec))

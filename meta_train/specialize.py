@@ -34,7 +34,13 @@ from absl import app, flags, logging
 
 import tasks
 from meta_train._run import RunError
-from meta_train._specialize import SpecializeResult, resolve_pretrained, specialize
+from meta_train._specialize import (
+  SPECIALIZE_ESTIMATORS,
+  SpecializeResult,
+  check_horizons,
+  resolve_pretrained,
+  specialize,
+)
 
 __all__ = ["define_flags", "run_from_flags", "specialize"]
 
@@ -42,7 +48,8 @@ FLAGS = flags.FLAGS
 _DEFAULTS = {k: p.default for k, p in inspect.signature(specialize).parameters.items()}
 #: Settings passed on to :func:`meta_train.specialize`, with their help.
 _SIZES = {
-    "horizon": "Steps of each fine-tuning run (the ES truncation is the whole run).",
+    "horizon": "Steps of each fine-tuning run (the ES truncation is the whole run); with "
+               "--max_horizon, the shortest run and the truncation length.",
     "outer_steps": "ES steps; each fine-tunes 2 * num_tasks runs of one target.",
     "num_tasks": "Fine-tuning runs (antithetic pairs) per outer step.",
     "hidden_size": "Width of the optimizer's per-tensor network.",
@@ -117,6 +124,13 @@ def define_flags(fv: flags.FlagValues = FLAGS) -> None:
                       required=True, flag_values=fv)
   for name, help_ in _SIZES.items():
     flags.DEFINE_integer(name, _DEFAULTS[name], help_, lower_bound=1, flag_values=fv)
+  flags.DEFINE_integer("max_horizon", None, "Longest fine-tuning run, a multiple of --horizon "
+                       "(default: --horizon). Runs then last horizon, 2 horizon, ..., max_horizon "
+                       "steps, unrolled in truncations of --horizon steps (needs "
+                       "--estimator=pes).", lower_bound=1, flag_values=fv)
+  flags.DEFINE_enum("estimator", _DEFAULTS["estimator"], SPECIALIZE_ESTIMATORS,
+                    "es: antithetic ES over whole runs; pes: persistent ES, unbiased over runs "
+                    "of several truncations.", flag_values=fv)
   flags.DEFINE_integer("seed", _DEFAULTS["seed"], "The root of all randomness.", lower_bound=0,
                        flag_values=fv)
   for name, help_ in _RATES.items():
@@ -131,13 +145,18 @@ def define_flags(fv: flags.FlagValues = FLAGS) -> None:
   flags.register_validator("targets", _check(_check_targets), flag_values=fv)
   flags.register_multi_flags_validator(["pretrained", "targets"], _check_one_tree,
                                        flag_values=fv)
+  flags.register_multi_flags_validator(
+      ["horizon", "max_horizon", "estimator"],
+      _check(lambda v: check_horizons(v["horizon"], v["max_horizon"], v["estimator"])),
+      flag_values=fv)
 
 
 def run_from_flags(fv: flags.FlagValues = FLAGS, *, command: str | None = None,
                    callback: Callable[[int, dict[str, float]], None] | None = None
                    ) -> SpecializeResult:
   """Runs :func:`meta_train.specialize` with the parsed flags."""
-  kwargs = {name: fv[name].value for name in (*_SIZES, *_RATES, "seed")}
+  kwargs = {name: fv[name].value for name in (*_SIZES, *_RATES, "seed", "max_horizon",
+                                              "estimator")}
   return specialize(pretrained=fv.pretrained, targets=list(fv.targets), workdir=fv.workdir,
                     command=command, callback=callback, **kwargs)
 
@@ -155,9 +174,11 @@ def main(argv: list[str]) -> None:
     jax.config.update("jax_compilation_cache_dir", str((workdir / "jax_cache").resolve()))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
   command = " ".join(["python -m meta_train.specialize", *map(shlex.quote, sys.argv[1:])])
+  runs = (f"{FLAGS.horizon}" if FLAGS.max_horizon in (None, FLAGS.horizon)
+          else f"{FLAGS.horizon}-{FLAGS.max_horizon} (truncations of {FLAGS.horizon})")
   print(f"specializing layerwise_combo_lopt to {FLAGS.pretrained} on {len(FLAGS.targets)} "
-        f"targets ({', '.join(FLAGS.targets)}): {FLAGS.outer_steps} ES steps of "
-        f"{FLAGS.num_tasks} x 2 runs of {FLAGS.horizon} steps; workdir {workdir}", flush=True)
+        f"targets ({', '.join(FLAGS.targets)}): {FLAGS.outer_steps} {FLAGS.estimator.upper()} "
+        f"steps of {FLAGS.num_tasks} x 2 runs of {runs} steps; workdir {workdir}", flush=True)
   try:
     result = run_from_flags(FLAGS, command=command,
                             callback=Progress(FLAGS.outer_steps, FLAGS.log_every))

@@ -245,6 +245,25 @@ def test_beats_tuned_adam_counts_lower_bounds():
   assert not benchmarks.beats_tuned_adam(row(0.8, False))
 
 
+def test_head_to_head_breaks_ties_at_the_cap_by_the_final_loss():
+  """Higher speedup wins; equal speedups (both capped) go to the lower final loss."""
+  def row(speedup, final, test=1.0):
+    return {"speedup_steps": speedup, "final_loss": final, "test": {"loss": test},
+            "speedup_test": 1.0}
+  results = {"tasks": {
+      "a": {"optimizers": {"x": row(2.0, 0.5), "y": row(1.0, 0.1)}},     # faster wins
+      "b": {"optimizers": {"x": row(4.0, 0.20), "y": row(4.0, 0.10)}},   # capped: lower loss
+      "c": {"optimizers": {"x": row(4.0, 0.100), "y": row(4.0, 0.1005)}},  # within 1 %
+      "d": {"optimizers": {"x": row(1.0, 0.1, test=0.2), "y": row(1.0, 0.1, test=0.3)}},
+      "e": {"optimizers": {"x": row(3.0, 0.1)}}}}                         # y did not run
+  got = benchmarks.head_to_head(results, "x", "y")
+  assert got["per_task"] == {"a": "win", "b": "loss", "c": "tie", "d": "tie"}
+  assert (got["wins"], got["ties"], got["losses"], got["num_tasks"]) == (1, 2, 1, 4)
+  assert benchmarks.head_to_head(results, "x", "y", kind="test")["per_task"]["d"] == "win"
+  with pytest.raises(KeyError, match="no row 'z' in these results; rows: x, y"):
+    benchmarks.head_to_head(results, "x", "z")
+
+
 def test_tuned_adams_own_row_is_never_faster_than_its_envelope(results):
   # Its seed-mean final loss is the envelope's value at the horizon (stored to 9 digits).
   row = results["tasks"]["quad"]["optimizers"]["adam (tuned)"]

@@ -131,6 +131,9 @@ def _parse(args):
     (["--num_tasks=-1"], "flag --num_tasks=-1"),
     (["--sigma=0"], "flag --sigma=0.0: sigma must be > 0"),
     (["--init_lr=-1"], "init_lr must be > 0"),
+    (["--horizon=50", "--max_horizon=120", "--estimator=pes"], "multiple of horizon=50"),
+    (["--horizon=50", "--max_horizon=100"], "need estimator='pes'"),
+    (["--estimator=sgd"], "value should be one of <es|pes>"),
 ])
 def test_bad_flags_are_one_line_errors(args, expected):
   with pytest.raises(flags.IllegalFlagValueError, match=expected) as e:
@@ -151,4 +154,21 @@ def test_flags_give_the_call_and_the_module_stays_callable(monkeypatch):
   monkeypatch.setattr(cli, "specialize", lambda **kw: got.update(kw))
   cli.run_from_flags(fv)
   assert (got["pretrained"], got["targets"], got["horizon"]) == ("digits_mlp", ["invert"], 7)
+  assert (got["max_horizon"], got["estimator"]) == (None, "es")
   assert callable(meta_train.specialize)   # the package attribute, now this module
+
+
+def test_mixed_horizons_unroll_truncations_of_one_horizon_with_pes():
+  """--max_horizon: runs of K, 2K, ... steps, truncations of K, PES; the default is one run."""
+  kw = dict(family_name="f", param_tree=(("w", (3,)),), num_targets=2, outer_steps=4,
+            num_tasks=2, seed=0, sigma=0.1, learning_rate=0.01, init_lr=0.01, hidden_size=4,
+            checkpoint_every=2)
+  mixed = meta_train._specialize.specialize_config(horizon=50, max_horizon=150,
+                                                   estimator="pes", **kw)
+  u = mixed.unroll
+  assert (u.trunc_length, u.min_horizon, u.max_horizon, u.horizon_aware) == (50, 50, 150, True)
+  assert (u.min_truncs, u.max_truncs, mixed.estimator.name) == (1, 3, "pes")
+  whole = meta_train._specialize.specialize_config(horizon=100, **kw).unroll
+  assert (whole.trunc_length, whole.min_horizon, whole.max_horizon) == (100, 100, 100)
+  with pytest.raises(ValueError, match="need estimator='pes'"):
+    meta_train._specialize.specialize_config(horizon=50, max_horizon=100, **kw)
