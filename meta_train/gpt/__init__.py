@@ -13,19 +13,31 @@ Command lines (each ``--help`` lists its flags)::
   python -m meta_train.gpt.dataset --task=digits_mlp --runs=512 --out=runs/gpt_digits_data
   python -m meta_train.gpt.train --dataset=runs/gpt_digits_data --workdir=runs/gpt_digits
   python -m meta_train.gpt.evaluate --weights=runs/gpt_digits/weights --out=runs/gpt_eval
+  python -m meta_train.gpt.protocol --validation_only --settings=runs/settings.json
+  python -m meta_train.gpt.protocol --settings=runs/settings.json --out=runs/gpt_protocol
+
+The protocol (:mod:`meta_train.gpt.protocol`) is the evaluation that cannot flatter
+the model: settings fixed on validation inits and dated before any test figure,
+medians against medians, many init schemes, permutation-aligned novelty.
 
 (``python -m meta_train.gpt_dataset``, ``gpt_train`` and ``gpt_eval`` still work.)
 
 Reference: Peebles et al. 2022, arXiv 2209.12892.
 """
 
+from meta_train.gpt._align import aligned_distance as aligned_distance
 from meta_train.gpt._data import CheckpointDataset as CheckpointDataset
 from meta_train.gpt._data import load_dataset as load_dataset
+from meta_train.gpt._inits import INIT_SCHEMES as INIT_SCHEMES
+from meta_train.gpt._inits import scheme_inits as scheme_inits
+from meta_train.gpt._protocol import ProtocolSettings as ProtocolSettings
 from meta_train.gpt.dataset import DEFAULT_LR_RANGES as DEFAULT_LR_RANGES
 from meta_train.gpt.dataset import DEFAULT_TASK_CONFIGS as DEFAULT_TASK_CONFIGS
 from meta_train.gpt.dataset import generate as generate
 from meta_train.gpt.evaluate import ADAM_LRS as ADAM_LRS
 from meta_train.gpt.evaluate import evaluate_gpt as evaluate_gpt
+from meta_train.gpt.protocol import choose_settings as choose_settings
+from meta_train.gpt.protocol import evaluate_protocol as evaluate_protocol
 from meta_train.gpt.train import DEFAULT_TRAIN_CONFIG as DEFAULT_TRAIN_CONFIG
 from meta_train.gpt.train import split_runs as split_runs
 from meta_train.gpt.train import task_grad_fn as task_grad_fn
@@ -33,6 +45,7 @@ from meta_train.gpt.train import train_gpt as train_gpt
 
 __all__ = [
     "ADAM_LRS", "DEFAULT_LR_RANGES", "DEFAULT_TASK_CONFIGS", "DEFAULT_TRAIN_CONFIG",
-    "CheckpointDataset", "evaluate_gpt", "generate", "load_dataset", "split_runs",
-    "task_grad_fn", "train_gpt",
+    "INIT_SCHEMES", "CheckpointDataset", "ProtocolSettings", "aligned_distance",
+    "choose_settings", "evaluate_gpt", "evaluate_protocol", "generate", "load_dataset",
+    "scheme_inits", "split_runs", "task_grad_fn", "train_gpt",
 ]

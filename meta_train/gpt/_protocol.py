@@ -1,0 +1,195 @@
+"""The G.pt evaluation protocol's settings file: fixed on validation runs, dated, checked.
+
+Every setting of a test evaluation (the optimizer's prompt, temperature and
+guidance; Adam's grid and ceiling; the init schemes, the number of inits and the
+seed ranges) lives in one JSON file, written with its UTC date and time by the
+validation step before any test figure is computed. The test step reads it,
+refuses to run without it, refuses flags that differ from it and refuses weights
+other than those it was chosen for; its report quotes the file and its date.
+
+File layout (``format`` ``lopt-gpt-protocol/1``)::
+
+  {"format", "created_utc", "rule", "settings": {ProtocolSettings fields},
+   "ids": {"validation": [first, stop], "test": [first, stop]}, "selection": {...}}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import pathlib
+from typing import Any
+
+import numpy as np
+
+from meta_train.gpt._inits import INIT_SCHEMES, check_scheme, init_ids
+
+__all__ = ["ADAM_GRID", "FORMAT", "ProtocolSettings", "check_matches", "check_new", "read_settings",
+           "weights_digest", "write_settings"]
+
+FORMAT = "lopt-gpt-protocol/1"
+#: Adam's learning rates: 17, log-spaced from 1e-3 to 0.3 (about 6.5 per decade).
+ADAM_GRID = tuple(float(f"{v:.3g}") for v in np.geomspace(1e-3, 0.3, 17))
+RULE = ("All settings were chosen on validation runs only (validation init ids, disjoint "
+        "from the test ids and from every training run's id) and written here before any "
+        "test figure was computed.")
+
+
+@dataclasses.dataclass(frozen=True)
+class ProtocolSettings:
+  """Every setting of a protocol test evaluation (one owner: this file).
+
+  Attributes:
+    weights: the G.pt weights directory; ``weights_sha256`` its state's digest.
+    dataset: the model's training data (comma-separated directories).
+    init_scale_range: the training data's init-scale range (``train`` scheme).
+    temperature, guidance, target: the optimizer's sampling settings and prompt,
+      chosen on validation inits.
+    num_sampling_steps, eta: the sampler (DDIM at ``eta=0``).
+    schemes: init schemes (:mod:`meta_train.gpt._inits`).
+    num_inits: test inits per scheme; ``num_validation_inits`` validation inits.
+    repeats: repeated updates reported (1 .. repeats).
+    adam_lrs: Adam's grid; ``adam_ceiling`` the steps run (loss after every step);
+      ``adam_at`` the step Adam's median is compared at.
+    num_align_nets, num_prompts: prompt alignment: starting networks (the first
+      test inits of ``train``) and prompts per network; ``low_prompt_max`` bounds
+      the low prompts.
+    ensemble_sizes, noise_fractions, num_good: Zeng et al.'s baselines
+      (:mod:`meta_train.gpt._zeng`); ``num_candidates`` the alignment candidates.
+    seed: the sampling seed.
+  """
+  weights: str
+  weights_sha256: str
+  dataset: str
+  init_scale_range: tuple[float, float]
+  temperature: float
+  guidance: float
+  target: float
+  num_sampling_steps: int = 20
+  eta: float = 0.0
+  schemes: tuple[str, ...] = INIT_SCHEMES
+  num_inits: int = 64
+  num_validation_inits: int = 64
+  repeats: int = 3
+  adam_lrs: tuple[float, ...] = ADAM_GRID
+  adam_ceiling: int = 200
+  adam_at: int = 100
+  num_align_nets: int = 16
+  num_prompts: int = 20
+  low_prompt_max: float = 0.5
+  ensemble_sizes: tuple[int, ...] = (2, 5, 10)
+  noise_fractions: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 1.0)
+  num_good: int = 64
+  num_candidates: int = 32
+  seed: int = 0
+
+  def __post_init__(self):
+    for name in self.schemes:
+      check_scheme(name)
+    if len(self.adam_lrs) < 15 or min(self.adam_lrs) <= 0:
+      raise ValueError(f"adam_lrs must hold >= 15 positive rates, got {len(self.adam_lrs)}")
+    if not 1 <= self.adam_at < self.adam_ceiling:
+      raise ValueError(f"adam_at must be in [1, adam_ceiling), got {self.adam_at} and "
+                       f"adam_ceiling {self.adam_ceiling}")
+    for name in ("num_inits", "num_validation_inits", "repeats", "num_align_nets",
+                 "num_sampling_steps", "num_good", "num_candidates"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+    if self.num_prompts < 2 or self.num_align_nets > self.num_inits:
+      raise ValueError("num_prompts must be >= 2 and num_align_nets <= num_inits")
+
+  def ids(self, split: str) -> np.ndarray:
+    """The init ids of ``split`` ("validation" or "test")."""
+    n = self.num_validation_inits if split == "validation" else self.num_inits
+    return init_ids(split, n)
+
+  def to_json(self) -> dict[str, Any]:
+    return json.loads(json.dumps(dataclasses.asdict(self)))
+
+  @classmethod
+  def from_json(cls, d: dict[str, Any]) -> "ProtocolSettings":
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - fields)
+    if unknown:
+      raise ValueError(f"unknown protocol settings {unknown}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+def weights_digest(weights: str | pathlib.Path) -> str:
+  """SHA-256 over the files of ``weights/state`` (names and bytes), the network's identity."""
+  root = pathlib.Path(weights) / "state"
+  if not root.is_dir():
+    raise FileNotFoundError(f"no G.pt weights state at {str(root)!r}")
+  h = hashlib.sha256()
+  for f in sorted(p for p in root.rglob("*") if p.is_file()):
+    h.update(str(f.relative_to(root)).encode())
+    h.update(f.read_bytes())
+  return h.hexdigest()
+
+
+def write_settings(path: str | pathlib.Path, settings: ProtocolSettings,
+                   selection: dict[str, Any]) -> dict[str, Any]:
+  """Writes the settings file with the current UTC time; never overwrites one.
+
+  Raises:
+    FileExistsError: ``path`` exists (settings are fixed once; delete the file by
+      hand to choose again, and say so in the report).
+  """
+  path = pathlib.Path(path)
+  check_new(path)
+  ids = {s: [int(settings.ids(s)[0]), int(settings.ids(s)[-1]) + 1]
+         for s in ("validation", "test")}
+  doc = {"format": FORMAT,
+         "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(
+             timespec="seconds"),
+         "rule": RULE, "settings": settings.to_json(), "ids": ids, "selection": selection}
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_suffix(".tmp")
+  tmp.write_text(json.dumps(doc, indent=1))
+  tmp.replace(path)
+  return doc
+
+
+def check_new(path: str | pathlib.Path) -> None:
+  """Raises ``FileExistsError`` if a settings file exists at ``path`` (written once)."""
+  if pathlib.Path(path).exists():
+    raise FileExistsError(f"{path} exists: protocol settings are written once, before any "
+                          f"test figure; delete it by hand to choose them again")
+
+
+def read_settings(path: str | pathlib.Path | None) -> tuple[ProtocolSettings, dict[str, Any]]:
+  """Reads a settings file; returns the settings and the whole document.
+
+  Raises:
+    FileNotFoundError: no file (test figures need settings fixed on validation first).
+    ValueError: another format, or ids that do not match the settings.
+  """
+  if path is None or not pathlib.Path(path).is_file():
+    raise FileNotFoundError(
+        f"no protocol settings file at {str(path)!r}: test figures are computed only with "
+        f"settings fixed on validation runs; write them first with `python -m "
+        f"meta_train.gpt.protocol --validation_only --settings=<file>`")
+  doc = json.loads(pathlib.Path(path).read_text())
+  if doc.get("format") != FORMAT or "created_utc" not in doc:
+    raise ValueError(f"{path}: not a {FORMAT} settings file with a creation date")
+  settings = ProtocolSettings.from_json(doc["settings"])
+  for split in ("validation", "test"):
+    ids = settings.ids(split)
+    if doc["ids"][split] != [int(ids[0]), int(ids[-1]) + 1]:
+      raise ValueError(f"{path}: the {split} ids {doc['ids'][split]} do not match the settings")
+  return settings, doc
+
+
+def check_matches(settings: ProtocolSettings, **given: Any) -> None:
+  """Raises ``ValueError`` naming every given setting that differs from the file's."""
+  file_json = settings.to_json()
+  unknown = sorted(set(given) - set(file_json))
+  if unknown:
+    raise ValueError(f"unknown protocol settings {unknown}")
+  diff = [f"{k}: given {v!r}, file {file_json[k]!r}" for k, v in given.items()
+          if json.loads(json.dumps(v)) != file_json[k]]
+  if diff:
+    raise ValueError("settings differ from the settings file (choose them on validation with "
+                     "--validation_only, or drop the flags): " + "; ".join(diff))
