@@ -49,6 +49,32 @@ def summarize(results: dict[str, Any], *, num_bootstrap: int = 2000) -> dict[str
   return summary
 
 
+def _start_config(name: str, weights: str) -> dict[str, Any] | None:
+  """The ``lopt_config`` a manifest records for the run the weights came from, if any."""
+  import lopt
+  from lopt._weights import read_manifest
+
+  path = lopt.pretrained_path(name) if weights in ("pretrained", "default") else weights
+  try:
+    extra = read_manifest(path).get("extra") or {}
+  except (FileNotFoundError, ValueError, KeyError):
+    return None
+  config = (extra.get("meta_training") or {}).get("config") or {}
+  return config.get("lopt_config") if config.get("lopt") == name else None
+
+
+def _untrained_init(trained: str, names: Any) -> str | None:
+  """The row of ``trained``'s untrained init among ``names`` (see meta_training_gain)."""
+  from benchmarks._specs import parse_spec
+
+  spec = parse_spec(trained)
+  fresh = [n for n in names if n.startswith(f"{spec.name}:fresh")]
+  start = _start_config(spec.name, spec.weights) if fresh else None
+  if start:   # the run started elsewhere than the default init: only that row will do
+    return next((n for n in fresh if parse_spec(n).kwargs == start), None)
+  return f"{spec.name}:fresh" if f"{spec.name}:fresh" in fresh else None
+
+
 def meta_training_gain(results: dict[str, Any], *, num_bootstrap: int = 2000
                        ) -> dict[str, Any]:
   """For each learned optimizer run both trained and ``:fresh``: did meta-training help?
@@ -56,6 +82,11 @@ def meta_training_gain(results: dict[str, Any], *, num_bootstrap: int = 2000
   Per task and seed, the trained optimizer's speedup over its untrained
   init's (same tasks, seeds and horizon); the IQM of these ratios with a
   stratified bootstrap 95 % interval, and the tasks where it is above 1.
+
+  The untrained init of trained weights is the run they came from's starting
+  point: the ``name:fresh(...)`` row whose arguments equal the ``lopt_config``
+  their manifest records (e.g. ``mlp_lopt:fresh(init_kind='adam', ...)``), else
+  plain ``name:fresh``.
 
   Returns:
     ``{"celo2_lopt:pretrained vs celo2_lopt:fresh": {"steps": {...}, "test": {...},
@@ -67,8 +98,8 @@ def meta_training_gain(results: dict[str, Any], *, num_bootstrap: int = 2000
     base, _, weights = trained.partition(":")
     if not weights or "(" in trained or weights == "fresh":
       continue
-    fresh = f"{base}:fresh"
-    if fresh not in names:
+    fresh = _untrained_init(trained, names)
+    if fresh is None:
       continue
     labels = [t for t, r in results["tasks"].items()
               if trained in r["optimizers"] and fresh in r["optimizers"]]

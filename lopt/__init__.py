@@ -34,6 +34,7 @@ from lopt._registry import load_meta_params as load_meta_params
 from lopt._registry import pretrained_path as pretrained_path
 from lopt._registry import register as register
 from lopt._registry import register_learned as register_learned
+from lopt._registry import saved_config as saved_config
 from lopt._registry import specialized_path as specialized_path
 from lopt._weights import load_weights as load_weights
 from lopt._weights import save_weights as save_weights
@@ -75,6 +76,7 @@ __all__ = [
     "specialized_path",
     "register",
     "register_learned",
+    "saved_config",
     "save_weights",
     "schedule_lr",
     "setting",

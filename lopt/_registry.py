@@ -191,6 +191,7 @@ def load_meta_params(lo: Any, weights: Any, *, seed: int = 0) -> Any:
 
   if weights is None or (isinstance(weights, str) and weights == "fresh"):
     return lo.init(jax.random.key(seed))
+  asked = weights
   if isinstance(weights, str) and weights == "pretrained":
     if not has_pretrained(lo.name):
       raise FileNotFoundError(
@@ -206,7 +207,14 @@ def load_meta_params(lo: Any, weights: Any, *, seed: int = 0) -> Any:
                               f"directory written by lopt.save_weights, or a meta-params "
                               f"pytree")
     from lopt._weights import load_weights
-    return load_weights(weights, lo)
+    try:
+      return load_weights(weights, lo)
+    except ValueError as e:
+      if "config mismatch" not in str(e):
+        raise
+      raise ValueError(f"{e}. Build the optimizer the weights were saved for with "
+                       f"lopt.learned({lo.name!r}, **lopt.saved_config({lo.name!r}, "
+                       f"{str(asked)!r})), or load them with lopt.get") from None
   leaves = jax.tree.leaves(weights)
   if not leaves or not all(hasattr(x, "shape") and hasattr(x, "dtype") for x in leaves):
     raise TypeError(f"weights for {lo.name!r} must be None, 'fresh', 'pretrained', a path or "

@@ -269,3 +269,28 @@ def test_tuned_adams_own_row_is_never_faster_than_its_envelope(results):
   row = results["tasks"]["quad"]["optimizers"]["adam (tuned)"]
   assert row["speedup_steps"] <= 1.0 and not row["speedup_steps_is_lower_bound"]
   assert not benchmarks.beats_tuned_adam(row)
+
+
+def test_trained_weights_are_paired_with_the_init_their_run_started_from(tmp_path):
+  """A manifest recording lopt_config={'init_kind': 'adam', ...} pairs the weights with
+  that :fresh(...) row, not with plain :fresh (a random init); none matching: no pair."""
+  import jax
+
+  import lopt
+
+  lo = lopt.learned("mlp_lopt", learned_schedule=True)
+  start = {"init_kind": "adam", "init_lr": 0.003, "learned_schedule": True}
+  lopt.save_weights(tmp_path / "w", lo, lo.init(jax.random.key(0)),
+                    extra={"meta_training": {"config": {"lopt": "mlp_lopt",
+                                                        "lopt_config": start}}})
+  trained = f"mlp_lopt:{tmp_path / 'w'}"
+  prior = "mlp_lopt:fresh(init_kind='adam',init_lr=0.003,learned_schedule=True)"
+  row = lambda s: {"speedup_steps_per_seed": [s, s], "speedup_test_per_seed": [s, s]}
+  results = {"tasks": {t: {"optimizers": {trained: row(2.0), prior: row(1.0),
+                                          "mlp_lopt:fresh": row(0.01)}} for t in "ab"}}
+  results["summary"] = {n: {} for n in results["tasks"]["a"]["optimizers"]}
+  gain = benchmarks.meta_training_gain(results, num_bootstrap=10)
+  assert list(gain) == [f"{trained} vs {prior}"]
+  assert gain[f"{trained} vs {prior}"]["steps"]["iqm"] == pytest.approx(2.0)
+  del results["summary"][prior]
+  assert benchmarks.meta_training_gain(results, num_bootstrap=10) == {}

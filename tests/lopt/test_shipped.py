@@ -27,7 +27,7 @@ def test_required_weights_ship():
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_weights(name):
-  lo = lopt.learned(name)
+  lo = lopt.learned(name, **lopt.saved_config(name, "pretrained"))   # the manifest's architecture
   path = lopt.pretrained_path(name)
   manifest = json.loads((path / "manifest.json").read_text())
   assert manifest["name"] == name

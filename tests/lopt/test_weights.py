@@ -139,3 +139,8 @@ def test_shipped_weights_of_another_architecture_load_by_name(saved, monkeypatch
         "mlp_lopt", weights=weights, num_steps=10)
     updates, _ = opt.update(params, opt.init(params), params)
     assert np.all(np.isfinite(updates["w"]))
+  # The default architecture does not fit them: the error says how to build the right one.
+  with pytest.raises(ValueError, match=r"field 'hidden_size': saved 8.*lopt.learned\('mlp_lopt', "
+                                       r"\*\*lopt.saved_config\('mlp_lopt', 'pretrained'\)\)"):
+    lopt.load_meta_params(lopt.learned("mlp_lopt"), "pretrained")
+  assert lopt.saved_config("mlp_lopt", "pretrained")["hidden_size"] == 8
