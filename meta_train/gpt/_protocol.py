@@ -57,7 +57,9 @@ class ProtocolSettings:
       test inits of ``train``) and prompts per network; ``low_prompt_max`` bounds
       the low prompts.
     ensemble_sizes, noise_fractions, num_good: Zeng et al.'s baselines
-      (:mod:`meta_train.gpt._zeng`); ``num_candidates`` the alignment candidates.
+      (:mod:`meta_train.gpt._zeng`); ``num_candidates`` the alignment candidates;
+      ``novelty_schemes`` the schemes whose novelty is measured (a subset of
+      ``schemes``: each costs two searches of the whole training bank).
     seed: the sampling seed.
   """
   weights: str
@@ -83,6 +85,7 @@ class ProtocolSettings:
   noise_fractions: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 1.0)
   num_good: int = 64
   num_candidates: int = 32
+  novelty_schemes: tuple[str, ...] = ("train", "scale:2")
   seed: int = 0
 
   def __post_init__(self):
@@ -97,6 +100,9 @@ class ProtocolSettings:
                  "num_sampling_steps", "num_good", "num_candidates"):
       if getattr(self, name) < 1:
         raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+    if not set(self.novelty_schemes) <= set(self.schemes):
+      raise ValueError(f"novelty_schemes {list(self.novelty_schemes)} must be among schemes "
+                       f"{list(self.schemes)}")
     if self.num_prompts < 2 or self.num_align_nets > self.num_inits:
       raise ValueError("num_prompts must be >= 2 and num_align_nets <= num_inits")
 

@@ -52,8 +52,9 @@ def _novelty(ctx: ProtocolContext, s: ProtocolSettings, starts, gpt_one, adam_ne
           "adam_moved_median": med(np.linalg.norm(adam_nets - starts, axis=1))}
 
 
-def _scheme(ctx: ProtocolContext, s: ProtocolSettings, starts: np.ndarray, key: jax.Array,
+def _scheme(ctx: ProtocolContext, s: ProtocolSettings, name: str, key: jax.Array,
             adam_keys: jax.Array, bank_canonical: np.ndarray) -> dict[str, Any]:
+  starts = ctx.inits(name, s.ids("test"))
   nets, mets = ctx.repeated(key, starts, s.repeats, s.target, s.temperature, s.guidance)
   med = [float(np.median(m[ctx.metric])) for m in mets]
   curves, p_at = adam_every_step(ctx.task, ctx.unflatten(starts), adam_keys, s.adam_lrs,
@@ -68,7 +69,8 @@ def _scheme(ctx: ProtocolContext, s: ProtocolSettings, starts: np.ndarray, key: 
          "adam_median_curve_best_lr": np.median(curves[best], 0).round(6).tolist()}
   if "test_error" in mets[1]:
     out["gpt_one_update_test_error_median"] = float(np.median(mets[1]["test_error"]))
-  out["novelty"] = _novelty(ctx, s, starts, nets[1], adam_nets, bank_canonical)
+  if name in s.novelty_schemes:
+    out["novelty"] = _novelty(ctx, s, starts, nets[1], adam_nets, bank_canonical)
   return out
 
 
@@ -92,13 +94,12 @@ def run_test(ctx: ProtocolContext, s: ProtocolSettings, *,
   bank_canonical = canonicalize(ctx.bank, ctx.layout)
   rep["schemes"] = {}
   for i, name in enumerate(s.schemes):
-    r = rep["schemes"][name] = _scheme(ctx, s, ctx.inits(name, ids), jax.random.fold_in(key, i),
-                                       adam_keys, bank_canonical)
+    r = rep["schemes"][name] = _scheme(ctx, s, name, jax.random.fold_in(key, i), adam_keys,
+                                       bank_canonical)
     log(f"protocol: {name}: init {r['init_median']:.3f}, G.pt after 1..{s.repeats} "
         f"{[round(v, 4) for v in r['gpt_median'][1:]]}, Adam median at {s.adam_at} "
         f"{r['adam']['median_at']:.4f} (lr {r['adam']['best_lr_at']:g}), steps to match "
-        f"{r['adam']['steps_to_match']}, novelty ratio {r['novelty']['nearest_ratio']:.2f} "
-        f"[{time.time() - t0:.0f}s]")
+        f"{r['adam']['steps_to_match']}, novelty {r.get('novelty')} [{time.time() - t0:.0f}s]")
   starts = ctx.inits("train", ids)[:s.num_align_nets]  # the first test inits of "train"
   prompts, achieved = ctx.alignment(jax.random.fold_in(key, 1000), starts, s.num_prompts,
                                     s.temperature, s.guidance)
@@ -111,7 +112,7 @@ def run_test(ctx: ProtocolContext, s: ProtocolSettings, *,
                      ensemble_sizes=s.ensemble_sizes, noise_fractions=s.noise_fractions,
                      num_good=s.num_good, num_noisy=s.num_inits, num_candidates=s.num_candidates,
                      bank_canonical=bank_canonical)
-  if "train" in rep["schemes"]:
+  if "novelty" in rep["schemes"].get("train", {}):
     tr = rep["schemes"]["train"]
     z["gpt_train_scheme"] = dominated(z["noise"], tr["novelty"]["gpt_nearest_median"],
                                       tr["gpt_median"][1])

@@ -206,7 +206,8 @@ def _markdown(rep: dict[str, Any]) -> str:
         f"| {name} | {r['init_median']:.3f} | **{r['gpt_median'][1]:.4f}** | "
         f"{' / '.join(f'{v:.4f}' for v in r['gpt_median'][1:])} | {a['median_at']:.4f} "
         f"({a['best_lr_at']:g}{', grid edge' if a['best_lr_on_grid_edge'] else ''}) | "
-        f"{a['steps_to_match']} | {nov.get('nearest_ratio', float('nan')):.2f} |")
+        f"{a['steps_to_match']} | "
+        f"{'%.2f' % nov['nearest_ratio'] if nov else 'not measured'} |")
   r2, fl = rep["prompt_alignment"]["r2"], rep["compute"]
   lines += ["", f"Prompt alignment R^2: pooled {r2['pooled']:.3f}, per net "
             f"{r2['per_net_mean']:.3f}, prompts <= {r2['low_max']:g}: {r2['low']}, log space "
@@ -219,6 +220,7 @@ def _markdown(rep: dict[str, Any]) -> str:
 
 #: Flags that are ProtocolSettings fields (the test step compares the ones given).
 _SETTING_FLAGS = ("weights", "dataset", "num_inits", "num_validation_inits", "schemes",
+                  "novelty_schemes",
                   "repeats", "adam_lrs", "adam_ceiling", "adam_at", "num_align_nets",
                   "num_prompts", "low_prompt_max", "num_sampling_steps", "eta", "seed")
 _VALIDATION_FLAGS = ("temperatures", "target_fractions", "guidances", "temperature", "target",
@@ -279,6 +281,8 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_float("low_prompt_max", d["low_prompt_max"], "Bound of the low prompts.",
                      flag_values=fv)
   flags.DEFINE_list("schemes", list(d["schemes"]), "Init schemes.", flag_values=fv)
+  flags.DEFINE_list("novelty_schemes", list(d["novelty_schemes"]), "Schemes whose novelty is "
+                    "measured (among --schemes).", flag_values=fv)
   flags.DEFINE_list("adam_lrs", [f"{v:g}" for v in d["adam_lrs"]], "Adam's learning rates "
                     "(>= 15).", flag_values=fv)
   flags.DEFINE_list("temperatures", ["0", "0.3", "0.7"], "Validation: temperatures tried.",
@@ -314,6 +318,9 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     return ok
 
   flags.register_validator("schemes", schemes_ok, flag_values=fv)
+  flags.register_multi_flags_validator(
+      ["schemes", "novelty_schemes"], lambda f: set(f["novelty_schemes"]) <= set(f["schemes"]),
+      "--novelty_schemes must be among --schemes", flag_values=fv)
   for name, n in (("adam_lrs", 15), ("temperatures", 1), ("target_fractions", 1),
                   ("guidances", 1)):
     flags.register_validator(name, floats_ok(name, n), flag_values=fv)

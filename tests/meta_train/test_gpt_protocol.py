@@ -230,6 +230,7 @@ def test_settings_fixed_on_validation_before_any_test_figure(tiny, tmp_path):
     (["--adam_lrs=0.1,0.2"], "adam_lrs needs >= 15 values"),
     (["--adam_at=300"], "adam_at must be below --adam_ceiling"),
     (["--num_inits=0"], "num_inits=0"),
+    (["--schemes=train", "--novelty_schemes=scale:2"], "novelty_schemes must be among"),
 ])
 def test_bad_flags_stop_at_parsing(args, expected):
   fv = flags.FlagValues()
