@@ -214,15 +214,35 @@ def _markdown(rep: dict[str, Any]) -> str:
             f"{r2['log']}.", "",
             f"Compute: one update {fl['gpt']['per_update']:.3g} FLOPs = "
             f"{fl['adam_steps_per_update']:.0f} Adam steps ({fl['adam']['per_step']:.3g} each).",
-            "", "Targets: " + ", ".join(f"{k}: {v}" for k, v in rep["targets"].items()), ""]
+            ""]
+  for name, r in rep["schemes"].items():
+    if "novelty" in r:
+      n = r["novelty"]
+      lines.append(f"Novelty ({name}, aligned L2): nearest training checkpoint G.pt "
+                   f"{n['gpt_nearest_median']:.2f} vs Adam {n['adam_nearest_median']:.2f} (raw "
+                   f"L2 G.pt {n['gpt_nearest_raw_median']:.2f}); pairwise G.pt "
+                   f"{n['gpt_pairwise_median']:.2f} vs Adam {n['adam_pairwise_median']:.2f}; "
+                   f"moved from init G.pt {n['gpt_moved_median']:.2f} vs Adam "
+                   f"{n['adam_moved_median']:.2f}.")
+  z = rep["baselines"]
+  ens = ", ".join(f"k={k} {v['metric']:.4f} (unaligned {v['unaligned_metric']:.3f})"
+                  for k, v in z["ensembles"].items())
+  noise = ", ".join(f"{f}: {v['metric']:.4f} at {v['distance']:.2f}"
+                    for f, v in z["noise"].items())
+  lines += ["", f"Baselines: retrieval of the best checkpoint {z['retrieval_best']['metric']:.4f}, "
+            f"of the one nearest the target {z['retrieval_target']['metric']:.4f}; aligned "
+            f"ensembles {ens}; best checkpoint + noise at fractions of the good checkpoints' "
+            f"spread (median loss at median aligned distance) {noise}; "
+            f"G.pt (train) {z.get('gpt_train_scheme')}.", "",
+            "Targets: " + ", ".join(f"{k}: {v}" for k, v in rep["targets"].items()), ""]
   return "\n".join(lines)
 
 
 #: Flags that are ProtocolSettings fields (the test step compares the ones given).
 _SETTING_FLAGS = ("weights", "dataset", "num_inits", "num_validation_inits", "schemes",
-                  "novelty_schemes",
-                  "repeats", "adam_lrs", "adam_ceiling", "adam_at", "num_align_nets",
-                  "num_prompts", "low_prompt_max", "num_sampling_steps", "eta", "seed")
+                  "novelty_schemes", "repeats", "adam_lrs", "adam_ceiling", "adam_at",
+                  "num_align_nets", "num_prompts", "low_prompt_max", "num_sampling_steps", "eta",
+                  "seed")
 _VALIDATION_FLAGS = ("temperatures", "target_fractions", "guidances", "temperature", "target",
                      "guidance")
 
