@@ -82,7 +82,7 @@ class ProtocolSettings:
   num_prompts: int = 20
   low_prompt_max: float = 0.5
   ensemble_sizes: tuple[int, ...] = (2, 5, 10)
-  noise_fractions: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 1.0)
+  noise_fractions: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
   num_good: int = 64
   num_candidates: int = 32
   novelty_schemes: tuple[str, ...] = ("train", "scale:2")

@@ -39,7 +39,7 @@ def zeng_baselines(bank: np.ndarray, bank_metric: np.ndarray,
                    evaluate: Callable[[np.ndarray], np.ndarray], layout: UnitLayout, *,
                    best: float, target: float, key: jax.Array, lower_is_better: bool = True,
                    ensemble_sizes: Sequence[int] = (2, 5, 10),
-                   noise_fractions: Sequence[float] = (0.05, 0.1, 0.25, 0.5, 1.0),
+                   noise_fractions: Sequence[float] = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0),
                    num_good: int = 64, num_noisy: int = 64, num_candidates: int = 32,
                    bank_canonical: np.ndarray | None = None) -> dict[str, Any]:
   """The baselines of the module docstring, each measured on the test metric.
