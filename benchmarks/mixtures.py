@@ -6,7 +6,8 @@ Usage::
       --targets=heldout --out=docs/results/finetune
 
 ``layerwise_combo_lopt`` updates tensor ``t`` by ``sum_k lr_t c_{t,k} u_k`` over
-the base directions ``u_k`` (sgd, momentum, adam, sign; :data:`lopt.BASE_DIRECTIONS`).
+the base directions ``u_k`` (the optimizer's ``directions``: sgd, momentum, adam, sign and
+optionally orth).
 The size of a coefficient alone says little (an sgd direction is a raw gradient,
 a sign direction has unit entries), so each direction's *contribution* is
 measured as ``|lr_t c_{t,k}| * rms_t(u_k)`` at every step of a fine-tuning run and
@@ -30,7 +31,6 @@ from absl import app, flags
 import lopt
 import tasks
 from benchmarks._cli import check, make_main
-from lopt._layerwise_combo_lopt import BASE_DIRECTIONS
 
 __all__ = ["define_flags", "plot_mixtures", "record_mixtures", "run_from_flags"]
 
@@ -49,8 +49,8 @@ def record_mixtures(lo: Any, meta_params: Any, task: tasks.Task, num_steps: int,
     key: randomness of init and batches.
 
   Returns:
-    ``{"tensors": [path, ...], "contribution": (num_steps, T, 4) array,
-    "loss": (num_steps,) array}``; contribution ``[s, t, k]`` is
+    ``{"tensors": [path, ...], "directions": [name, ...], "contribution":
+    (num_steps, T, K) array, "loss": (num_steps,) array}``; contribution ``[s, t, k]`` is
     ``|lr_t c_{t,k}| * rms_t(u_k)`` at step ``s``.
   """
   opt = lo.transform(meta_params, num_steps)
@@ -72,21 +72,22 @@ def record_mixtures(lo: Any, meta_params: Any, task: tasks.Task, num_steps: int,
       t = state.step.astype(jnp.float32)
       adam = (state.mu / (1.0 - lo.b1 ** t)) / (
           jnp.sqrt(state.nu / (1.0 - lo.b2 ** t)) + lo.eps)
-      u = jnp.stack([rms(layout.flatten(grads)), rms(state.trace), rms(adam),
-                     rms(jnp.sign(state.mu))], axis=1)          # (T, 4)
+      u = jnp.stack([rms(x) for x in lo.direction_rows(
+          layout, layout.flatten(grads), state.trace, state.mu, adam)], axis=1)   # (T, K)
       return (optax.apply_updates(params, updates), state), (jnp.abs(state.coef) * u, loss)
 
     _, out = jax.lax.scan(body, (params, opt.init(params)), jax.random.split(key, num_steps))
     return out
 
   contribution, loss = run(params, k_run)
-  return {"tensors": tensors, "contribution": np.asarray(contribution),
+  return {"tensors": tensors, "directions": list(lo.directions),
+          "contribution": np.asarray(contribution),
           "loss": np.asarray(loss)}
 
 
 def plot_mixtures(records: dict[str, dict[str, Any]], path: str | pathlib.Path,
                   title: str = "") -> pathlib.Path:
-  """Stacked shares of the four directions per tensor, averaged over ``records``.
+  """Stacked shares of the directions per tensor, averaged over ``records``.
 
   Args:
     records: ``{target: record_mixtures(...)}``, all over the same tensors and steps.
@@ -98,9 +99,9 @@ def plot_mixtures(records: dict[str, dict[str, Any]], path: str | pathlib.Path,
   import matplotlib.pyplot as plt
 
   first = next(iter(records.values()))
-  contrib = np.stack([r["contribution"] for r in records.values()])   # (R, S, T, 4)
+  contrib = np.stack([r["contribution"] for r in records.values()])   # (R, S, T, K)
   share = contrib / np.maximum(contrib.sum(-1, keepdims=True), 1e-30)
-  mean_share = share.mean(0)                                          # (S, T, 4)
+  mean_share = share.mean(0)                                          # (S, T, K)
   total = np.median(contrib.sum(-1), axis=(0, 1))                     # (T,)
   num_t = mean_share.shape[1]
   cols = min(3, num_t)
@@ -109,7 +110,7 @@ def plot_mixtures(records: dict[str, dict[str, Any]], path: str | pathlib.Path,
   steps = np.arange(1, mean_share.shape[0] + 1)
   for t in range(num_t):
     ax = axes[t // cols][t % cols]
-    ax.stackplot(steps, mean_share[:, t, :].T, labels=BASE_DIRECTIONS, alpha=0.85)
+    ax.stackplot(steps, mean_share[:, t, :].T, labels=first["directions"], alpha=0.85)
     ax.set_title(f"{first['tensors'][t]}\nmedian step rms {total[t]:.2g}", fontsize=8)
     ax.set_ylim(0, 1)
     ax.set_xlabel("step", fontsize=8)
@@ -195,7 +196,7 @@ def run_from_flags(fv: flags.FlagValues = flags.FLAGS) -> pathlib.Path:
            for n, r in records.items()}
   (out / "mixtures.json").write_text(json.dumps(
       {"weights": str(fv.weights), "steps": steps, "pretrain_seed": fv.pretrain_seed,
-       "directions": list(BASE_DIRECTIONS), "tensors": next(iter(records.values()))["tensors"],
+       "directions": list(lo.directions), "tensors": next(iter(records.values()))["tensors"],
        "final_share": final}, indent=1))
   return png
 

@@ -13,7 +13,15 @@ computed with the usual accumulators,
   adam     ``-m_hat / (sqrt(v_hat) + eps)`` ``optax.adam(lr, b1, b2, eps)``
   sign     ``-sign(m)``                     ``trace(b1)``, ``scale_by_sign()``,
                                             ``scale(-lr)`` chained
+  orth     ``-orth(tr) / rms(orth(tr))``    Muon-style orthogonalized momentum
+                                            (optional: ``directions=``)
   ======== ================================ ====================================
+
+``orth`` orthogonalizes each tensor's momentum trace (reshaped to
+``(prod(shape[:-1]), shape[-1])``; Newton-Schulz, as ``celo2_lopt``) and scales it
+to unit RMS, like the Adam and sign directions; a vector's trace is only scaled.
+It is not among the default four (``BASE_DIRECTIONS``); ``directions=`` picks any
+ordered subset of :data:`DIRECTIONS` that includes ``adam``.
 
 ::
 
@@ -60,11 +68,26 @@ from lopt import _per_tensor as pt
 from lopt._base import LearnedOptimizer, TreeSpec, setting, tree_spec, with_checks
 from lopt._horizon import Horizon, check_num_steps
 from lopt._per_param_lopt import finite_rows, restore_nonfinite
-from lopt._per_param_mlp import TIME_FEATURE_NAMES, mlp_forward, time_features
+from lopt._per_param_mlp import TIME_FEATURE_NAMES, FlatLayout, mlp_forward, time_features
 
-__all__ = ["BASE_DIRECTIONS", "LayerwiseComboLOpt", "LayerwiseComboLOptState"]
+__all__ = ["BASE_DIRECTIONS", "DIRECTIONS", "LayerwiseComboLOpt", "LayerwiseComboLOptState"]
 
+#: The default base directions (the optimizer's ``directions``).
 BASE_DIRECTIONS = ("sgd", "momentum", "adam", "sign")
+#: Every direction ``directions=`` may name.
+DIRECTIONS = BASE_DIRECTIONS + ("orth",)
+
+
+def orthogonalized(layout: FlatLayout, trace: jax.Array) -> jax.Array:
+  """The ``orth`` direction's rows: per tensor, Newton-Schulz of the trace, unit RMS."""
+  from lopt._celo2_lopt import newton_schulz
+
+  def one(x):
+    if x.ndim >= 2:
+      x = newton_schulz(x.reshape(-1, x.shape[-1])).reshape(x.shape)
+    return x / jnp.sqrt(jnp.mean(jnp.square(x)) + 1e-30)
+
+  return layout.flatten(jax.tree.map(one, layout.unflatten(trace, dtype=jnp.float32)))
 
 
 class LayerwiseComboLOptState(NamedTuple):
@@ -76,8 +99,8 @@ class LayerwiseComboLOptState(NamedTuple):
     mu: ``(num_rows,)`` Adam first moment.
     nu: ``(num_rows,)`` Adam second moment.
     loss_stats: running loss statistics.
-    coef: ``(num_tensors, 4)`` the last update's step sizes per tensor and base
-      direction (``lr_t * c_t``, columns in :data:`BASE_DIRECTIONS` order, tensors
+    coef: ``(num_tensors, K)`` the last update's step sizes per tensor and base
+      direction (``lr_t * c_t``, columns in the optimizer's ``directions`` order, tensors
       in the order of ``jax.tree.leaves(params)``); zeros before the first update.
       Read it to see which base optimizer each layer uses over a run.
   """
@@ -92,7 +115,7 @@ class LayerwiseComboLOptState(NamedTuple):
 
 @dataclasses.dataclass(frozen=True, kw_only=True, repr=False)
 class LayerwiseComboLOpt(LearnedOptimizer):
-  """Per-tensor learned weights over sgd / momentum / adam / sign directions.
+  """Per-tensor learned weights over sgd / momentum / adam / sign (/ orth) directions.
 
   Args:
     hidden_size: width of the per-tensor weight network.
@@ -108,6 +131,9 @@ class LayerwiseComboLOpt(LearnedOptimizer):
       ``update`` refuse any other tree. Sets ``num_layers`` when that is None.
     init_lr: the step size of :meth:`init` (Adam's learning rate at init); not part
       of the architecture, so weights load whatever its value.
+    directions: the base directions mixed, in column order: distinct names of
+      :data:`DIRECTIONS` including ``"adam"`` (default :data:`BASE_DIRECTIONS`; add
+      ``"orth"`` for Muon-style orthogonalized momentum).
   """
 
   hidden_size: int = 16
@@ -118,10 +144,11 @@ class LayerwiseComboLOpt(LearnedOptimizer):
   num_layers: int | None = None
   param_tree: tuple[tuple[str, tuple[int, ...]], ...] | None = None
   init_lr: float = setting(1e-3, config=False)
+  directions: tuple[str, ...] = BASE_DIRECTIONS
 
   name = "layerwise_combo_lopt"
   RENAMED: ClassVar[dict[str, str]] = {"hidden": "hidden_size"}
-  ADDED: ClassVar[dict[str, Any]] = {"param_tree": None}
+  ADDED: ClassVar[dict[str, Any]] = {"param_tree": None, "directions": list(BASE_DIRECTIONS)}
   #: Per-tensor inputs of the weight network, in column order.
   feature_names: ClassVar[tuple[str, ...]] = (
       ("log_rms(g)", "log_rms(m)", "log_rms(trace)", "log_rms(adam)", "log_rms(p)",
@@ -139,6 +166,10 @@ class LayerwiseComboLOpt(LearnedOptimizer):
       raise ValueError(f"num_layers must be >= 1, got {self.num_layers}")
     if not self.init_lr > 0:
       raise ValueError(f"init_lr must be > 0, got {self.init_lr}")
+    bad = [d for d in self.directions if d not in DIRECTIONS]
+    if bad or len(set(self.directions)) != len(self.directions) or "adam" not in self.directions:
+      raise ValueError(f"directions must be distinct names of {DIRECTIONS} including 'adam' "
+                       f"(the init), got {tuple(self.directions)}")
 
   @classmethod
   def for_params(cls, params: Any, **kwargs: Any) -> "LayerwiseComboLOpt":
@@ -177,11 +208,11 @@ class LayerwiseComboLOpt(LearnedOptimizer):
     ``"layer_bias": (num_layers, 4)`` and ``"layer_log_lr": (num_layers,)`` (zeros)
     when ``num_layers`` is set.
     """
-    k = len(BASE_DIRECTIONS)
+    k = len(self.directions)
     net = pt.dense_init(key, [(len(self.feature_names), self.hidden_size),
                                (self.hidden_size, k)], [1.0, 0.0])
     mp = {"net": net,
-          "bias": jnp.asarray(np.eye(k, dtype=np.float32)[BASE_DIRECTIONS.index("adam")]),
+          "bias": jnp.asarray(np.eye(k, dtype=np.float32)[self.directions.index("adam")]),
           "log_lr": jnp.asarray(np.log(self.init_lr), jnp.float32)}
     if self.num_layers is not None:
       mp["layer_bias"] = jnp.zeros((self.num_layers, k), jnp.float32)
@@ -193,15 +224,15 @@ class LayerwiseComboLOpt(LearnedOptimizer):
     """Meta-params selecting exactly one base direction with ``learning_rate``.
 
     Args:
-      direction: one of ``BASE_DIRECTIONS``.
+      direction: one of the optimizer's ``directions``.
       learning_rate: the step size.
       key: PRNG key for the (zeroed-out) network; defaults to ``jax.random.key(0)``.
     """
-    if direction not in BASE_DIRECTIONS:
-      raise ValueError(f"unknown direction {direction!r}; valid: {BASE_DIRECTIONS}")
+    if direction not in self.directions:
+      raise ValueError(f"unknown direction {direction!r}; valid: {tuple(self.directions)}")
     mp = self.init(jax.random.key(0) if key is None else key)
-    k = BASE_DIRECTIONS.index(direction)
-    mp["bias"] = jnp.asarray(np.eye(len(BASE_DIRECTIONS), dtype=np.float32)[k])
+    k = self.directions.index(direction)
+    mp["bias"] = jnp.asarray(np.eye(len(self.directions), dtype=np.float32)[k])
     mp["log_lr"] = jnp.asarray(np.log(learning_rate), jnp.float32)
     return mp
 
@@ -221,7 +252,7 @@ class LayerwiseComboLOpt(LearnedOptimizer):
       z = lambda: jnp.zeros((layout.num_rows,), jnp.float32)  # distinct buffers (donation)
       return LayerwiseComboLOptState(
           jnp.zeros((), jnp.int32), z(), z(), z(), pt.init_loss_stats(),
-          jnp.zeros((layout.num_leaves, len(BASE_DIRECTIONS)), jnp.float32))
+          jnp.zeros((layout.num_leaves, len(self.directions)), jnp.float32))
 
     def update_fn(updates, state, params=None, *, loss=None, **extra):
       del extra
@@ -261,13 +292,26 @@ class LayerwiseComboLOpt(LearnedOptimizer):
         log_lr = log_lr + meta_params["layer_log_lr"]
       coef = coef * jnp.exp(log_lr)[:, None]  # (T, 4)
 
-      c = [pt.tensor_rows(layout, coef[:, i]) for i in range(len(BASE_DIRECTIONS))]
-      step_rows = -(c[0] * g + c[1] * trace + c[2] * adam + c[3] * jnp.sign(mu))
+      u = self.direction_rows(layout, g, trace, mu, adam)
+      step_rows = -sum(pt.tensor_rows(layout, coef[:, i]) * u_k for i, u_k in enumerate(u))
       new_state = LayerwiseComboLOptState(step, trace, mu, nu, loss_stats, coef)
       return layout.unflatten(restore_nonfinite(step_rows, finite)), new_state
 
     return with_checks(optax.GradientTransformationExtraArgs(init_fn, update_fn), self.name,
                        needs_params=True, needs_loss=True)
+
+  def direction_rows(self, layout: FlatLayout, g: jax.Array, trace: jax.Array, mu: jax.Array,
+                     adam: jax.Array) -> list[jax.Array]:
+    """The base directions' ``(num_rows,)`` rows (before the minus), in ``directions`` order.
+
+    Args:
+      layout: the parameters' :meth:`layout`.
+      g, trace, mu: gradient, heavy-ball trace and Adam first moment rows.
+      adam: the bias-corrected Adam direction rows.
+    """
+    rows = {"sgd": lambda: g, "momentum": lambda: trace, "adam": lambda: adam,
+            "sign": lambda: jnp.sign(mu), "orth": lambda: orthogonalized(layout, trace)}
+    return [rows[d]() for d in self.directions]
 
 
 def _tree_mismatch(expected: TreeSpec, got: TreeSpec) -> str | None:

@@ -32,6 +32,7 @@ from typing import Any, Callable
 
 from absl import app, flags, logging
 
+import lopt
 import tasks
 from meta_train._run import RunError
 from meta_train._specialize import (
@@ -131,6 +132,11 @@ def define_flags(fv: flags.FlagValues = FLAGS) -> None:
   flags.DEFINE_enum("estimator", _DEFAULTS["estimator"], SPECIALIZE_ESTIMATORS,
                     "es: antithetic ES over whole runs; pes: persistent ES, unbiased over runs "
                     "of several truncations.", flag_values=fv)
+  flags.DEFINE_list("directions", list(lopt.BASE_DIRECTIONS), "Base directions the optimizer "
+                    f"mixes, in order: names of {', '.join(lopt.DIRECTIONS)}, including adam "
+                    "(orth: Muon-style orthogonalized momentum).", flag_values=fv)
+  flags.register_validator("directions", _check(lambda v: lopt.LayerwiseComboLOpt(
+      directions=tuple(v))), flag_values=fv)
   flags.DEFINE_integer("seed", _DEFAULTS["seed"], "The root of all randomness.", lower_bound=0,
                        flag_values=fv)
   for name, help_ in _RATES.items():
@@ -156,7 +162,7 @@ def run_from_flags(fv: flags.FlagValues = FLAGS, *, command: str | None = None,
                    ) -> SpecializeResult:
   """Runs :func:`meta_train.specialize` with the parsed flags."""
   kwargs = {name: fv[name].value for name in (*_SIZES, *_RATES, "seed", "max_horizon",
-                                              "estimator")}
+                                              "estimator", "directions")}
   return specialize(pretrained=fv.pretrained, targets=list(fv.targets), workdir=fv.workdir,
                     command=command, callback=callback, **kwargs)
 
