@@ -11,18 +11,19 @@ from benchmarks import mixtures
 from lopt._layerwise_combo_lopt import BASE_DIRECTIONS
 
 
-@pytest.mark.parametrize("direction", ["sgd", "sign"])
+@pytest.mark.parametrize("direction", ["sgd", "sign", "orth"])
 def test_a_one_hot_optimizer_contributes_only_its_direction(direction, tmp_path):
   task = tasks.get("digits_mlp", hidden=(8,), batch_size=16)
-  lo = lopt.LayerwiseComboLOpt()
+  lo = lopt.LayerwiseComboLOpt(directions=(*BASE_DIRECTIONS, "orth"))
   rec = mixtures.record_mixtures(lo, lo.one_hot(direction, 0.05), task, 6, jax.random.key(0))
   assert rec["tensors"] == ["['Dense_0']['bias']", "['Dense_0']['kernel']",
                             "['Dense_1']['bias']", "['Dense_1']['kernel']"]
   c = rec["contribution"]
-  assert c.shape == (6, 4, 4) and rec["loss"].shape == (6,)
-  k = BASE_DIRECTIONS.index(direction)
+  assert c.shape == (6, 4, 5) and rec["loss"].shape == (6,)
+  assert rec["directions"] == [*BASE_DIRECTIONS, "orth"]
+  k = rec["directions"].index(direction)
   assert np.all(c[:, :, k] > 0) and np.all(np.delete(c, k, axis=2) == 0)
-  if direction == "sign":   # |lr * 1| * rms(sign(m)) = lr where m has no zero entry
+  if direction in ("sign", "orth"):   # |lr * 1| * rms(u) = lr: unit-RMS directions
     np.testing.assert_allclose(c[1:, 2, k], 0.05, rtol=1e-5)   # the output bias
   png = mixtures.plot_mixtures({"a": rec, "b": rec}, tmp_path / "m.png")
   assert png.stat().st_size > 1000

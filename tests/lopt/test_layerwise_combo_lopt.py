@@ -59,6 +59,41 @@ def test_one_hot_reproduces_base_optimizers(specialized):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=name)
 
 
+def _orth_reference(lr):
+  """Muon-style: heavy-ball trace, per tensor Newton-Schulz (2-D+) then unit RMS, times -lr."""
+  from lopt._celo2_lopt import newton_schulz
+
+  def orth(x):
+    if x.ndim >= 2:
+      x = newton_schulz(x.reshape(-1, x.shape[-1])).reshape(x.shape)
+    return x / jnp.sqrt(jnp.mean(x * x))
+
+  scale = optax.GradientTransformation(
+      lambda p: optax.EmptyState(), lambda u, s, p=None: (jax.tree.map(orth, u), s))
+  return optax.chain(optax.trace(decay=0.9), scale, optax.scale(-lr))
+
+
+def test_orth_direction_one_hot_is_orthogonalized_momentum():
+  """``directions`` adds orth; one-hot orth matches the reference; bad lists are refused."""
+  lo = LayerwiseComboLOpt(directions=("sgd", "momentum", "adam", "sign", "orth"))
+  assert lo.init(jax.random.key(0))["bias"].shape == (5,)
+  mp, ref = lo.one_hot("orth", LR), _orth_reference(LR)
+  params = ref_params = make_params()
+  state, ref_state = lo.transform(mp, 100).init(params), ref.init(ref_params)
+  step = jax.jit(lambda p, s: _apply(lo.transform(mp, 100), p, s))
+  for _ in range(4):
+    params, state = step(params, state)
+    ref_params, ref_state = _apply(ref, ref_params, ref_state)
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  assert state.coef.shape[1] == 5 and float(state.coef[0, 4]) == pytest.approx(LR)
+  with pytest.raises(ValueError, match="unknown direction 'orth'"):
+    LayerwiseComboLOpt().one_hot("orth", LR)
+  for bad in [("sgd", "sign"), ("adam", "adam"), ("adam", "muon")]:
+    with pytest.raises(ValueError, match="directions must be distinct names of"):
+      LayerwiseComboLOpt(directions=bad)
+
+
 def test_init_is_adam():
   lo = LayerwiseComboLOpt()
   mp = lo.init(jax.random.key(3))

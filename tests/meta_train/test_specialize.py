@@ -134,6 +134,7 @@ def _parse(args):
     (["--horizon=50", "--max_horizon=120", "--estimator=pes"], "multiple of horizon=50"),
     (["--horizon=50", "--max_horizon=100"], "need estimator='pes'"),
     (["--estimator=sgd"], "value should be one of <es|pes>"),
+    (["--directions=sgd,muon"], "directions must be distinct names of"),
 ])
 def test_bad_flags_are_one_line_errors(args, expected):
   with pytest.raises(flags.IllegalFlagValueError, match=expected) as e:
@@ -155,6 +156,7 @@ def test_flags_give_the_call_and_the_module_stays_callable(monkeypatch):
   cli.run_from_flags(fv)
   assert (got["pretrained"], got["targets"], got["horizon"]) == ("digits_mlp", ["invert"], 7)
   assert (got["max_horizon"], got["estimator"]) == (None, "es")
+  assert got["directions"] == list(lopt.BASE_DIRECTIONS)
   assert callable(meta_train.specialize)   # the package attribute, now this module
 
 
@@ -172,3 +174,9 @@ def test_mixed_horizons_unroll_truncations_of_one_horizon_with_pes():
   assert (whole.trunc_length, whole.min_horizon, whole.max_horizon) == (100, 100, 100)
   with pytest.raises(ValueError, match="need estimator='pes'"):
     meta_train._specialize.specialize_config(horizon=50, max_horizon=100, **kw)
+  # directions: recorded only when not the default four (older runs resume unchanged)
+  assert "directions" not in meta_train._specialize.specialize_config(
+      horizon=100, directions=list(lopt.BASE_DIRECTIONS), **kw).lopt_config
+  orth = meta_train._specialize.specialize_config(
+      horizon=100, directions=[*lopt.BASE_DIRECTIONS, "orth"], **kw)
+  assert orth.lopt_config["directions"] == (*lopt.BASE_DIRECTIONS, "orth")
