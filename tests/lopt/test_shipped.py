@@ -57,7 +57,7 @@ def test_shipped_specialized_optimizer_fits_its_backbone_only():
   assert manifest["extra"]["specialized_to"]["backbone"] == "digits_cnn"
   assert manifest["extra"]["command"].startswith(
       "python -m meta_train.specialize "
-      "--flagfile=meta_train/configs/specialize_digits_cnn_mixed.flags")
+      "--flagfile=meta_train/configs/specialize_digits_cnn_orth.flags")
   assert manifest["extra"]["meta_training"]["outer_step"] == 1920
   with pytest.raises(KeyError, match="shipped: digits_cnn"):
     lopt.specialized_path("resnet")
