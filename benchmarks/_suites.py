@@ -135,6 +135,10 @@ _FINETUNE = {
                                         tasks.HELD_OUT_SEEDS, _FT_STEPS),
     "finetune_long": _finetune("ft300", tasks.SPECIALIZATION_TARGETS,
                                tasks.SPECIALIZATION_SEEDS, 3 * _FT_STEPS),
+    # 3x the horizon of a specialization over runs of up to 300 steps
+    # (meta_train/configs/specialize_digits_cnn_long.flags).
+    "finetune_long900": _finetune("ft900", tasks.SPECIALIZATION_TARGETS,
+                                  tasks.SPECIALIZATION_SEEDS, 9 * _FT_STEPS),
 }
 
 # A quick suite of embedded tasks for `make demo` (a few minutes on 2 CPU cores).

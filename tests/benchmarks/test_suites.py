@@ -112,9 +112,11 @@ def test_finetune_suites_split_like_the_specialization_families():
   held = {full(c) for c in tasks.finetune_configs("held_out")}
   got = {name: [full(e.cfg) for e in benchmarks.suite(name)] for name in (
       "finetune_specialization", "finetune_heldout_targets", "finetune_heldout_seeds",
-      "finetune_long")}
+      "finetune_long", "finetune_long900")}
   assert set(got["finetune_specialization"]) == spec == set(got["finetune_long"])
+  assert set(got["finetune_long900"]) == spec
   assert all(e.steps == 300 for e in benchmarks.suite("finetune_long"))
+  assert all(e.steps == 900 for e in benchmarks.suite("finetune_long900"))
   assert all(c in held and c not in spec for c in
              got["finetune_heldout_targets"] + got["finetune_heldout_seeds"])
   assert {json.loads(c)["pretrain_seed"] for c in got["finetune_heldout_seeds"]} == set(
