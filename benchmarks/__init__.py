@@ -49,6 +49,7 @@ from benchmarks._summary import beats_tuned_adam as beats_tuned_adam
 from benchmarks._summary import head_to_head as head_to_head
 from benchmarks._summary import meta_training_gain as meta_training_gain
 from benchmarks._summary import summarize as summarize
+from benchmarks._summary import untrained_init_spec as untrained_init_spec
 from benchmarks._width_sweep import save_width_sweep as save_width_sweep
 from benchmarks._width_sweep import sweep_widths as sweep_widths
 from benchmarks._width_sweep import width_spread as width_spread
@@ -62,5 +63,6 @@ __all__ = [
     "lr_grid", "markdown", "meta_training_gain", "parse_spec", "parse_tasks", "ratio_scores",
     "run_benchmark", "save_results", "save_width_sweep", "speedup_curve", "split_specs",
     "steps_to_reach", "suite", "summarize", "sweep_widths", "time_per_step", "train_runs",
-    "tune_grid", "tuned_label", "wallclock_speedup", "width_spread", "width_sweep_markdown",
+    "tune_grid", "tuned_label", "untrained_init_spec", "wallclock_speedup", "width_spread",
+    "width_sweep_markdown",
 ]

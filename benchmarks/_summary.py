@@ -9,7 +9,8 @@ import numpy as np
 
 from benchmarks import _protocol as protocol
 
-__all__ = ["KINDS", "beats_tuned_adam", "head_to_head", "meta_training_gain", "summarize"]
+__all__ = ["KINDS", "beats_tuned_adam", "head_to_head", "meta_training_gain", "summarize",
+           "untrained_init_spec"]
 
 #: The speedup kinds reported for every row.
 KINDS = ("steps", "test", "wallclock")
@@ -61,6 +62,18 @@ def _start_config(name: str, weights: str) -> dict[str, Any] | None:
     return None
   config = (extra.get("meta_training") or {}).get("config") or {}
   return config.get("lopt_config") if config.get("lopt") == name else None
+
+
+def untrained_init_spec(name: str, weights: str = "pretrained") -> str:
+  """The spec of the untrained init that learned optimizer ``name``'s ``weights`` started
+  from: ``name:fresh(...)`` with the ``lopt_config`` their manifest records (e.g.
+  ``"mlp_lopt:fresh(init_kind='adam',init_lr=0.003,learned_schedule=True)"``), or plain
+  ``name:fresh`` when it records none. Run it next to the weights to see what
+  meta-training added (:func:`meta_training_gain` pairs the two)."""
+  start = _start_config(name, weights)
+  if not start:
+    return f"{name}:fresh"
+  return f"{name}:fresh({','.join(f'{k}={v!r}' for k, v in start.items())})"
 
 
 def _untrained_init(trained: str, names: Any) -> str | None:

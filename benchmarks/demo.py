@@ -25,6 +25,7 @@ from benchmarks._benchmark import run_benchmark
 from benchmarks._report import TUNED_NOTE, markdown, save_results
 from benchmarks._specs import build_optimizer
 from benchmarks._suites import parse_tasks
+from benchmarks._summary import untrained_init_spec
 
 HAND_DESIGNED = ("muon",)   # untuned hand-designed reference rows (the tuned ones are TUNED)
 TUNED = ("adam", "momentum")
@@ -61,7 +62,7 @@ def demo_optimizers() -> tuple[list[str], dict[str, str]]:
       continue
     specs.append(spec)
     if name != "gpt":   # next to its untrained init: did meta-training help?
-      specs.append(f"{name}:fresh")
+      specs.append(untrained_init_spec(name))   # the init its weights' run started from
   return specs, notes
 
 

@@ -285,6 +285,9 @@ def test_trained_weights_are_paired_with_the_init_their_run_started_from(tmp_pat
                                                         "lopt_config": start}}})
   trained = f"mlp_lopt:{tmp_path / 'w'}"
   prior = "mlp_lopt:fresh(init_kind='adam',init_lr=0.003,learned_schedule=True)"
+  spec = benchmarks.untrained_init_spec("mlp_lopt", str(tmp_path / "w"))
+  assert benchmarks.parse_spec(spec).kwargs == start   # the spec to run next to them
+  assert benchmarks.untrained_init_spec("celo2_lopt") == "celo2_lopt:fresh"   # run from defaults
   row = lambda s: {"speedup_steps_per_seed": [s, s], "speedup_test_per_seed": [s, s]}
   results = {"tasks": {t: {"optimizers": {trained: row(2.0), prior: row(1.0),
                                           "mlp_lopt:fresh": row(0.01)}} for t in "ab"}}
