@@ -69,9 +69,7 @@ def record_mixtures(lo: Any, meta_params: Any, task: tasks.Task, num_steps: int,
       k_batch, k_loss = jax.random.split(k)
       loss, grads = jax.value_and_grad(task.loss)(params, k_loss, task.batch(k_batch, "train"))
       updates, state = opt.update(grads, state, params, loss=loss)
-      t = state.step.astype(jnp.float32)
-      adam = (state.mu / (1.0 - lo.b1 ** t)) / (
-          jnp.sqrt(state.nu / (1.0 - lo.b2 ** t)) + lo.eps)
+      adam = lo.adam_direction(state.mu, state.nu, state.step)
       u = jnp.stack([rms(x) for x in lo.direction_rows(
           layout, layout.flatten(grads), state.trace, state.mu, adam)], axis=1)   # (T, K)
       return (optax.apply_updates(params, updates), state), (jnp.abs(state.coef) * u, loss)

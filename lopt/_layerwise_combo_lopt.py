@@ -244,7 +244,7 @@ class LayerwiseComboLOpt(LearnedOptimizer):
     passes a traced int.
     """
     num_steps = check_num_steps(num_steps, self.name)
-    beta, b1, b2, eps = self.momentum, self.b1, self.b2, self.eps
+    beta, b1, b2 = self.momentum, self.b1, self.b2
 
     def init_fn(params):
       self.check_params(params)
@@ -263,10 +263,7 @@ class LayerwiseComboLOpt(LearnedOptimizer):
       trace = g + beta * state.trace
       mu = (1.0 - b1) * g + b1 * state.mu
       nu = (1.0 - b2) * jnp.square(g) + b2 * state.nu
-      t = step.astype(jnp.float32)
-      mu_hat = mu / (1.0 - b1 ** t)
-      nu_hat = nu / (1.0 - b2 ** t)
-      adam = mu_hat / (jnp.sqrt(jnp.maximum(nu_hat, 1e-36)) + eps)  # safe gradient at 0
+      adam = self.adam_direction(mu, nu, step)
 
       loss_stats = pt.update_loss_stats(state.loss_stats, loss)
       log = lambda x: 0.1 * jnp.log(x + 1e-12)
@@ -299,6 +296,13 @@ class LayerwiseComboLOpt(LearnedOptimizer):
 
     return with_checks(optax.GradientTransformationExtraArgs(init_fn, update_fn), self.name,
                        needs_params=True, needs_loss=True)
+
+  def adam_direction(self, mu: jax.Array, nu: jax.Array, step: jax.Array) -> jax.Array:
+    """The bias-corrected Adam direction ``m_hat / (sqrt(v_hat) + eps)`` after ``step`` updates."""
+    t = step.astype(jnp.float32)
+    nu_hat = nu / (1.0 - self.b2 ** t)
+    return (mu / (1.0 - self.b1 ** t)) / (
+        jnp.sqrt(jnp.maximum(nu_hat, 1e-36)) + self.eps)  # safe gradient at 0
 
   def direction_rows(self, layout: FlatLayout, g: jax.Array, trace: jax.Array, mu: jax.Array,
                      adam: jax.Array) -> list[jax.Array]:
