@@ -24,12 +24,12 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from lopt.gpt import dense_stack
+from meta_train.gpt._baselines import sq_dists
 
 __all__ = ["UnitLayout", "align", "aligned_distance", "canonicalize", "nearest_aligned",
            "pairwise_aligned", "topk_nearest"]
@@ -104,11 +104,6 @@ def canonicalize(flats: np.ndarray, layout: UnitLayout, chunk: int = 4096) -> np
   return out
 
 
-@jax.jit
-def _sq_dists(xc, bank, bank_sq):
-  return jnp.sum(xc ** 2, axis=1)[:, None] - 2 * xc @ bank.T + bank_sq[None, :]
-
-
 def topk_nearest(x: np.ndarray, bank: np.ndarray, k: int, chunk: int = 32768) -> np.ndarray:
   """``(len(x), k)`` indices of the ``k`` rows of ``bank`` nearest to each row of ``x`` (L2)."""
   x = jnp.asarray(np.asarray(x, np.float32))
@@ -117,7 +112,7 @@ def topk_nearest(x: np.ndarray, bank: np.ndarray, k: int, chunk: int = 32768) ->
   best_i = np.zeros((x.shape[0], 0), np.int64)
   for s in range(0, len(bank), chunk):
     b = jnp.asarray(np.asarray(bank[s:s + chunk], np.float32))
-    d = np.asarray(_sq_dists(x, b, jnp.sum(b ** 2, axis=1)))
+    d = np.asarray(sq_dists(x, b, jnp.sum(b ** 2, axis=1)))
     d = np.concatenate([best_d, d], axis=1)
     i = np.concatenate([best_i, s + np.arange(d.shape[1] - best_i.shape[1])[None].repeat(
         len(d), 0)], axis=1)

@@ -20,7 +20,7 @@ import tasks
 from lopt.gpt import Tokenizer
 
 __all__ = ["MetricFn", "adam_curves", "baselines_and_novelty", "knn_average", "nearest_distance",
-           "retrieve", "r_squared"]
+           "retrieve", "r_squared", "sq_dists", "steps_to_reach"]
 
 
 class MetricFn:
@@ -71,9 +71,14 @@ def knn_average(bank_params: np.ndarray, bank_metric: np.ndarray, prompts: np.nd
 
 
 @jax.jit
+def sq_dists(xc, bank, bank_sq):
+  """Squared L2 distances ``(len(xc), len(bank))``; ``bank_sq`` the bank's squared norms."""
+  return jnp.sum(xc ** 2, axis=1)[:, None] - 2 * xc @ bank.T + bank_sq[None, :]
+
+
+@jax.jit
 def _min_dist(xc, bank, bank_sq):
-  d2 = jnp.sum(xc ** 2, axis=1)[:, None] - 2 * xc @ bank.T + bank_sq[None, :]
-  return jnp.sqrt(jnp.maximum(jnp.min(d2, axis=1), 0.0))
+  return jnp.sqrt(jnp.maximum(jnp.min(sq_dists(xc, bank, bank_sq), axis=1), 0.0))
 
 
 def nearest_distance(x: np.ndarray, bank: np.ndarray, chunk: int = 64) -> np.ndarray:

@@ -24,10 +24,10 @@ import numpy as np
 import optax
 
 import tasks
-from meta_train.gpt._baselines import r_squared
+from meta_train.gpt._baselines import r_squared, steps_to_reach
 
 __all__ = ["adam_every_step", "adam_step_flops", "alignment_r2", "compute_ratio",
-           "first_step_at_or_below", "gpt_update_flops", "median_summary"]
+           "gpt_update_flops", "median_summary"]
 
 
 @functools.partial(jax.jit, static_argnames=("task", "metric", "ceiling", "at"))
@@ -70,12 +70,6 @@ def adam_every_step(task: tasks.Task, inits: Any, keys: jax.Array, lrs: Sequence
       lambda *xs: np.stack([np.asarray(x) for x in xs]), *[p for _, p in out])
 
 
-def first_step_at_or_below(curve: np.ndarray, level: float) -> int | None:
-  """The first step (index) at which ``curve`` is at or below ``level``; None if never."""
-  hit = np.flatnonzero(np.asarray(curve) <= level)
-  return None if hit.size == 0 else int(hit[0])
-
-
 def median_summary(curves: np.ndarray, lrs: Sequence[float], level: float, *,
                    at: int) -> dict[str, Any]:
   """Adam's medians against one level (e.g. G.pt's one-update median).
@@ -90,7 +84,7 @@ def median_summary(curves: np.ndarray, lrs: Sequence[float], level: float, *,
   """
   med = np.median(curves, axis=1)  # (rates, steps + 1)
   ceiling = med.shape[1] - 1
-  per_lr = {f"{lr:g}": first_step_at_or_below(m, level) for lr, m in zip(lrs, med)}
+  per_lr = {f"{lr:g}": steps_to_reach(m, level, every=1) for lr, m in zip(lrs, med)}
   reached = [s for s in per_lr.values() if s is not None]
   b = int(np.argmin(med[:, at]))
   return {"median_at": float(med[b, at]), "at": int(at), "best_lr_at": float(lrs[b]),

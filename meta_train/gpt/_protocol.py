@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from meta_train._run import atomic_write_text
 from meta_train.gpt._inits import INIT_SCHEMES, check_scheme, init_ids
 
 __all__ = ["ADAM_GRID", "FORMAT", "ProtocolSettings", "check_matches", "check_new", "read_settings",
@@ -152,9 +153,7 @@ def write_settings(path: str | pathlib.Path, settings: ProtocolSettings,
              timespec="seconds"),
          "rule": RULE, "settings": settings.to_json(), "ids": ids, "selection": selection}
   path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_suffix(".tmp")
-  tmp.write_text(json.dumps(doc, indent=1))
-  tmp.replace(path)
+  atomic_write_text(path, json.dumps(doc, indent=1))
   return doc
 
 
