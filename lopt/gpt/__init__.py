@@ -5,6 +5,10 @@
   opt = lopt.get("gpt", weights="pretrained", task=tasks.get("digits_mlp", hidden=(32,)))
   updates, state = opt.update(grads, state, params, loss=test_loss)
 
+With ``task=``, ``weights="pretrained"`` is the shipped model for that task
+(:data:`SHIPPED`): the digits MLP's (prompted on test loss) or CartPole's (prompted
+on return, ``loss=`` is then the policy's return).
+
 A model fits the one task its manifest names (:func:`trained_for`): another task
 raises :class:`TaskMismatchError` unless ``allow_other_task=True``, and a first
 update from a loss outside its training range warns (:class:`GPTWarning`).
@@ -20,6 +24,9 @@ from lopt.gpt._diffusion import diffusion_loss as diffusion_loss
 from lopt.gpt._diffusion import make_schedule as make_schedule
 from lopt.gpt._diffusion import q_sample as q_sample
 from lopt.gpt._diffusion import sample as sample
+from lopt.gpt._direction import best_value as best_value
+from lopt.gpt._direction import higher_is_better as higher_is_better
+from lopt.gpt._direction import use_log_metric as use_log_metric
 from lopt.gpt._io import LoadedGPT as LoadedGPT
 from lopt.gpt._io import load_gpt as load_gpt
 from lopt.gpt._io import read_gpt_manifest as read_gpt_manifest
@@ -28,6 +35,7 @@ from lopt.gpt._model import DEFAULT_CONFIG as DEFAULT_CONFIG
 from lopt.gpt._model import GPT as GPT
 from lopt.gpt._model import GPTNet as GPTNet
 from lopt.gpt._optimizer import PRETRAINED as PRETRAINED
+from lopt.gpt._optimizer import SHIPPED as SHIPPED
 from lopt.gpt._optimizer import GPTState as GPTState
 from lopt.gpt._optimizer import gpt as gpt
 from lopt.gpt._optimizer import gpt_from_loaded as gpt_from_loaded
@@ -39,7 +47,8 @@ from lopt.gpt._tokenizer import param_spec as param_spec
 
 __all__ = [
     "DEFAULT_CONFIG", "GPT", "GPTNet", "GPTState", "GPTWarning", "LoadedGPT", "PRETRAINED",
-    "Schedule", "TaskMismatchError", "Tokenizer", "dense_stack",
-    "diffusion_loss", "gpt", "gpt_from_loaded", "load_gpt", "make_schedule", "param_spec",
-    "pretrained_gpt_path", "q_sample", "read_gpt_manifest", "sample", "save_gpt", "trained_for",
+    "SHIPPED", "Schedule", "TaskMismatchError", "Tokenizer", "best_value", "dense_stack",
+    "diffusion_loss", "gpt", "gpt_from_loaded", "higher_is_better", "load_gpt", "make_schedule",
+    "param_spec", "pretrained_gpt_path", "q_sample", "read_gpt_manifest", "sample", "save_gpt",
+    "trained_for", "use_log_metric",
 ]

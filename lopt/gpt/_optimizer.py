@@ -30,13 +30,17 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lopt.gpt._checks import StartCheck, check_task, describe_task, metric_range
+from lopt.gpt._checks import StartCheck, check_task, describe_task, metric_range, task_info
 from lopt.gpt._io import LoadedGPT, load_gpt, read_gpt_manifest
 
-__all__ = ["GPTState", "gpt", "gpt_from_loaded", "pretrained_gpt_path", "trained_for"]
+__all__ = ["PRETRAINED", "SHIPPED", "GPTState", "gpt", "gpt_from_loaded", "pretrained_gpt_path",
+           "trained_for"]
 
-#: The shipped model, for the ``digits_mlp`` task with hidden=(32,).
+#: The shipped model ``weights="pretrained"`` means without a task: ``digits_mlp``, hidden=(32,).
 PRETRAINED = "gpt_digits_mlp"
+#: Shipped models by the ``tasks.get`` name of the task they were trained for (each
+#: manifest names the whole task config): ``weights="pretrained", task=...`` picks one.
+SHIPPED: dict[str, str] = {"digits_mlp": "gpt_digits_mlp", "cartpole": "gpt_cartpole"}
 
 
 class GPTState(NamedTuple):
@@ -45,8 +49,22 @@ class GPTState(NamedTuple):
   count: jax.Array
 
 
-def pretrained_gpt_path(name: str = PRETRAINED) -> pathlib.Path:
-  """The directory of shipped G.pt weights ``name`` (inside ``lopt/weights``)."""
+def pretrained_gpt_path(name: str = PRETRAINED, *, task: Any = None) -> pathlib.Path:
+  """The directory of shipped G.pt weights (inside ``lopt/weights``).
+
+  Example::
+
+    lopt.gpt.pretrained_gpt_path()                                  # .../gpt_digits_mlp
+    lopt.gpt.pretrained_gpt_path(task=tasks.get("cartpole", ...))  # .../gpt_cartpole
+
+  Args:
+    name: a directory name (default :data:`PRETRAINED`, the digits MLP model).
+    task: a task object or ``{"name", "config"}``: the model :data:`SHIPPED` for
+      its name instead of ``name`` (a task no shipped model fits keeps ``name``;
+      the optimizer then refuses it with :class:`~lopt.gpt.TaskMismatchError`).
+  """
+  if task is not None:
+    name = SHIPPED.get(task_info(task)["name"], name)
   return pathlib.Path(__file__).resolve().parent.parent / "weights" / name
 
 
@@ -159,7 +177,8 @@ def gpt(weights: Any = "pretrained", target: float | None = None, *,
     params = optax.apply_updates(params, updates)   # a sampled network
 
   Args:
-    weights: ``"pretrained"`` (the shipped ``digits_mlp`` model), a directory
+    weights: ``"pretrained"`` (the shipped model for ``task``, :data:`SHIPPED`;
+      without a task the ``digits_mlp`` one), a directory
       written by :func:`lopt.gpt.save_gpt` (e.g. ``gpt_train``'s
       ``<workdir>/weights``), or a :class:`~lopt.gpt.LoadedGPT`.
     target: the prompted value of the model's metric. Default: the value
@@ -215,18 +234,18 @@ def gpt(weights: Any = "pretrained", target: float | None = None, *,
     if target is not None:
       raise ValueError("give target= or its alias prompt=, not both")
     target = prompt
-  return gpt_from_loaded(_load(weights), target=target, num_sampling_steps=num_sampling_steps,
+  return gpt_from_loaded(_load(weights, task), target=target, num_sampling_steps=num_sampling_steps,
                          eta=eta, temperature=temperature, guidance=guidance, seed=seed,
                          max_updates=max_updates, task=task, allow_other_task=allow_other_task)
 
 
-def _weights_path(weights: Any) -> str | os.PathLike:
+def _weights_path(weights: Any, task: Any = None) -> str | os.PathLike:
   """The directory of ``weights`` (``"pretrained"`` or a path), with clear errors."""
   if weights is None:
     raise ValueError("G.pt has no meaningful fresh weights; pass weights='pretrained' "
                      "or a path written by meta_train.gpt_train")
   if isinstance(weights, str) and weights == "pretrained":
-    path = pretrained_gpt_path()
+    path = pretrained_gpt_path(task=task)
     if not (path / "manifest.json").exists():
       raise FileNotFoundError(f"no pretrained G.pt weights are shipped at {path}; train "
                               f"one with `python -m meta_train.gpt_train` and pass its "
@@ -244,8 +263,8 @@ def _weights_path(weights: Any) -> str | os.PathLike:
   return weights
 
 
-def _load(weights: Any) -> LoadedGPT:
-  return weights if isinstance(weights, LoadedGPT) else load_gpt(_weights_path(weights))
+def _load(weights: Any, task: Any = None) -> LoadedGPT:
+  return weights if isinstance(weights, LoadedGPT) else load_gpt(_weights_path(weights, task))
 
 
 def trained_for(weights: Any = "pretrained") -> dict[str, Any] | None:

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import tasks
-from lopt.gpt import load_gpt
+from lopt.gpt import higher_is_better, load_gpt
 from meta_train.gpt._align import UnitLayout
 from meta_train.gpt._baselines import MetricFn
 from meta_train.gpt._data import load_dataset
@@ -51,15 +51,17 @@ class ProtocolContext:
       manifest.
     num_sampling_steps, eta: the sampler.
     chunk: networks sampled or measured per call (batches are padded to it).
+    task_overrides: task settings that replace the dataset's, e.g. ``{"eval_batch_size":
+      64}`` to measure a policy's return on more episodes (run settings only).
   """
 
   def __init__(self, weights: str, dataset: str | None = None, *, num_sampling_steps: int = 20,
-               eta: float = 0.0, chunk: int = 64):
+               eta: float = 0.0, chunk: int = 64, task_overrides: dict[str, Any] | None = None):
     self.weights, self.loaded = str(weights), load_gpt(weights)
     m = self.loaded
     self.model, self.tok = m.model, m.model.tokenizer
     self.metric = m.model.cfg["metric"]
-    self.lower_is_better = not self.metric.endswith("return")
+    self.lower_is_better = not higher_is_better(self.metric)
     self.dataset = dataset or m.manifest.get("extra", {}).get("dataset")
     if not self.dataset:
       raise ValueError(f"the manifest of {weights!r} names no training dataset; pass dataset=")
@@ -68,7 +70,8 @@ class ProtocolContext:
       raise ValueError(f"the dataset {self.dataset!r} holds another architecture than the "
                        f"model {weights!r} was trained for")
     self.index = data.index
-    self.task = tasks.get(data.index["task"], **data.index["task_config"])
+    self.task = tasks.get(data.index["task"], **{**data.index["task_config"],
+                                                 **(task_overrides or {})})
     held = set(m.manifest.get("extra", {}).get("heldout_run_ids", []))
     train = np.asarray([int(r) not in held for r in data.run_ids])
     self.bank = data.params[train].reshape(-1, self.tok.num_params)

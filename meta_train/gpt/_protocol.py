@@ -136,9 +136,12 @@ def weights_digest(weights: str | pathlib.Path) -> str:
   return h.hexdigest()
 
 
-def write_settings(path: str | pathlib.Path, settings: ProtocolSettings,
+def write_settings(path: str | pathlib.Path, settings: Any,
                    selection: dict[str, Any]) -> dict[str, Any]:
   """Writes the settings file with the current UTC time; never overwrites one.
+
+  ``settings`` is a :class:`ProtocolSettings` or another protocol's settings class
+  (``to_json``, ``ids``; its ``FORMAT`` names the file's format).
 
   Raises:
     FileExistsError: ``path`` exists (settings are fixed once; delete the file by
@@ -148,7 +151,7 @@ def write_settings(path: str | pathlib.Path, settings: ProtocolSettings,
   check_new(path)
   ids = {s: [int(settings.ids(s)[0]), int(settings.ids(s)[-1]) + 1]
          for s in ("validation", "test")}
-  doc = {"format": FORMAT,
+  doc = {"format": getattr(settings, "FORMAT", FORMAT),
          "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(
              timespec="seconds"),
          "rule": RULE, "settings": settings.to_json(), "ids": ids, "selection": selection}
@@ -164,8 +167,9 @@ def check_new(path: str | pathlib.Path) -> None:
                           f"test figure; delete it by hand to choose them again")
 
 
-def read_settings(path: str | pathlib.Path | None) -> tuple[ProtocolSettings, dict[str, Any]]:
-  """Reads a settings file; returns the settings and the whole document.
+def read_settings(path: str | pathlib.Path | None, cls: type = ProtocolSettings,
+                  command: str = "meta_train.gpt.protocol") -> tuple[Any, dict[str, Any]]:
+  """Reads a settings file of ``cls``; returns the settings and the whole document.
 
   Raises:
     FileNotFoundError: no file (test figures need settings fixed on validation first).
@@ -175,11 +179,13 @@ def read_settings(path: str | pathlib.Path | None) -> tuple[ProtocolSettings, di
     raise FileNotFoundError(
         f"no protocol settings file at {str(path)!r}: test figures are computed only with "
         f"settings fixed on validation runs; write them first with `python -m "
-        f"meta_train.gpt.protocol --validation_only --settings=<file>`")
+        f"{command} --validation_only --settings=<file>`")
   doc = json.loads(pathlib.Path(path).read_text())
-  if doc.get("format") != FORMAT or "created_utc" not in doc:
-    raise ValueError(f"{path}: not a {FORMAT} settings file with a creation date")
-  settings = ProtocolSettings.from_json(doc["settings"])
+  fmt = getattr(cls, "FORMAT", FORMAT)
+  if doc.get("format") != fmt or "created_utc" not in doc:
+    raise ValueError(f"{path}: not a {fmt} settings file with a creation date (format "
+                     f"{doc.get('format')!r})")
+  settings = cls.from_json(doc["settings"])
   for split in ("validation", "test"):
     ids = settings.ids(split)
     if doc["ids"][split] != [int(ids[0]), int(ids[-1]) + 1]:

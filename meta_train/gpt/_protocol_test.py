@@ -79,7 +79,7 @@ def run_test(ctx: ProtocolContext, s: ProtocolSettings, *,
   """Every test figure of the protocol (see :mod:`meta_train.gpt.protocol`)."""
   if not ctx.lower_is_better:
     raise ValueError(f"the protocol compares lower-is-better metrics; the model's metric is "
-                     f"{ctx.metric!r}")
+                     f"{ctx.metric!r} (use `python -m meta_train.gpt.protocol_return`)")
   t0 = time.time()
   key = jax.random.key(s.seed)
   ids = s.ids("test")

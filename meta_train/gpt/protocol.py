@@ -93,6 +93,9 @@ def choose_settings(weights: str, settings_path: str, dataset: str | None = None
                            init_scale_range=(1.0, 1.0), temperature=0.0, guidance=0.0,
                            target=0.0, **settings)  # validates the fields early
   ctx = _context(context, str(weights), dataset, probe)
+  if not ctx.lower_is_better:
+    raise ValueError(f"{weights!r} is prompted on {ctx.metric!r} (higher is better); use "
+                     f"`python -m meta_train.gpt.protocol_return` for it")
   ids = probe.ids("validation")
   check_disjoint(ctx.index, ids, probe.ids("test"))
   starts = ctx.inits("train", ids)

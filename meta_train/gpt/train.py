@@ -45,7 +45,7 @@ import orbax.checkpoint as ocp
 from absl import app, flags
 
 import tasks
-from lopt.gpt import GPT, save_gpt
+from lopt.gpt import GPT, best_value, save_gpt, use_log_metric
 from meta_train._run import Eta, RunDir, RunError, atomic_write_text, replace_dir, restore_newest
 from meta_train.gpt._data import load_dataset
 from meta_train.gpt._pairs import permutation_index, sample_pairs
@@ -223,11 +223,12 @@ def _train(dataset: str, cfg: dict[str, Any], run_dir: RunDir, export: str | Non
     raise ValueError(f"metric {cfg['metric']!r} not in dataset; has {sorted(data.metrics)}")
   workdir_p = run_dir.path
   spec = data.index["param_spec"]
-  is_loss = "loss" in cfg["metric"]
-  model = GPT(spec, **{k: cfg[k] for k in _MODEL_KEYS}, log_metric=is_loss)
   train_runs, held_runs = split_runs(data.run_ids, cfg["holdout_runs"], cfg["seed"])
-  run_dir.start()  # everything is valid: the first write
   metric = data.metrics[cfg["metric"]]
+  # log(loss) for positive losses; returns (and -return losses) are embedded as they are.
+  model = GPT(spec, **{k: cfg[k] for k in _MODEL_KEYS},
+              log_metric=use_log_metric(cfg["metric"], metric[train_runs]))
+  run_dir.start()  # everything is valid: the first write
   grad_fn = sample_grads = None
   if cfg["condition_grad"]:
     task = tasks.get(data.index["task"], **data.index["task_config"])
@@ -240,7 +241,7 @@ def _train(dataset: str, cfg: dict[str, Any], run_dir: RunDir, export: str | Non
   stats = {k: jnp.asarray(v) for k, v in
            model.compute_stats(data.params[train_runs], metric[train_runs],
                                sample_grads).items()}
-  best = float(metric[train_runs].min() if is_loss else metric[train_runs].max())
+  best = best_value(cfg["metric"], metric[train_runs])  # the max for a return
   # What the optimizer checks its use against: the task's every setting, the metric range.
   trained = {"task": _trained_for(data.index), "best_metric": best, "metric_range": (
       float(np.nanmin(metric[train_runs])), float(np.nanmax(metric[train_runs])))}
