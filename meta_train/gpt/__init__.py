@@ -15,10 +15,13 @@ Command lines (each ``--help`` lists its flags)::
   python -m meta_train.gpt.evaluate --weights=runs/gpt_digits/weights --out=runs/gpt_eval
   python -m meta_train.gpt.protocol --validation_only --settings=runs/settings.json
   python -m meta_train.gpt.protocol --settings=runs/settings.json --out=runs/gpt_protocol
+  python -m meta_train.gpt.protocol_return --validation_only --settings=runs/rl.json
+  python -m meta_train.gpt.protocol_return --settings=runs/rl.json --out=runs/gpt_rl_protocol
 
 The protocol (:mod:`meta_train.gpt.protocol`) is the evaluation that cannot flatter
 the model: settings fixed on validation inits and dated before any test figure,
-medians against medians, many init schemes, permutation-aligned novelty.
+medians against medians, many init schemes, permutation-aligned novelty;
+:mod:`meta_train.gpt.protocol_return` is its sibling for return-prompted (RL) models.
 
 (``python -m meta_train.gpt_dataset``, ``gpt_train`` and ``gpt_eval`` still work.)
 
@@ -31,6 +34,7 @@ from meta_train.gpt._data import load_dataset as load_dataset
 from meta_train.gpt._inits import INIT_SCHEMES as INIT_SCHEMES
 from meta_train.gpt._inits import scheme_inits as scheme_inits
 from meta_train.gpt._protocol import ProtocolSettings as ProtocolSettings
+from meta_train.gpt._protocol_return import ReturnProtocolSettings as ReturnProtocolSettings
 from meta_train.gpt.dataset import DEFAULT_LR_RANGES as DEFAULT_LR_RANGES
 from meta_train.gpt.dataset import DEFAULT_TASK_CONFIGS as DEFAULT_TASK_CONFIGS
 from meta_train.gpt.dataset import generate as generate
@@ -38,6 +42,8 @@ from meta_train.gpt.evaluate import ADAM_LRS as ADAM_LRS
 from meta_train.gpt.evaluate import evaluate_gpt as evaluate_gpt
 from meta_train.gpt.protocol import choose_settings as choose_settings
 from meta_train.gpt.protocol import evaluate_protocol as evaluate_protocol
+from meta_train.gpt.protocol_return import choose_return_settings as choose_return_settings
+from meta_train.gpt.protocol_return import evaluate_return_protocol as evaluate_return_protocol
 from meta_train.gpt.train import DEFAULT_TRAIN_CONFIG as DEFAULT_TRAIN_CONFIG
 from meta_train.gpt.train import split_runs as split_runs
 from meta_train.gpt.train import task_grad_fn as task_grad_fn
@@ -45,7 +51,8 @@ from meta_train.gpt.train import train_gpt as train_gpt
 
 __all__ = [
     "ADAM_LRS", "DEFAULT_LR_RANGES", "DEFAULT_TASK_CONFIGS", "DEFAULT_TRAIN_CONFIG",
-    "INIT_SCHEMES", "CheckpointDataset", "ProtocolSettings", "aligned_distance",
-    "choose_settings", "evaluate_gpt", "evaluate_protocol", "generate", "load_dataset",
+    "INIT_SCHEMES", "CheckpointDataset", "ProtocolSettings", "ReturnProtocolSettings",
+    "aligned_distance", "choose_return_settings", "choose_settings", "evaluate_gpt",
+    "evaluate_protocol", "evaluate_return_protocol", "generate", "load_dataset",
     "scheme_inits", "split_runs", "task_grad_fn", "train_gpt",
 ]
