@@ -11,7 +11,8 @@
 #    and resumes from its last checkpoint when rerun), exported to lopt/weights/gpt_cartpole.
 # 3. The protocol: settings chosen on validation inits and written, dated, to
 #    docs/results/gpt/cartpole_protocol_settings.json (written once: delete it by hand to
-#    choose again, and say so), then the test figures into docs/results/gpt/cartpole_protocol.
+#    choose again, and say so), recorded in the weights' manifest as the optimizer's defaults,
+#    then the test figures into docs/results/gpt/cartpole_protocol.
 # Every step resumes or is skipped when done. PYTHON overrides the interpreter.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -28,5 +29,7 @@ if [ ! -e "$SETTINGS" ]; then
   "$PYTHON" -m meta_train.gpt.protocol_return --validation_only \
     --weights=lopt/weights/gpt_cartpole --settings="$SETTINGS"
 fi
+# The chosen settings become the optimizer's defaults (manifest extra; not in the digest).
+"$PYTHON" -c "from meta_train.gpt.protocol_return import record_in_manifest as r; r('$SETTINGS')"
 "$PYTHON" -m meta_train.gpt.protocol_return --settings="$SETTINGS" \
   --out=docs/results/gpt/cartpole_protocol

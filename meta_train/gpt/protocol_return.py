@@ -60,7 +60,8 @@ from meta_train.gpt._protocol_return import (
   wall_clock,
 )
 
-__all__ = ["choose_return_settings", "evaluate_return_protocol", "define_flags", "run"]
+__all__ = ["choose_return_settings", "define_flags", "evaluate_return_protocol",
+           "record_in_manifest", "run"]
 
 _COMMAND = "meta_train.gpt.protocol_return"
 #: Base seed of Adam's batch keys (``fold_in(key(ADAM_KEY_SEED), init id)``).
@@ -76,11 +77,28 @@ def _context(weights: str, dataset: str | None, s: ReturnProtocolSettings) -> Pr
   return ctx
 
 
+def record_in_manifest(settings_path: str, log: Callable[[str], None] = print) -> None:
+  """Makes a settings file's temperature, guidance and target the optimizer's defaults.
+
+  Writes them to ``extra`` of the weights' ``manifest.json`` (``sampling_temperature``,
+  ``guidance``, ``target``, ``settings_file``), as ``gpt_eval --save_settings`` does; the
+  weights' digest covers ``state/`` only, so the settings file still matches.
+  """
+  s, doc = read_settings(settings_path, ReturnProtocolSettings, _COMMAND)
+  mpath = pathlib.Path(s.weights) / "manifest.json"
+  man = json.loads(mpath.read_text())
+  man["extra"].update(sampling_temperature=s.temperature, guidance=s.guidance, target=s.target,
+                      settings_file=f"{settings_path} ({doc['created_utc']})")
+  mpath.write_text(json.dumps(man, indent=1))
+  log(f"protocol_return: recorded temperature {s.temperature:g}, guidance {s.guidance:g}, "
+      f"target {s.target:g} in {mpath}")
+
+
 def choose_return_settings(weights: str, settings_path: str, dataset: str | None = None, *,
                            temperatures: Sequence[float] = (0.0, 0.3, 0.7),
                            target_fractions: Sequence[float] = (0.0, 0.05, 0.1, 0.2),
                            guidances: Sequence[float] = (0.0, 0.1, 0.3, 0.5),
-                           log: Callable[[str], None] = print,
+                           save_settings: bool = False, log: Callable[[str], None] = print,
                            **settings: Any) -> dict[str, Any]:
   """The validation step: chooses temperature, target and guidance; writes the file.
 
@@ -92,6 +110,8 @@ def choose_return_settings(weights: str, settings_path: str, dataset: str | None
   Args:
     weights, settings_path, dataset: the model, the file to write (once), its data.
     temperatures, target_fractions, guidances: the validation grids (module docstring).
+    save_settings: also make the chosen settings the optimizer's defaults
+      (:func:`record_in_manifest`).
     settings: other :class:`~meta_train.gpt._protocol_return.ReturnProtocolSettings`
       fields.
 
@@ -147,6 +167,8 @@ def choose_return_settings(weights: str, settings_path: str, dataset: str | None
                               target=float(target))
   doc = _write(settings_path, final, selection)
   log(f"protocol_return: wrote {settings_path} ({doc['created_utc']})")
+  if save_settings:
+    record_in_manifest(settings_path, log)
   return doc
 
 
@@ -301,7 +323,8 @@ def main(argv, fv: flags.FlagValues = flags.FLAGS) -> None:
       choose_return_settings(fv.weights, fv.settings, fv.dataset,
                              temperatures=floats(fv.temperatures),
                              target_fractions=floats(fv.target_fractions),
-                             guidances=floats(fv.guidances), **kw)
+                             guidances=floats(fv.guidances), save_settings=fv.save_settings,
+                             **kw)
     else:
       extra = sorted(present & set(_VALIDATION_FLAGS))
       if extra:
@@ -319,6 +342,9 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                       "--validation_only, read by the test step.", required=True, flag_values=fv)
   flags.DEFINE_bool("validation_only", False, "Choose the settings on validation inits and "
                     "write the settings file; compute no test figure.", flag_values=fv)
+  flags.DEFINE_bool("save_settings", False, "Validation: also record the chosen temperature, "
+                    "guidance and target in the weights' manifest (the optimizer's defaults).",
+                    flag_values=fv)
   flags.DEFINE_string("out", "runs/gpt_cartpole_protocol", "Test step: output directory.",
                       flag_values=fv)
   flags.DEFINE_string("weights", "lopt/weights/gpt_cartpole", "G.pt weights directory.",

@@ -25,6 +25,9 @@ def test_pretrained_with_a_task_is_the_model_trained_for_it(cartpole):
   m = lopt.gpt.read_gpt_manifest(lopt.gpt.pretrained_gpt_path(task=cartpole))
   assert m["config"]["metric"] == "test_return" and m["config"]["log_metric"] is False
   assert m["best_metric"] == pytest.approx(500.0) and m["metric_range"][1] == 500.0
+  # The defaults the return protocol chose on validation inits (its settings file).
+  assert {k: m["extra"][k] for k in ("target", "sampling_temperature", "guidance")} == {
+      "target": 500.0, "sampling_temperature": 0.3, "guidance": 0.5}
 
 
 def test_one_update_from_a_random_policy_raises_its_return(cartpole):
