@@ -68,7 +68,9 @@ def test_every_config_field_is_a_flag_and_every_flagfile_parses():
               specialize_cli if path.name.startswith("specialize_") else meta_main)
     fv = _parse(module, [f"--flagfile={path}"])
     if module is meta_main:
-      assert meta_main.config_from_flags(fv).unroll.trunc_length == 20, path.name
+      cfg = meta_main.config_from_flags(fv)
+      assert fv["lopt"].present and fv["workdir"].present, path.name
+      assert cfg.unroll.trunc_length == fv["trunc_length"].value, path.name
     elif module is specialize_cli:
       assert fv["pretrained"].present and fv["workdir"].present, path.name
     else:
