@@ -19,6 +19,7 @@ from lopt._celo2_lopt import Celo2LOpt as Celo2LOpt
 from lopt._hierarchical_lopt import HierarchicalLOpt as HierarchicalLOpt
 from lopt._horizon import UNKNOWN_HORIZON as UNKNOWN_HORIZON
 from lopt._layerwise_combo_lopt import BASE_DIRECTIONS as BASE_DIRECTIONS
+from lopt._layerwise_combo_lopt import SCHEDULES as COMBO_SCHEDULES
 from lopt._layerwise_combo_lopt import DIRECTIONS as DIRECTIONS
 from lopt._layerwise_combo_lopt import LayerwiseComboLOpt as LayerwiseComboLOpt
 from lopt._mlp_lopt import MLPLOpt as MLPLOpt
@@ -55,6 +56,7 @@ register("gpt", gpt.gpt, learned=True, pretrained=gpt.PRETRAINED)
 __all__ = [
     "AdafacMLPLOpt",
     "BASE_DIRECTIONS",
+    "COMBO_SCHEDULES",
     "CheckedState",
     "Celo2LOpt",
     "DIRECTIONS",

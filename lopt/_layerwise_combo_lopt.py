@@ -70,12 +70,17 @@ from lopt._horizon import Horizon, check_num_steps
 from lopt._per_param_lopt import finite_rows, restore_nonfinite
 from lopt._per_param_mlp import TIME_FEATURE_NAMES, FlatLayout, mlp_forward, time_features
 
-__all__ = ["BASE_DIRECTIONS", "DIRECTIONS", "LayerwiseComboLOpt", "LayerwiseComboLOptState"]
+__all__ = ["BASE_DIRECTIONS", "DIRECTIONS", "LayerwiseComboLOpt", "LayerwiseComboLOptState",
+           "SCHEDULES"]
 
 #: The default base directions (the optimizer's ``directions``).
 BASE_DIRECTIONS = ("sgd", "momentum", "adam", "sign")
 #: Every direction ``directions=`` may name.
 DIRECTIONS = BASE_DIRECTIONS + ("orth",)
+#: Fixed step-size schedules ``schedule=`` may name: ``"constant"`` (the learned step
+#: sizes alone) or ``"cosine"`` (times ``(1 + cos(pi t / num_steps)) / 2`` at update ``t``
+#: = 0, 1, ...; as ``optax.cosine_decay_schedule``, so it needs the horizon).
+SCHEDULES = ("constant", "cosine")
 
 
 def orthogonalized(layout: FlatLayout, trace: jax.Array) -> jax.Array:
@@ -134,6 +139,10 @@ class LayerwiseComboLOpt(LearnedOptimizer):
     directions: the base directions mixed, in column order: distinct names of
       :data:`DIRECTIONS` including ``"adam"`` (default :data:`BASE_DIRECTIONS`; add
       ``"orth"`` for Muon-style orthogonalized momentum).
+    schedule: a fixed factor on every step size, one of :data:`SCHEDULES`:
+      ``"constant"`` (default) or ``"cosine"``, a decay to zero over ``num_steps``
+      that stretches with the horizon (as celo2_lopt's), so the learned terms
+      need not extrapolate to longer runs; ``"cosine"`` needs a known ``num_steps``.
   """
 
   hidden_size: int = 16
@@ -145,10 +154,12 @@ class LayerwiseComboLOpt(LearnedOptimizer):
   param_tree: tuple[tuple[str, tuple[int, ...]], ...] | None = None
   init_lr: float = setting(1e-3, config=False)
   directions: tuple[str, ...] = BASE_DIRECTIONS
+  schedule: str = "constant"
 
   name = "layerwise_combo_lopt"
   RENAMED: ClassVar[dict[str, str]] = {"hidden": "hidden_size"}
-  ADDED: ClassVar[dict[str, Any]] = {"param_tree": None, "directions": list(BASE_DIRECTIONS)}
+  ADDED: ClassVar[dict[str, Any]] = {"param_tree": None, "directions": list(BASE_DIRECTIONS),
+                                     "schedule": "constant"}
   #: Per-tensor inputs of the weight network, in column order.
   feature_names: ClassVar[tuple[str, ...]] = (
       ("log_rms(g)", "log_rms(m)", "log_rms(trace)", "log_rms(adam)", "log_rms(p)",
@@ -170,6 +181,8 @@ class LayerwiseComboLOpt(LearnedOptimizer):
     if bad or len(set(self.directions)) != len(self.directions) or "adam" not in self.directions:
       raise ValueError(f"directions must be distinct names of {DIRECTIONS} including 'adam' "
                        f"(the init), got {tuple(self.directions)}")
+    if self.schedule not in SCHEDULES:
+      raise ValueError(f"unknown schedule {self.schedule!r}; valid: {SCHEDULES}")
 
   @classmethod
   def for_params(cls, params: Any, **kwargs: Any) -> "LayerwiseComboLOpt":
@@ -244,6 +257,9 @@ class LayerwiseComboLOpt(LearnedOptimizer):
     passes a traced int.
     """
     num_steps = check_num_steps(num_steps, self.name)
+    if self.schedule == "cosine" and isinstance(num_steps, str):
+      raise ValueError(f"{self.name} with schedule='cosine' decays over num_steps and needs "
+                       f"the horizon: pass num_steps=<int>, not {num_steps!r}")
     beta, b1, b2 = self.momentum, self.b1, self.b2
 
     def init_fn(params):
@@ -288,6 +304,9 @@ class LayerwiseComboLOpt(LearnedOptimizer):
         coef = coef + meta_params["layer_bias"]
         log_lr = log_lr + meta_params["layer_log_lr"]
       coef = coef * jnp.exp(log_lr)[:, None]  # (T, 4)
+      if self.schedule == "cosine":
+        frac = jnp.clip((step - 1).astype(jnp.float32) / num_steps, 0.0, 1.0)
+        coef = coef * (0.5 * (1.0 + jnp.cos(jnp.pi * frac)))
 
       u = self.direction_rows(layout, g, trace, mu, adam)
       step_rows = -sum(pt.tensor_rows(layout, coef[:, i]) * u_k for i, u_k in enumerate(u))

@@ -201,8 +201,8 @@ def specialize_config(*, family_name: str, param_tree: tuple, num_targets: int, 
                       outer_steps: int, num_tasks: int, seed: int, sigma: float,
                       learning_rate: float, init_lr: float, hidden_size: int,
                       checkpoint_every: int, max_horizon: int | None = None,
-                      estimator: str = "es", directions: Sequence[str] | None = None
-                      ) -> TrainConfig:
+                      estimator: str = "es", directions: Sequence[str] | None = None,
+                      schedule: str = "constant") -> TrainConfig:
   """The :class:`meta_train.TrainConfig` of a specialization run.
 
   Arguments as :func:`specialize`'s; ``family_name`` names the pretrained model and the
@@ -217,6 +217,9 @@ def specialize_config(*, family_name: str, param_tree: tuple, num_targets: int, 
   if directions is not None and tuple(directions) != lopt.LayerwiseComboLOpt.directions:
     lopt_config["directions"] = tuple(directions)   # only when not the default (resuming)
     lopt.LayerwiseComboLOpt(directions=tuple(directions))  # ValueError naming bad ones
+  if schedule != "constant":                        # likewise only when not the default
+    lopt_config["schedule"] = schedule
+    lopt.LayerwiseComboLOpt(schedule=schedule)       # ValueError listing the valid ones
   return TrainConfig(
       lopt=lopt.LayerwiseComboLOpt.name,
       lopt_config=lopt_config,
@@ -242,7 +245,8 @@ def _jsonable(x: Any) -> Any:
 def specialize(*, pretrained: str | os.PathLike, workdir: str | os.PathLike,
                targets: Sequence[str] | Mapping[str, tasks.Task] | None = None,
                horizon: int = 100, max_horizon: int | None = None, estimator: str = "es",
-               directions: Sequence[str] | None = None, outer_steps: int = 320,
+               directions: Sequence[str] | None = None, schedule: str = "constant",
+               outer_steps: int = 320,
                num_tasks: int = 8, seed: int = 0,
                sigma: float = 0.05, learning_rate: float = 0.01, init_lr: float = 1e-2,
                hidden_size: int = 16, checkpoint_every: int = 20, command: str | None = None,
@@ -274,6 +278,9 @@ def specialize(*, pretrained: str | os.PathLike, workdir: str | os.PathLike,
       unbiased over runs of several truncations).
     directions: the base directions mixed (default ``lopt.BASE_DIRECTIONS``: sgd,
       momentum, adam, sign); e.g. add ``"orth"`` for Muon-style orthogonalized momentum.
+    schedule: the optimizer's fixed step-size factor (``lopt.COMBO_SCHEDULES``):
+      ``"constant"`` or ``"cosine"`` (decay to zero over each run's length, so the
+      schedule stretches to longer fine-tuning runs).
     outer_steps: ES steps; each fine-tunes ``2 * num_tasks`` runs of one target.
     num_tasks: instances per outer step (divisible by the number of devices).
     seed: the root of all randomness.
@@ -313,14 +320,14 @@ def specialize(*, pretrained: str | os.PathLike, workdir: str | os.PathLike,
       outer_steps=outer_steps, num_tasks=num_tasks, seed=seed, sigma=sigma,
       learning_rate=learning_rate, init_lr=init_lr, hidden_size=hidden_size,
       checkpoint_every=checkpoint_every, max_horizon=max_horizon, estimator=estimator,
-      directions=directions)
+      directions=directions, schedule=schedule)
   lo = lopt.learned(config.lopt, **dict(config.lopt_config))
   result = train(config, workdir, family=family, callback=callback, devices=devices, log=log)
   if command is None:
     command = (f"meta_train.specialize(pretrained={ident!r}, targets={list(built)!r}, "
                f"workdir={os.fspath(workdir)!r}, horizon={horizon}, "
                f"max_horizon={config.unroll.max_horizon}, estimator={estimator!r}, "
-               f"directions={list(lo.directions)!r}, "
+               f"directions={list(lo.directions)!r}, schedule={lo.schedule!r}, "
                f"outer_steps={outer_steps}, "
                f"num_tasks={num_tasks}, seed={seed}, sigma={sigma}, "
                f"learning_rate={learning_rate}, init_lr={init_lr})")
