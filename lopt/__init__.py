@@ -19,8 +19,8 @@ from lopt._celo2_lopt import Celo2LOpt as Celo2LOpt
 from lopt._hierarchical_lopt import HierarchicalLOpt as HierarchicalLOpt
 from lopt._horizon import UNKNOWN_HORIZON as UNKNOWN_HORIZON
 from lopt._layerwise_combo_lopt import BASE_DIRECTIONS as BASE_DIRECTIONS
-from lopt._layerwise_combo_lopt import SCHEDULES as COMBO_SCHEDULES
 from lopt._layerwise_combo_lopt import DIRECTIONS as DIRECTIONS
+from lopt._layerwise_combo_lopt import SCHEDULES as COMBO_SCHEDULES
 from lopt._layerwise_combo_lopt import LayerwiseComboLOpt as LayerwiseComboLOpt
 from lopt._mlp_lopt import MLPLOpt as MLPLOpt
 from lopt._per_param_lopt import MagnitudeLOpt as MagnitudeLOpt

@@ -94,6 +94,24 @@ def test_orth_direction_one_hot_is_orthogonalized_momentum():
       LayerwiseComboLOpt(directions=bad)
 
 
+def test_cosine_schedule_is_adam_under_optax_cosine_decay():
+  """schedule='cosine': one-hot Adam equals optax.adam(cosine_decay_schedule(lr, T)) past T."""
+  lo = LayerwiseComboLOpt(schedule="cosine")
+  T = 6
+  tx, ref = lo.transform(lo.one_hot("adam", LR), T), optax.adam(optax.cosine_decay_schedule(LR, T))
+  params = ref_params = make_params()
+  state, ref_state = tx.init(params), ref.init(ref_params)
+  for _ in range(T + 2):   # the factor stays 0 after the horizon
+    params, state = _apply(tx, params, state)
+    ref_params, ref_state = _apply(ref, ref_params, ref_state)
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="schedule='cosine' decays over num_steps"):
+    lo.transform(lo.init(jax.random.key(0)), "unknown")
+  with pytest.raises(ValueError, match=r"unknown schedule 'cos'; valid: \('constant', 'cosine'\)"):
+    LayerwiseComboLOpt(schedule="cos")
+
+
 def test_init_is_adam():
   lo = LayerwiseComboLOpt()
   mp = lo.init(jax.random.key(3))

@@ -135,6 +135,7 @@ def _parse(args):
     (["--horizon=50", "--max_horizon=100"], "need estimator='pes'"),
     (["--estimator=sgd"], "value should be one of <es|pes>"),
     (["--directions=sgd,muon"], "directions must be distinct names of"),
+    (["--schedule=linear"], "value should be one of <constant|cosine>"),
 ])
 def test_bad_flags_are_one_line_errors(args, expected):
   with pytest.raises(flags.IllegalFlagValueError, match=expected) as e:
@@ -156,7 +157,7 @@ def test_flags_give_the_call_and_the_module_stays_callable(monkeypatch):
   cli.run_from_flags(fv)
   assert (got["pretrained"], got["targets"], got["horizon"]) == ("digits_mlp", ["invert"], 7)
   assert (got["max_horizon"], got["estimator"]) == (None, "es")
-  assert got["directions"] == list(lopt.BASE_DIRECTIONS)
+  assert got["directions"] == list(lopt.BASE_DIRECTIONS) and got["schedule"] == "constant"
   assert callable(meta_train.specialize)   # the package attribute, now this module
 
 
@@ -180,3 +181,6 @@ def test_mixed_horizons_unroll_truncations_of_one_horizon_with_pes():
   orth = meta_train._specialize.specialize_config(
       horizon=100, directions=[*lopt.BASE_DIRECTIONS, "orth"], **kw)
   assert orth.lopt_config["directions"] == (*lopt.BASE_DIRECTIONS, "orth")
+  assert "schedule" not in orth.lopt_config   # likewise the schedule
+  cos = meta_train._specialize.specialize_config(horizon=100, schedule="cosine", **kw)
+  assert cos.lopt_config["schedule"] == "cosine"
