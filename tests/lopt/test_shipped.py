@@ -57,8 +57,11 @@ def test_shipped_specialized_optimizer_fits_its_backbone_only():
   assert manifest["extra"]["specialized_to"]["backbone"] == "digits_cnn"
   assert manifest["extra"]["command"].startswith(
       "python -m meta_train.specialize "
-      "--flagfile=meta_train/configs/specialize_digits_cnn_orth.flags")
+      "--flagfile=meta_train/configs/specialize_digits_cnn_cosine.flags")
   assert manifest["extra"]["meta_training"]["outer_step"] == 1920
+  assert manifest["config"]["schedule"] == "cosine"   # v6: it needs the horizon
+  with pytest.raises(ValueError, match="schedule='cosine' decays over num_steps"):
+    lopt.get("layerwise_combo_lopt", weights=path, num_steps="unknown")
   with pytest.raises(KeyError, match="shipped: digits_cnn"):
     lopt.specialized_path("resnet")
   opt = lopt.get("layerwise_combo_lopt", weights=path, num_steps=20)
