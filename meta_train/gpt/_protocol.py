@@ -20,7 +20,7 @@ import datetime
 import hashlib
 import json
 import pathlib
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -38,8 +38,33 @@ RULE = ("All settings were chosen on validation runs only (validation init ids, 
         "test figure was computed.")
 
 
+class SettingsJSON:
+  """What every protocol's settings dataclass shares: its init ids and its JSON form.
+
+  Subclasses are frozen dataclasses with ``num_inits``, ``num_validation_inits`` and
+  ``KIND`` (the name unknown fields are reported under).
+  """
+  KIND: ClassVar[str] = "protocol"
+
+  def ids(self, split: str) -> np.ndarray:
+    """The init ids of ``split`` ("validation" or "test")."""
+    n = self.num_validation_inits if split == "validation" else self.num_inits
+    return init_ids(split, n)
+
+  def to_json(self) -> dict[str, Any]:
+    return json.loads(json.dumps(dataclasses.asdict(self)))
+
+  @classmethod
+  def from_json(cls, d: dict[str, Any]):
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - fields)
+    if unknown:
+      raise ValueError(f"unknown {cls.KIND} settings {unknown}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
 @dataclasses.dataclass(frozen=True)
-class ProtocolSettings:
+class ProtocolSettings(SettingsJSON):
   """Every setting of a protocol test evaluation (one owner: this file).
 
   Attributes:
@@ -106,22 +131,6 @@ class ProtocolSettings:
                        f"{list(self.schemes)}")
     if self.num_prompts < 2 or self.num_align_nets > self.num_inits:
       raise ValueError("num_prompts must be >= 2 and num_align_nets <= num_inits")
-
-  def ids(self, split: str) -> np.ndarray:
-    """The init ids of ``split`` ("validation" or "test")."""
-    n = self.num_validation_inits if split == "validation" else self.num_inits
-    return init_ids(split, n)
-
-  def to_json(self) -> dict[str, Any]:
-    return json.loads(json.dumps(dataclasses.asdict(self)))
-
-  @classmethod
-  def from_json(cls, d: dict[str, Any]) -> "ProtocolSettings":
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - fields)
-    if unknown:
-      raise ValueError(f"unknown protocol settings {unknown}")
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
 def weights_digest(weights: str | pathlib.Path) -> str:

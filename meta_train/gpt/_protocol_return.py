@@ -22,7 +22,6 @@ File layout: that of :mod:`meta_train.gpt._protocol` with format
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from typing import Any, ClassVar
 
@@ -35,15 +34,15 @@ import tasks
 from meta_train.gpt._align import pairwise_aligned
 from meta_train.gpt._baselines import r_squared
 from meta_train.gpt._context import ProtocolContext
-from meta_train.gpt._inits import init_ids
 from meta_train.gpt._measures import adam_every_step, median_summary
+from meta_train.gpt._protocol import SettingsJSON
 
 __all__ = ["ReturnProtocolSettings", "adam_returns", "adam_seed_spread", "flat_key",
            "return_alignment_r2", "sample_spread", "wall_clock"]
 
 
 @dataclasses.dataclass(frozen=True)
-class ReturnProtocolSettings:
+class ReturnProtocolSettings(SettingsJSON):
   """Every setting of a return-protocol test evaluation (one owner: this file).
 
   Attributes:
@@ -62,6 +61,7 @@ class ReturnProtocolSettings:
     success_return: the return a one-update median must reach (issue #19: 400).
   """
   FORMAT: ClassVar[str] = "lopt-gpt-protocol-return/1"
+  KIND: ClassVar[str] = "return-protocol"
   weights: str
   weights_sha256: str
   dataset: str
@@ -99,22 +99,6 @@ class ReturnProtocolSettings:
     if self.num_prompts < 2 or max(self.num_align_nets, self.num_spread_starts) > self.num_inits:
       raise ValueError("num_prompts must be >= 2 and num_align_nets, num_spread_starts "
                        "<= num_inits")
-
-  def ids(self, split: str) -> np.ndarray:
-    """The init ids of ``split`` ("validation" or "test")."""
-    return init_ids(split, self.num_validation_inits if split == "validation"
-                    else self.num_inits)
-
-  def to_json(self) -> dict[str, Any]:
-    return json.loads(json.dumps(dataclasses.asdict(self)))
-
-  @classmethod
-  def from_json(cls, d: dict[str, Any]) -> "ReturnProtocolSettings":
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - fields)
-    if unknown:
-      raise ValueError(f"unknown return-protocol settings {unknown}")
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
 def return_alignment_r2(prompts: np.ndarray, achieved: np.ndarray, *,

@@ -101,7 +101,6 @@ def choose_settings(weights: str, settings_path: str, dataset: str | None = None
   starts = ctx.inits("train", ids)
   m0 = ctx.measure(starts)[ctx.metric]
   key = jax.random.key(probe.seed + 1)  # not the test step's key
-  sign = 1.0 if ctx.lower_is_better else -1.0
 
   def one_update(tmp, w, prompt):
     new = ctx.generate(jax.random.fold_in(key, 1), starts, m0, prompt, tmp, w)
@@ -111,7 +110,7 @@ def choose_settings(weights: str, settings_path: str, dataset: str | None = None
   grid = ([float(target)] if target is not None else list(dict.fromkeys(
       ctx.best + float(f) * (ctx.reference_metric - ctx.best) for f in target_fractions)))
   scores = {(tp, tg): one_update(tp, 0.0, tg) for tp in temps for tg in grid}
-  temperature, target = min(scores, key=lambda k: sign * scores[k])
+  temperature, target = min(scores, key=scores.get)
   selection: dict[str, Any] = {
       "validation_scheme": "train", "reference_metric": ctx.reference_metric,
       "target_fractions": [float(f) for f in target_fractions],
@@ -128,7 +127,7 @@ def choose_settings(weights: str, settings_path: str, dataset: str | None = None
     by_w[w] = {"one_update_median": scores[temperature, target] if w == 0.0
                else one_update(temperature, w, target), "r2": r2}
   base = by_w.get(0.0, {}).get("one_update_median", np.inf)
-  ok = [w for w in by_w if sign * by_w[w]["one_update_median"] <= sign * base] or list(by_w)
+  ok = [w for w in by_w if by_w[w]["one_update_median"] <= base] or list(by_w)
   guidance = max(ok, key=lambda w: by_w[w]["r2"]["pooled"] + (by_w[w]["r2"]["low"] or -1e9))
   selection["by_guidance"] = {f"{w:g}": v for w, v in by_w.items()}
   selection["chosen"] = {"temperature": temperature, "target": target, "guidance": guidance}
