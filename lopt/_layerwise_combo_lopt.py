@@ -143,6 +143,10 @@ class LayerwiseComboLOpt(LearnedOptimizer):
       ``"constant"`` (default) or ``"cosine"``, a decay to zero over ``num_steps``
       that stretches with the horizon (as celo2_lopt's), so the learned terms
       need not extrapolate to longer runs; ``"cosine"`` needs a known ``num_steps``.
+    init_direction: the one base direction :meth:`init` selects (default
+      ``"adam"``; ``"orth"`` with ``schedule="cosine"`` starts as Muon-style
+      momentum under a cosine decay, celo2_lopt's prior); one of ``directions``.
+      Like ``init_lr``, not part of the architecture.
   """
 
   hidden_size: int = 16
@@ -155,6 +159,7 @@ class LayerwiseComboLOpt(LearnedOptimizer):
   init_lr: float = setting(1e-3, config=False)
   directions: tuple[str, ...] = BASE_DIRECTIONS
   schedule: str = "constant"
+  init_direction: str = setting("adam", config=False)
 
   name = "layerwise_combo_lopt"
   RENAMED: ClassVar[dict[str, str]] = {"hidden": "hidden_size"}
@@ -183,6 +188,9 @@ class LayerwiseComboLOpt(LearnedOptimizer):
                        f"(the init), got {tuple(self.directions)}")
     if self.schedule not in SCHEDULES:
       raise ValueError(f"unknown schedule {self.schedule!r}; valid: {SCHEDULES}")
+    if self.init_direction not in self.directions:
+      raise ValueError(f"init_direction={self.init_direction!r} is not one of the "
+                       f"directions {tuple(self.directions)}")
 
   @classmethod
   def for_params(cls, params: Any, **kwargs: Any) -> "LayerwiseComboLOpt":
@@ -217,6 +225,9 @@ class LayerwiseComboLOpt(LearnedOptimizer):
   def init(self, key: jax.Array) -> dict[str, Any]:
     """Meta-params that make the optimizer exactly ``optax.adam(init_lr)``.
 
+    (With ``init_direction`` other than ``"adam"``: that one direction at ``init_lr``,
+    as :meth:`one_hot`.)
+
     Returns ``{"net": [{"w", "b"}, ...], "bias": (4,), "log_lr": ()}`` plus
     ``"layer_bias": (num_layers, 4)`` and ``"layer_log_lr": (num_layers,)`` (zeros)
     when ``num_layers`` is set.
@@ -225,7 +236,8 @@ class LayerwiseComboLOpt(LearnedOptimizer):
     net = pt.dense_init(key, [(len(self.feature_names), self.hidden_size),
                                (self.hidden_size, k)], [1.0, 0.0])
     mp = {"net": net,
-          "bias": jnp.asarray(np.eye(k, dtype=np.float32)[self.directions.index("adam")]),
+          "bias": jnp.asarray(np.eye(k, dtype=np.float32)[
+              self.directions.index(self.init_direction)]),
           "log_lr": jnp.asarray(np.log(self.init_lr), jnp.float32)}
     if self.num_layers is not None:
       mp["layer_bias"] = jnp.zeros((self.num_layers, k), jnp.float32)

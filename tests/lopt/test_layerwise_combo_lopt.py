@@ -130,6 +130,18 @@ def test_init_lr_sets_the_starting_adam_rate():
     LayerwiseComboLOpt(init_lr=0.0)
 
 
+def test_init_direction_starts_at_that_one_hot():
+  """init_direction='orth' makes init() the one-hot orth meta-params; not architecture."""
+  dirs = ("sgd", "momentum", "adam", "sign", "orth")
+  lo = LayerwiseComboLOpt(directions=dirs, init_direction="orth", init_lr=3e-3)
+  mp, ref = lo.init(jax.random.key(0)), lo.one_hot("orth", 3e-3)
+  np.testing.assert_array_equal(mp["bias"], ref["bias"])
+  np.testing.assert_allclose(mp["log_lr"], np.log(3e-3), rtol=1e-6)
+  assert "init_direction" not in lo.config()
+  with pytest.raises(ValueError, match=r"init_direction='orth' is not one of the directions"):
+    LayerwiseComboLOpt(init_direction="orth")
+
+
 def test_num_layers_bias_and_mismatch():
   params = make_params()
   lo = LayerwiseComboLOpt(num_layers=len(jax.tree.leaves(params)))
