@@ -46,6 +46,16 @@ class CheckpointDataset(NamedTuple):
   def num_runs(self) -> int:
     return int(self.params.shape[0])
 
+  @property
+  def start_from(self) -> dict[str, Any] | None:
+    """``index["start_from"]``: the G.pt model whose samples the runs start from.
+
+    None for runs that start from the raw scaled inits (older datasets lack the
+    field). For several datasets it is the first one's; ``index["datasets"]``
+    holds each.
+    """
+    return self.index.get("start_from")
+
 
 def read_index(path: str | pathlib.Path) -> dict[str, Any]:
   """Reads and validates ``index.json`` of the dataset directory ``path``.

@@ -17,14 +17,30 @@ Command line::
 (``python -m meta_train.gpt_dataset`` is the same.) Bad flag values stop at
 parsing with a one-line error.
 
+**Runs from the model's own samples** (``--start_from=<G.pt weights>``): each run
+starts from one G.pt update of its scaled init (prompted with ``--start_prompt``,
+default the model's recorded target, at its recorded temperature and guidance)
+instead of the init, so a model retrained on the data learns to improve its own
+samples (see :mod:`meta_train.gpt._start`)::
+
+  python -m meta_train.gpt.dataset --task=digits_mlp --runs=512 --steps_per_run=100 \
+      --checkpoints_per_run=21 --init_scale_min=0.25 --init_scale_max=4 \
+      --start_from=lopt/weights/gpt_digits_mlp --out=runs/gpt_digits_data_self
+
+The model must be one of the same task (``--task``, ``--task_config``); without
+``--start_from`` the dataset is what it always was.
+
 On-disk format (``format_version`` 1), a directory holding:
 
 * ``index.json``: ``format_version``, ``task`` and ``task_config`` (rebuild with
   ``tasks.get(task, **task_config)``), ``param_spec`` (``[{"path", "shape"}]`` in
   ``jax.tree`` leaf order, the layout of the flat vectors; see
   ``lopt.gpt.param_spec``), ``num_params``, ``steps`` (the checkpoint steps),
-  ``metrics`` (metric names), ``seed``, and ``shards``: a list of ``{"file",
-  "optimizer", "runs": [{"run_id", "learning_rate", "init_scale"}]}``.
+  ``metrics`` (metric names), ``seed``, ``init_scale_range``, and ``shards``: a list
+  of ``{"file", "optimizer", "runs": [{"run_id", "learning_rate", "init_scale"}]}``;
+  with ``--start_from`` also ``start_from``: ``{"weights"`` (as given), ``"digest"``
+  (sha256 of its ``state/``), ``"prompt"``, ``"temperature"``, ``"guidance"``,
+  ``"num_sampling_steps"``, ``"metric"}`` (absent: runs start from the raw inits).
 * ``shard_00000.npz``, ...: ``params`` float32 ``(runs, checkpoints,
   num_params)``, one float32 ``(runs, checkpoints)`` array per metric
   (``train_loss``, ``test_loss``, ``test_error`` for classifiers;
@@ -34,7 +50,8 @@ On-disk format (``format_version`` 1), a directory holding:
 
 Generation is deterministic given ``--seed`` (run ``i`` uses
 ``fold_in(key(seed), i)``) and resumable: shards are written atomically and
-existing ones are skipped, so rerunning the same command finishes a killed job.
+existing ones are skipped, so rerunning the same command finishes a killed job
+(other settings, ``--start_from`` included, on an existing directory are refused).
 Diverged runs are kept (non-finite values) and dropped by the loader.
 
 Reference: Peebles et al. 2022, arXiv 2209.12892, Sec. 4 (checkpoint datasets).
@@ -57,7 +74,15 @@ from absl import app, flags
 import lopt
 import tasks
 from lopt.gpt import param_spec
+from lopt.gpt._checks import task_info
 from meta_train.gpt._data import FORMAT_VERSION, shard_name
+from meta_train.gpt._start import (
+  StartFrom,
+  check_start_from,
+  describe_start,
+  load_start_from,
+  sample_start,
+)
 
 __all__ = ["DEFAULT_LR_RANGES", "DEFAULT_TASK_CONFIGS", "define_flags", "generate", "run"]
 
@@ -82,8 +107,12 @@ def _eval_batch(task, split: str, key):
   return task.eval_batch(key, split)
 
 
-def _shard_fn(task, opt_name: str, num_segments: int, interval: int):
-  """A jitted ``(keys, lrs, scales) -> (params, metrics)`` for one shard's runs."""
+def _shard_fn(task, opt_name: str, num_segments: int, interval: int,
+              start: StartFrom | None = None):
+  """A jitted ``(keys, lrs, scales) -> (params, metrics)`` for one shard's runs.
+
+  With ``start`` each run starts from one G.pt update of its scaled init.
+  """
 
   def flat(p):
     return jnp.concatenate([jnp.ravel(x).astype(jnp.float32) for x in jax.tree.leaves(p)])
@@ -99,6 +128,8 @@ def _shard_fn(task, opt_name: str, num_segments: int, interval: int):
   def run(key, lr, scale):
     k_init, k_train, k_eval = jax.random.split(key, 3)
     params = jax.tree.map(lambda p: p * scale, task.init(k_init))
+    if start is not None:
+      params = sample_start(start, task, params, measure(params, k_eval), key)
     tx = lopt.get(opt_name, learning_rate=lr)
     state = tx.init(params)
 
@@ -167,6 +198,7 @@ def generate(out: str | os.PathLike, *, task: str = "digits_mlp",
                                                                      "rmsprop"),
              init_scale_range: tuple[float, float] = (0.5, 2.0), seed: int = 0,
              lr_ranges: dict[str, tuple[float, float]] | None = None,
+             start_from: str | os.PathLike | None = None, start_prompt: float | None = None,
              log: Callable[[str], None] = print) -> dict[str, Any]:
   """Generates (or finishes) a checkpoint dataset in ``out``; see the module docstring.
 
@@ -187,18 +219,30 @@ def generate(out: str | os.PathLike, *, task: str = "digits_mlp",
     seed: the dataset seed.
     lr_ranges: per-optimizer log-uniform learning-rate ranges (default
       ``DEFAULT_LR_RANGES``).
+    start_from: a G.pt weights directory of this task: each run starts from one
+      sample of it at its scaled init (:mod:`meta_train.gpt._start`); None or ""
+      starts from the scaled inits.
+    start_prompt: the prompt of those samples (default: the model's recorded target).
     log: progress printer.
 
   Returns:
     The index (also written to ``out/index.json``).
+
+  Raises:
+    ValueError: a bad setting; ``start_from`` not a G.pt model of this task; an
+      existing ``out`` written with other settings (or another ``start_from``).
   """
   lr_ranges = {**DEFAULT_LR_RANGES, **(lr_ranges or {})}
   _check_settings(runs=runs, runs_per_shard=runs_per_shard,
                   checkpoints_per_run=checkpoints_per_run, steps_per_run=steps_per_run,
                   optimizers=optimizers, init_scale_range=init_scale_range, lr_ranges=lr_ranges)
+  if start_prompt is not None and not start_from:
+    raise ValueError("start_prompt needs start_from (the G.pt model it prompts)")
   if task_config is None:
     task_config = dict(DEFAULT_TASK_CONFIGS.get(task, {}))
   t = tasks.get(task, **task_config)
+  if start_from:
+    check_start_from(start_from, task_info(t))  # before anything is written
   out = pathlib.Path(out)
   out.mkdir(parents=True, exist_ok=True)
   example = t.init(jax.random.key(0))
@@ -217,9 +261,18 @@ def generate(out: str | os.PathLike, *, task: str = "digits_mlp",
       "shards": _plan(runs, runs_per_shard, list(optimizers), seed, init_scale_range,
                       lr_ranges),
   }
+  start = None
+  if start_from:
+    start = load_start_from(start_from, task_info(t), metrics=metric_names, prompt=start_prompt)
+    index["start_from"] = start.record
   index_file = out / "index.json"
   if index_file.exists():
     old = json.loads(index_file.read_text())
+    if old.get("start_from") != json.loads(json.dumps(index.get("start_from"))):
+      raise ValueError(f"{index_file} was written with start_from "
+                       f"{describe_start(old.get('start_from'))}, not "
+                       f"{describe_start(index.get('start_from'))}; use a new --out or the "
+                       f"same --start_from to resume")
     if {k: v for k, v in old.items()} != json.loads(json.dumps(index)):
       raise ValueError(f"{index_file} exists with different settings; use a new --out or the "
                        f"same flags to resume")
@@ -232,7 +285,7 @@ def generate(out: str | os.PathLike, *, task: str = "digits_mlp",
   for shard in todo:
     opt = shard["optimizer"]
     if opt not in fns:
-      fns[opt] = _shard_fn(t, opt, checkpoints_per_run - 1, interval)
+      fns[opt] = _shard_fn(t, opt, checkpoints_per_run - 1, interval, start)
     ids = [r["run_id"] for r in shard["runs"]]
     keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(jnp.asarray(ids))
     lrs = jnp.asarray([r["learning_rate"] for r in shard["runs"]], jnp.float32)
@@ -273,6 +326,11 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_float("init_scale_min", 0.5, "Smallest init scale factor (> 0).", flag_values=fv)
   flags.DEFINE_float("init_scale_max", 2.0, "Largest init scale factor.", flag_values=fv)
   flags.DEFINE_integer("seed", 0, "Dataset seed.", flag_values=fv)
+  flags.DEFINE_string("start_from", "", "G.pt weights directory of this task: each run starts "
+                      "from one sample of it at its scaled init (default: the scaled init).",
+                      flag_values=fv)
+  flags.DEFINE_float("start_prompt", None, "Prompt of the --start_from samples (default: the "
+                     "model's recorded target, else its best_metric).", flag_values=fv)
 
   def check(d):
     try:
@@ -283,13 +341,20 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                       lr_ranges=DEFAULT_LR_RANGES)
       if d["task_config"] and not isinstance(json.loads(d["task_config"]), dict):
         raise ValueError("--task_config must be a JSON object")
-    except ValueError as e:  # json.JSONDecodeError is a ValueError
+      if d["start_prompt"] is not None and not d["start_from"]:
+        raise ValueError("--start_prompt needs --start_from (the G.pt model it prompts)")
+      if d["start_from"]:
+        cfg = json.loads(d["task_config"]) if d["task_config"] else DEFAULT_TASK_CONFIGS.get(
+            d["task"], {})
+        check_start_from(d["start_from"], task_info(tasks.get(d["task"], **cfg)))
+    except (ValueError, TypeError) as e:  # json.JSONDecodeError is a ValueError
       raise flags.ValidationError(str(e)) from None
     return True
 
   flags.register_multi_flags_validator(
       ["runs", "runs_per_shard", "checkpoints_per_run", "steps_per_run", "optimizers",
-       "init_scale_min", "init_scale_max", "task_config"], check, flag_values=fv)
+       "init_scale_min", "init_scale_max", "task", "task_config", "start_from",
+       "start_prompt"], check, flag_values=fv)
 
 
 def main(argv):
@@ -302,7 +367,7 @@ def main(argv):
              runs=f.runs, runs_per_shard=f.runs_per_shard,
              checkpoints_per_run=f.checkpoints_per_run, steps_per_run=f.steps_per_run,
              optimizers=f.optimizers, init_scale_range=(f.init_scale_min, f.init_scale_max),
-             seed=f.seed)
+             seed=f.seed, start_from=f.start_from or None, start_prompt=f.start_prompt)
   except (ValueError, TypeError) as e:  # e.g. an index of other settings, a bad task_config
     sys.exit(f"gpt.dataset: {e}")
 
