@@ -14,7 +14,7 @@ import pytest
 import lopt
 import tasks
 
-SHIPPED = ["mlp_lopt", "celo2_lopt"]
+SHIPPED = ["mlp_lopt", "celo2_lopt", "layerwise_combo_lopt"]
 
 
 def test_required_weights_ship():
