@@ -2,6 +2,9 @@
 
 :func:`run_test` is called by :func:`meta_train.gpt.protocol.evaluate_protocol` once
 the settings file has been read and checked; see that module for what is measured.
+Its ``split`` names the init ids every figure is computed on: ``test`` (the test
+figures) or ``validation`` (the same figures on the ids the settings were chosen on,
+for choosing between model versions without looking at test inits).
 """
 
 from __future__ import annotations
@@ -52,9 +55,9 @@ def _novelty(ctx: ProtocolContext, s: ProtocolSettings, starts, gpt_one, adam_ne
           "adam_moved_median": med(np.linalg.norm(adam_nets - starts, axis=1))}
 
 
-def _scheme(ctx: ProtocolContext, s: ProtocolSettings, name: str, key: jax.Array,
-            adam_keys: jax.Array, bank_canonical: np.ndarray) -> dict[str, Any]:
-  starts = ctx.inits(name, s.ids("test"))
+def _scheme(ctx: ProtocolContext, s: ProtocolSettings, name: str, ids: np.ndarray,
+            key: jax.Array, adam_keys: jax.Array, bank_canonical: np.ndarray) -> dict[str, Any]:
+  starts = ctx.inits(name, ids)
   nets, mets = ctx.repeated(key, starts, s.repeats, s.target, s.temperature, s.guidance)
   med = [float(np.median(m[ctx.metric])) for m in mets]
   curves, p_at = adam_every_step(ctx.task, ctx.unflatten(starts), adam_keys, s.adam_lrs,
@@ -74,15 +77,27 @@ def _scheme(ctx: ProtocolContext, s: ProtocolSettings, name: str, key: jax.Array
   return out
 
 
-def run_test(ctx: ProtocolContext, s: ProtocolSettings, *,
+def run_test(ctx: ProtocolContext, s: ProtocolSettings, *, split: str = "test",
              log: Callable[[str], None] = print) -> dict[str, Any]:
-  """Every test figure of the protocol (see :mod:`meta_train.gpt.protocol`)."""
+  """Every test figure of the protocol (see :mod:`meta_train.gpt.protocol`).
+
+  Args:
+    ctx: the loaded model and data; ``s`` the settings file's settings.
+    split: the init ids of every figure: ``"test"`` (``s.num_inits`` test ids) or
+      ``"validation"`` (``s.num_validation_inits`` validation ids, those the settings
+      were chosen on; no test id is drawn).
+    log: progress messages.
+
+  Returns:
+    ``compute``, ``schemes``, ``prompt_alignment``, ``baselines``, ``targets``,
+    ``seconds``.
+  """
   if not ctx.lower_is_better:
     raise ValueError(f"the protocol compares lower-is-better metrics; the model's metric is "
                      f"{ctx.metric!r} (use `python -m meta_train.gpt.protocol_return`)")
   t0 = time.time()
   key = jax.random.key(s.seed)
-  ids = s.ids("test")
+  ids = s.ids(split)
   adam_keys = jax.vmap(lambda n: jax.random.fold_in(jax.random.key(ADAM_KEY_SEED), n))(
       np.asarray(ids).astype(np.uint32))
   gf, af = (gpt_update_flops(ctx.loaded, num_sampling_steps=s.num_sampling_steps,
@@ -94,13 +109,13 @@ def run_test(ctx: ProtocolContext, s: ProtocolSettings, *,
   bank_canonical = canonicalize(ctx.bank, ctx.layout)
   rep["schemes"] = {}
   for i, name in enumerate(s.schemes):
-    r = rep["schemes"][name] = _scheme(ctx, s, name, jax.random.fold_in(key, i), adam_keys,
-                                       bank_canonical)
+    r = rep["schemes"][name] = _scheme(ctx, s, name, ids, jax.random.fold_in(key, i),
+                                       adam_keys, bank_canonical)
     log(f"protocol: {name}: init {r['init_median']:.3f}, G.pt after 1..{s.repeats} "
         f"{[round(v, 4) for v in r['gpt_median'][1:]]}, Adam median at {s.adam_at} "
         f"{r['adam']['median_at']:.4f} (lr {r['adam']['best_lr_at']:g}), steps to match "
         f"{r['adam']['steps_to_match']}, novelty {r.get('novelty')} [{time.time() - t0:.0f}s]")
-  starts = ctx.inits("train", ids)[:s.num_align_nets]  # the first test inits of "train"
+  starts = ctx.inits("train", ids)[:s.num_align_nets]  # the split's first inits of "train"
   prompts, achieved = ctx.alignment(jax.random.fold_in(key, 1000), starts, s.num_prompts,
                                     s.temperature, s.guidance)
   r2 = alignment_r2(prompts, achieved, low_max=s.low_prompt_max)

@@ -32,6 +32,10 @@ R^2 (pooled, per net, prompts <= ``--low_prompt_max``, log space), Zeng et al.'s
 baselines at their strongest (:mod:`meta_train.gpt._zeng`), and the FLOPs of one
 update against one Adam step. Writes ``report.json`` and ``report.md``.
 
+**Comparing model versions**: ``--split=validation`` computes every figure above on
+the ``--num_validation_inits`` validation ids the settings were chosen on (no test id
+is drawn; the report says ``"split": "validation"``). Choose versions on these reports.
+
 Reference: Peebles et al. 2022, arXiv 2209.12892; Zeng et al. 2025.
 """
 
@@ -50,7 +54,7 @@ import numpy as np
 from absl import app, flags
 
 from meta_train.gpt._context import ProtocolContext
-from meta_train.gpt._inits import check_disjoint, check_scheme
+from meta_train.gpt._inits import SPLITS, check_disjoint, check_scheme
 from meta_train.gpt._measures import alignment_r2
 from meta_train.gpt._protocol import (
   ProtocolSettings,
@@ -141,12 +145,15 @@ def choose_settings(weights: str, settings_path: str, dataset: str | None = None
   return doc
 
 
-def evaluate_protocol(settings_path: str, out: str, *, log: Callable[[str], None] = print,
+def evaluate_protocol(settings_path: str, out: str, *, split: str = "test",
+                      log: Callable[[str], None] = print,
                       context: ProtocolContext | None = None, **given: Any) -> dict[str, Any]:
   """The test step: every test figure, with the settings of ``settings_path``.
 
-  ``given`` settings (e.g. from flags) must equal the file's. ``context`` reuses a
-  loaded model and dataset (they must be the file's).
+  ``split="validation"`` computes the same figures on the validation ids instead (for
+  choosing between model versions; the report says so). ``given`` settings (e.g. from
+  flags) must equal the file's. ``context`` reuses a loaded model and dataset (they
+  must be the file's).
 
   Example::
 
@@ -155,8 +162,15 @@ def evaluate_protocol(settings_path: str, out: str, *, log: Callable[[str], None
 
   Raises:
     FileNotFoundError: no settings file.
-    ValueError: settings that differ from the file's, other weights, overlapping ids.
+    ValueError: settings that differ from the file's, other weights, overlapping ids,
+      an unknown split, or ``out`` holding a report of the other split.
   """
+  if split not in SPLITS:
+    raise ValueError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
+  outp = pathlib.Path(out)
+  if _report_split(outp / "report.json") not in (None, split):
+    raise ValueError(f"{outp / 'report.json'} is a report of another split; write the {split} "
+                     f"report elsewhere")
   settings, doc = read_settings(settings_path)
   check_matches(settings, **given)
   digest = weights_digest(settings.weights)
@@ -168,11 +182,12 @@ def evaluate_protocol(settings_path: str, out: str, *, log: Callable[[str], None
     raise ValueError(f"{settings_path} is dated after now ({doc['created_utc']})")
   ctx = _context(context, settings.weights, settings.dataset, settings)
   check_disjoint(ctx.index, settings.ids("validation"), settings.ids("test"))
-  rep = {"settings_file": str(settings_path), "settings_created_utc": doc["created_utc"],
+  ids = settings.ids(split)
+  rep = {"split": split, "ids": [int(ids[0]), int(ids[-1]) + 1],
+         "settings_file": str(settings_path), "settings_created_utc": doc["created_utc"],
          "test_started_utc": started.isoformat(timespec="seconds"), "rule": doc["rule"],
          "settings": settings.to_json(), **ctx.describe()}
-  rep.update(run_test(ctx, settings, log=log))
-  outp = pathlib.Path(out)
+  rep.update(run_test(ctx, settings, split=split, log=log))
   outp.mkdir(parents=True, exist_ok=True)
   (outp / "report.json").write_text(json.dumps(rep, indent=1))
   (outp / "report.md").write_text(_markdown(rep))
@@ -190,13 +205,24 @@ def _context(ctx: ProtocolContext | None, weights: str, dataset: str | None,
   return ctx
 
 
+def _report_split(path: pathlib.Path) -> str | None:
+  """The split of the report at ``path`` (older reports: test); None if there is none."""
+  try:
+    return json.loads(path.read_text()).get("split", "test")
+  except (OSError, ValueError, AttributeError):
+    return None
+
+
 def _markdown(rep: dict[str, Any]) -> str:
-  s = rep["settings"]
-  lines = [f"# G.pt protocol report: {s['weights']}", "",
+  s, split = rep["settings"], rep.get("split", "test")
+  n = s["num_inits"] if split == "test" else s["num_validation_inits"]
+  title = "" if split == "test" else (f" on {split.upper()} inits (for model selection; not "
+                                      f"a test figure)")
+  lines = [f"# G.pt protocol report: {s['weights']}{title}", "",
            f"Settings file `{rep['settings_file']}`, written {rep['settings_created_utc']} "
-           f"(UTC); test figures computed from {rep['test_started_utc']}. {rep['rule']}", "",
+           f"(UTC); {split} figures computed from {rep['test_started_utc']}. {rep['rule']}", "",
            f"Prompt {s['target']:.4g}, temperature {s['temperature']:g}, guidance "
-           f"{s['guidance']:g}, {s['num_sampling_steps']} sampling steps; {s['num_inits']} test "
+           f"{s['guidance']:g}, {s['num_sampling_steps']} sampling steps; {n} {split} "
            f"inits per scheme; Adam on {len(s['adam_lrs'])} rates, metric after every step up "
            f"to {s['adam_ceiling']}.", "",
            f"| scheme | init | G.pt 1 update | after 1..{s['repeats']} updates | "
@@ -262,6 +288,8 @@ def main(argv, fv: flags.FlagValues = flags.FLAGS) -> None:
   present = {n for n in _SETTING_FLAGS + _VALIDATION_FLAGS if fv[n].present}
   try:
     if fv.validation_only:
+      if fv["split"].present:
+        raise ValueError("--split is a test-step flag (--validation_only uses validation ids)")
       kw = {n: _flag_value(fv, n) for n in _SETTING_FLAGS if n not in ("weights", "dataset")
             and n in present}
       floats = lambda xs: [float(x) for x in xs]  # noqa: E731
@@ -274,7 +302,7 @@ def main(argv, fv: flags.FlagValues = flags.FLAGS) -> None:
       extra = sorted(present & set(_VALIDATION_FLAGS))
       if extra:
         raise ValueError(f"--{extra[0]} is a validation setting: pass it with --validation_only")
-      evaluate_protocol(fv.settings, fv.out,
+      evaluate_protocol(fv.settings, fv.out, split=fv.split,
                         **{n: _flag_value(fv, n) for n in _SETTING_FLAGS if n in present})
   except (ValueError, FileNotFoundError, FileExistsError) as e:
     sys.exit(f"gpt.protocol: {e}")
@@ -288,6 +316,9 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_bool("validation_only", False, "Choose the settings on validation inits and "
                     "write the settings file; compute no test figure.", flag_values=fv)
   flags.DEFINE_string("out", "runs/gpt_protocol", "Test step: output directory.", flag_values=fv)
+  flags.DEFINE_enum("split", "test", list(SPLITS), "Test step: the init ids of every figure; "
+                    "'validation' (the ids the settings were chosen on) compares model "
+                    "versions without test inits.", flag_values=fv)
   flags.DEFINE_string("weights", "lopt/weights/gpt_digits_mlp", "G.pt weights directory.",
                       flag_values=fv)
   flags.DEFINE_string("dataset", None, "The model's training data (comma-separated); default: "

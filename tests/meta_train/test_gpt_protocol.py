@@ -188,14 +188,32 @@ SMALL = dict(num_inits=4, num_validation_inits=4, schemes=("train", "scale:2"), 
              num_candidates=2)
 
 
-def test_settings_fixed_on_validation_before_any_test_figure(tiny, tmp_path):
+@pytest.fixture(scope="module")
+def chosen(tiny, tmp_path_factory):
+  """The tiny model's settings file, chosen on validation inits: its path and document."""
   weights, ctx = tiny
-  path = tmp_path / "settings.json"
+  path = tmp_path_factory.mktemp("gpt_protocol_settings") / "settings.json"
+  doc = protocol.choose_settings(str(weights), str(path), temperatures=(0.0,),
+                                 target_fractions=(0.0, 0.5), guidances=(0.5,), **SMALL,
+                                 log=lambda msg: None, context=ctx)
+  return path, doc
+
+
+def _record_inits(ctx, monkeypatch):
+  """Makes ``ctx.inits`` record the ids of every call; returns the list of them."""
+  drawn, inits = [], ctx.inits
+  monkeypatch.setattr(ctx, "inits", lambda scheme, ids: drawn.append(np.asarray(ids))
+                      or inits(scheme, ids))
+  return drawn
+
+
+def test_settings_fixed_on_validation_before_any_test_figure(tiny, chosen, tmp_path,
+                                                             monkeypatch):
+  weights, ctx = tiny
+  path, doc = chosen
   quiet = dict(log=lambda msg: None, context=ctx)  # one loaded model: fewer compilations
   with pytest.raises(FileNotFoundError, match="settings fixed on validation"):
-    protocol.evaluate_protocol(str(path), str(tmp_path / "out"), **quiet)
-  doc = protocol.choose_settings(str(weights), str(path), temperatures=(0.0,),
-                                 target_fractions=(0.0, 0.5), guidances=(0.5,), **SMALL, **quiet)
+    protocol.evaluate_protocol(str(tmp_path / "none.json"), str(tmp_path / "out"), **quiet)
   s = doc["settings"]
   assert json.loads(path.read_text()) == doc and doc["created_utc"].endswith("+00:00")
   assert set(doc["selection"]["by_guidance"]) == {"0", "0.5"}
@@ -205,7 +223,11 @@ def test_settings_fixed_on_validation_before_any_test_figure(tiny, tmp_path):
     protocol.choose_settings(str(weights), str(path), **SMALL, **quiet)
   with pytest.raises(ValueError, match="num_inits: given 8, file 4"):
     protocol.evaluate_protocol(str(path), str(tmp_path / "out"), num_inits=8, **quiet)
+  drawn = _record_inits(ctx, monkeypatch)
   rep = protocol.evaluate_protocol(str(path), str(tmp_path / "out"), num_inits=4, **quiet)
+  test = init_ids("test", SMALL["num_inits"])
+  assert drawn and all(np.array_equal(ids, test) for ids in drawn)  # the default split: test
+  assert rep["split"] == "test" and rep["ids"] == doc["ids"]["test"]
   assert rep["settings_created_utc"] == doc["created_utc"] <= rep["test_started_utc"]
   assert doc["created_utc"] in (tmp_path / "out" / "report.md").read_text()
   for name in ("train", "scale:2"):
@@ -225,12 +247,58 @@ def test_settings_fixed_on_validation_before_any_test_figure(tiny, tmp_path):
     (weights / "state" / "extra_file").unlink()
 
 
+def test_split_validation_draws_validation_ids_only(tiny, chosen, tmp_path, monkeypatch):
+  weights, ctx = tiny
+  path, doc = chosen
+  quiet = dict(log=lambda msg: None, context=ctx)
+  drawn = _record_inits(ctx, monkeypatch)
+  with pytest.raises(ValueError, match="unknown split 'train'; valid: validation, test"):
+    protocol.evaluate_protocol(str(path), str(tmp_path / "out"), split="train", **quiet)
+  (tmp_path / "test_out").mkdir()  # a test report is not overwritten by a validation one
+  (tmp_path / "test_out" / "report.json").write_text(json.dumps({"schemes": {}}))
+  with pytest.raises(ValueError, match="report of another split"):
+    protocol.evaluate_protocol(str(path), str(tmp_path / "test_out"), split="validation",
+                               **quiet)
+  assert not drawn
+  out = tmp_path / "val_out"
+  rep = protocol.evaluate_protocol(str(path), str(out), split="validation", **quiet)
+  val = init_ids("validation", SMALL["num_validation_inits"])
+  assert drawn and all(np.array_equal(ids, val) for ids in drawn)  # no test id is drawn
+  # The ids the settings were chosen on, recorded in the report and said in its title.
+  assert rep["split"] == "validation" and rep["ids"] == doc["ids"]["validation"]
+  assert json.loads((out / "report.json").read_text())["split"] == "validation"
+  md = (out / "report.md").read_text()
+  assert md.splitlines()[0].endswith(
+      "on VALIDATION inits (for model selection; not a test figure)")
+  assert "4 validation inits per scheme" in md and "test inits" not in md
+  assert set(rep["schemes"]) == {"train", "scale:2"}
+  assert all(len(r["gpt_median"]) == 3 for r in rep["schemes"].values())
+  assert set(rep["prompt_alignment"]["r2"]) >= {"pooled", "low", "log"}
+
+
+def test_split_flag_reaches_the_test_step(tmp_path, monkeypatch):
+  calls = []
+  monkeypatch.setattr(protocol, "evaluate_protocol", lambda *a, **kw: calls.append(kw))
+  for args in ([], ["--split=validation"]):
+    fv = flags.FlagValues()
+    protocol.define_flags(fv)
+    fv(["prog", f"--settings={tmp_path / 's.json'}", *args])
+    protocol.main(["prog"], fv)
+  assert [kw["split"] for kw in calls] == ["test", "validation"]
+  fv = flags.FlagValues()
+  protocol.define_flags(fv)
+  fv(["prog", f"--settings={tmp_path / 's.json'}", "--validation_only", "--split=validation"])
+  with pytest.raises(SystemExit, match="--split is a test-step flag"):
+    protocol.main(["prog"], fv)
+
+
 @pytest.mark.parametrize("args, expected", [
     (["--schemes=train,gaussian"], "unknown init scheme 'gaussian'; valid: train"),
     (["--adam_lrs=0.1,0.2"], "adam_lrs needs >= 15 values"),
     (["--adam_at=300"], "adam_at must be below --adam_ceiling"),
     (["--num_inits=0"], "num_inits=0"),
     (["--schemes=train", "--novelty_schemes=scale:2"], "novelty_schemes must be among"),
+    (["--split=train"], "split=train: value should be one of <validation|test>"),
 ])
 def test_bad_flags_stop_at_parsing(args, expected):
   fv = flags.FlagValues()
