@@ -118,9 +118,12 @@ def _tune(task, name: str, lrs: np.ndarray, entry: SuiteTask, mult: int, every: 
 
 def _reusable(entry: SuiteTask, previous: dict[str, Any] | None) -> dict[str, Any] | None:
   """The previous record of this task if it was run with the same task and horizon."""
-  if not previous or entry.label not in previous.get("tasks", {}):
+  if not previous:
     return None
-  t = previous["tasks"][entry.label]
+  # "pending_tasks": records a cut-off run had not reached yet (see run_benchmark)
+  t = {**previous.get("pending_tasks", {}), **previous.get("tasks", {})}.get(entry.label)
+  if t is None:
+    return None
   if (t["task"], t["cfg"], t["steps"]) != (entry.task_name, _cfg_json(entry.config),
                                            entry.steps):
     return None
@@ -302,7 +305,9 @@ def run_benchmark(optimizers: Sequence[str], entries: Sequence[SuiteTask], *,
       from it, so adding an optimizer costs only its own runs, and a run cut
       off part-way resumes from the results it saved.
     on_task_done: called with the results so far (with their summary) after
-      each task, e.g. to save them, so a long run can be resumed.
+      each task, e.g. to save them, so a long run can be resumed; with ``reuse``,
+      its records of the tasks not reached yet ride along as ``"pending_tasks"``,
+      so a run cut off part-way loses nothing the reused file held.
 
   Returns:
     A JSON-serializable dict: ``config``, ``tasks`` (per task: ``baselines``
@@ -379,5 +384,14 @@ def run_benchmark(optimizers: Sequence[str], entries: Sequence[SuiteTask], *,
     results["meta_training"] = meta_training_gain(results)
     results["config"]["wall_seconds"] = time.perf_counter() - start
     if on_task_done is not None:
-      on_task_done(results)
+      on_task_done(_with_pending(results, reuse))
   return results
+
+
+def _with_pending(results: dict[str, Any], reuse: dict[str, Any] | None) -> dict[str, Any]:
+  """``results`` plus ``reuse``'s records of the tasks ``results`` has not reached yet."""
+  if not reuse:
+    return results
+  old = {**reuse.get("pending_tasks", {}), **reuse.get("tasks", {})}
+  pending = {k: v for k, v in old.items() if k not in results["tasks"]}
+  return {**results, "pending_tasks": pending} if pending else results

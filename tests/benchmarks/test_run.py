@@ -104,6 +104,21 @@ def test_files_markdown_and_reuse(results, tmp_path, capsys):
   with pytest.raises(ValueError, match="num_seeds"):
     benchmarks.run_benchmark(["momentum"], [TINY], num_seeds=3, learning_rates=GRIDS,
                              reuse=loaded)
+
+  # A resumed run saves after every task; the reused file's tasks it has not reached yet
+  # ride along ("pending_tasks"), so cutting it off there loses nothing already saved.
+  other = benchmarks.SuiteTask("quad2", "quadratic", {"dim": 3, "condition": 5.0}, 25)
+  saved = []
+  benchmarks.run_benchmark([], [other, TINY], num_seeds=2, learning_rates=GRIDS, time_rounds=2,
+                           eval_points=5, verbose=False, reuse=loaded,
+                           on_task_done=lambda r: saved.append(json.loads(json.dumps(r))))
+  assert saved[0]["pending_tasks"] == {"quad": loaded["tasks"]["quad"]}
+  assert "pending_tasks" not in saved[1] and set(saved[1]["tasks"]) == {"quad", "quad2"}
+  capsys.readouterr()
+  again = benchmarks.run_benchmark([], [TINY], num_seeds=2, learning_rates=GRIDS,
+                                   time_rounds=2, eval_points=5, reuse=saved[0])
+  assert again["tasks"]["quad"]["baselines"] == loaded["tasks"]["quad"]["baselines"]
+  assert "quad: adam grid (reused)" in capsys.readouterr().out
   with pytest.raises(ValueError, match="protocol version 1"):
     benchmarks.run_benchmark(["momentum"], [TINY], reuse={"config": {}})
 
