@@ -241,10 +241,6 @@ def generate(out: str | os.PathLike, *, task: str = "digits_mlp",
   if task_config is None:
     task_config = dict(DEFAULT_TASK_CONFIGS.get(task, {}))
   t = tasks.get(task, **task_config)
-  if start_from:
-    check_start_from(start_from, task_info(t))  # before anything is written
-  out = pathlib.Path(out)
-  out.mkdir(parents=True, exist_ok=True)
   example = t.init(jax.random.key(0))
   spec = param_spec(example)
   interval = steps_per_run // (checkpoints_per_run - 1)
@@ -253,6 +249,11 @@ def generate(out: str | os.PathLike, *, task: str = "digits_mlp",
       lambda p: {f"{s}_{k}": v for s in ("train", "test")
                  for k, v in t.metrics(p, key0, _eval_batch(t, s, key0)).items()},
       example))
+  start = None  # loaded (and checked against the task) before anything is written
+  if start_from:
+    start = load_start_from(start_from, task_info(t), metrics=metric_names, prompt=start_prompt)
+  out = pathlib.Path(out)
+  out.mkdir(parents=True, exist_ok=True)
   index = {
       "format_version": FORMAT_VERSION, "task": task, "task_config": task_config,
       "param_spec": spec, "num_params": int(sum(np.prod(s["shape"]) for s in spec)),
@@ -261,9 +262,7 @@ def generate(out: str | os.PathLike, *, task: str = "digits_mlp",
       "shards": _plan(runs, runs_per_shard, list(optimizers), seed, init_scale_range,
                       lr_ranges),
   }
-  start = None
-  if start_from:
-    start = load_start_from(start_from, task_info(t), metrics=metric_names, prompt=start_prompt)
+  if start is not None:
     index["start_from"] = start.record
   index_file = out / "index.json"
   if index_file.exists():
