@@ -116,12 +116,17 @@ def _tune(task, name: str, lrs: np.ndarray, entry: SuiteTask, mult: int, every: 
   return record, (runs.losses[best, :, :entry.steps], {k: v[best] for k, v in runs.test.items()})
 
 
+def _saved_tasks(previous: dict[str, Any] | None) -> dict[str, Any]:
+  """Every task record of a results file: its tasks, and the ``"pending_tasks"`` a run cut
+  off part-way had not reached yet (see :func:`run_benchmark`)."""
+  if not previous:
+    return {}
+  return {**previous.get("pending_tasks", {}), **previous.get("tasks", {})}
+
+
 def _reusable(entry: SuiteTask, previous: dict[str, Any] | None) -> dict[str, Any] | None:
   """The previous record of this task if it was run with the same task and horizon."""
-  if not previous:
-    return None
-  # "pending_tasks": records a cut-off run had not reached yet (see run_benchmark)
-  t = {**previous.get("pending_tasks", {}), **previous.get("tasks", {})}.get(entry.label)
+  t = _saved_tasks(previous).get(entry.label)
   if t is None:
     return None
   if (t["task"], t["cfg"], t["steps"]) != (entry.task_name, _cfg_json(entry.config),
@@ -390,8 +395,5 @@ def run_benchmark(optimizers: Sequence[str], entries: Sequence[SuiteTask], *,
 
 def _with_pending(results: dict[str, Any], reuse: dict[str, Any] | None) -> dict[str, Any]:
   """``results`` plus ``reuse``'s records of the tasks ``results`` has not reached yet."""
-  if not reuse:
-    return results
-  old = {**reuse.get("pending_tasks", {}), **reuse.get("tasks", {})}
-  pending = {k: v for k, v in old.items() if k not in results["tasks"]}
+  pending = {k: v for k, v in _saved_tasks(reuse).items() if k not in results["tasks"]}
   return {**results, "pending_tasks": pending} if pending else results
