@@ -17,19 +17,8 @@ cd "$(dirname "$0")/../.."
 PYTHON="${PYTHON:-.venv/bin/python}"
 export XLA_FLAGS="${XLA_FLAGS:---xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1}"
 
-dataset() {  # out runs steps_per_run seed [extra flags]
-  local out=$1 runs=$2 steps=$3 seed=$4
-  shift 4
-  "$PYTHON" -m meta_train.gpt.dataset --task=digits_mlp --runs="$runs" --runs_per_shard=32 \
-    --checkpoints_per_run=21 --steps_per_run="$steps" --seed="$seed" --out="runs/$out" "$@"
-}
-
-dataset gpt_digits_data 512 1000 0
-dataset gpt_digits_data_early 512 100 1
-dataset gpt_digits_data2 1024 1000 2
-dataset gpt_digits_data_early2 1024 100 3
-dataset gpt_digits_data3 2048 1000 4
-dataset gpt_digits_data_early3 2048 100 5
+source meta_train/configs/gpt_digits_datasets.sh
+shipped_datasets
 
 "$PYTHON" -m meta_train.gpt.train --flagfile=meta_train/configs/gpt_digits_mlp.flags
 "$PYTHON" -m meta_train.gpt.evaluate --weights=lopt/weights/gpt_digits_mlp --save_settings \

@@ -18,25 +18,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PYTHON="${PYTHON:-.venv/bin/python}"
-[ -n "${NICE:-}" ] && PYTHON="nice -n 19 $PYTHON"
+PY_PREFIX=""
+[ -n "${NICE:-}" ] && PY_PREFIX="nice -n 19"
 export XLA_FLAGS="${XLA_FLAGS:---xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1}"
 V5_COMMIT=4bfa380   # last commit of lopt/weights/gpt_digits_mlp before v6
 V5=runs/gpt_digits_mlp_v5_model
 
-dataset() {  # out runs steps_per_run seed [extra flags]
-  local out=$1 runs=$2 steps=$3 seed=$4
-  shift 4
-  $PYTHON -m meta_train.gpt.dataset --task=digits_mlp --runs="$runs" --runs_per_shard=32 \
-    --checkpoints_per_run=21 --steps_per_run="$steps" --seed="$seed" --out="runs/$out" "$@"
-}
+source meta_train/configs/gpt_digits_datasets.sh
 WIDE=(--init_scale_min=0.25 --init_scale_max=4)
 
-dataset gpt_digits_data 512 1000 0
-dataset gpt_digits_data_early 512 100 1
-dataset gpt_digits_data2 1024 1000 2
-dataset gpt_digits_data_early2 1024 100 3
-dataset gpt_digits_data3 2048 1000 4
-dataset gpt_digits_data_early3 2048 100 5
+shipped_datasets
 dataset gpt_digits_data_wide 1024 1000 6 "${WIDE[@]}"
 dataset gpt_digits_data_wide_early 1024 100 7 "${WIDE[@]}"
 if [ ! -e "$V5/manifest.json" ]; then
@@ -47,4 +38,4 @@ fi
 dataset gpt_digits_data_self 1024 1000 8 "${WIDE[@]}" --start_from="$V5"
 dataset gpt_digits_data_self_early 1024 100 9 "${WIDE[@]}" --start_from="$V5"
 
-$PYTHON -m meta_train.gpt.train --flagfile=meta_train/configs/gpt_digits_mlp_v6.flags
+$PY_PREFIX "$PYTHON" -m meta_train.gpt.train --flagfile=meta_train/configs/gpt_digits_mlp_v6.flags
