@@ -25,10 +25,10 @@ from typing import Any, ClassVar
 import numpy as np
 
 from meta_train._run import atomic_write_text
-from meta_train.gpt._inits import INIT_SCHEMES, check_scheme, init_ids
+from meta_train.gpt._inits import INIT_SCHEMES, SPLITS, check_scheme, init_ids
 
 __all__ = ["ADAM_GRID", "FORMAT", "ProtocolSettings", "check_matches", "check_new", "read_settings",
-           "weights_digest", "write_settings"]
+           "report_split", "split_out", "split_title", "weights_digest", "write_settings"]
 
 FORMAT = "lopt-gpt-protocol/1"
 #: Adam's learning rates: 17, log-spaced from 1e-3 to 0.3 (about 6.5 per decade).
@@ -213,3 +213,32 @@ def check_matches(settings: ProtocolSettings, **given: Any) -> None:
   if diff:
     raise ValueError("settings differ from the settings file (choose them on validation with "
                      "--validation_only, or drop the flags): " + "; ".join(diff))
+
+
+def report_split(path: pathlib.Path) -> str | None:
+  """The split of the report at ``path`` (older reports: test); None if there is none."""
+  try:
+    return json.loads(path.read_text()).get("split", "test")
+  except (OSError, ValueError, AttributeError):
+    return None
+
+
+def split_out(out: str | pathlib.Path, split: str) -> pathlib.Path:
+  """``out`` as a path, once ``split`` is known and ``out`` holds no report of another split.
+
+  Raises:
+    ValueError: an unknown split, or a report of the other split in ``out``.
+  """
+  if split not in SPLITS:
+    raise ValueError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
+  outp = pathlib.Path(out)
+  if report_split(outp / "report.json") not in (None, split):
+    raise ValueError(f"{outp / 'report.json'} is a report of another split; write the {split} "
+                     f"report elsewhere")
+  return outp
+
+
+def split_title(split: str) -> str:
+  """What a report's title adds for ``split``: nothing for test figures."""
+  return "" if split == "test" else (f" on {split.upper()} inits (for model selection; not a "
+                                     f"test figure)")

@@ -192,25 +192,34 @@ def adam_seed_spread(ctx: ProtocolContext, s: ReturnProtocolSettings, starts: np
           "moved_median": float(np.median(np.linalg.norm(nets - starts[:, None], axis=-1)))}
 
 
-def _seconds_per_call(fn, *args, repeats: int = 5) -> float:
-  jax.block_until_ready(fn(*args))  # compile
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - t0)
-  return float(np.median(times))
+def _interleaved_seconds(calls: dict[str, tuple], rounds: int = 5) -> dict[str, float]:
+  """Median seconds per call of each ``name: (fn, *args)``, timed in interleaved rounds.
+
+  Each function is compiled first; then every round times each once in turn, so a
+  change of machine load hits all of them alike.
+  """
+  for fn, *args in calls.values():
+    jax.block_until_ready(fn(*args))  # compile
+  times: dict[str, list[float]] = {k: [] for k in calls}
+  for _ in range(rounds):
+    for k, (fn, *args) in calls.items():
+      t0 = time.perf_counter()
+      jax.block_until_ready(fn(*args))
+      times[k].append(time.perf_counter() - t0)
+  return {k: float(np.median(v)) for k, v in times.items()}
 
 
-def wall_clock(ctx: ProtocolContext, s: ReturnProtocolSettings) -> dict[str, float]:
+def wall_clock(ctx: ProtocolContext, s: ReturnProtocolSettings,
+               ids: np.ndarray) -> dict[str, float]:
   """Seconds of one G.pt update and of one Adam step, one network each, jitted, this machine.
 
   XLA's FLOP count covers a loop body once, and an Adam step on a policy is a loop over
-  the episode's steps, so for RL the wall clock (median of 5 calls after compiling) is
-  the fair comparison.
+  the episode's steps, so for RL the wall clock (median of 5 interleaved rounds after
+  compiling) is the fair comparison. The G.pt update starts from the init of ``ids[0]``
+  (an id of the split being evaluated).
   """
   m = ctx.loaded
-  start = jnp.asarray(ctx.inits("train", s.ids("test")[:1]))
+  start = jnp.asarray(ctx.inits("train", np.asarray(ids)[:1]))
   one = jnp.ones((1,), jnp.float32)
   gen = jax.jit(lambda k, x: m.model.generate(
       m.params, m.stats, k, x, one * 20.0, one * s.target, num_steps=s.num_sampling_steps,
@@ -218,9 +227,10 @@ def wall_clock(ctx: ProtocolContext, s: ReturnProtocolSettings) -> dict[str, flo
   tx = optax.adam(1e-2)
   params = ctx.task.init(jax.random.key(0))
   step = jax.jit(lambda p, st, k: tasks.train_step(ctx.task, tx, p, st, k)[:2])
-  g = _seconds_per_call(gen, jax.random.key(0), start)
-  a = _seconds_per_call(step, params, tx.init(params), jax.random.key(0))
-  return {"gpt_update_s": g, "adam_step_s": a, "adam_steps_per_update": g / max(a, 1e-12)}
+  t = _interleaved_seconds({"gpt": (gen, jax.random.key(0), start),
+                            "adam": (step, params, tx.init(params), jax.random.key(0))})
+  return {"gpt_update_s": t["gpt"], "adam_step_s": t["adam"],
+          "adam_steps_per_update": t["gpt"] / max(t["adam"], 1e-12)}
 
 
 def flat_key(seed: int, ids: np.ndarray) -> jax.Array:

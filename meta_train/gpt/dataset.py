@@ -14,8 +14,7 @@ Command line::
   python -m meta_train.gpt.dataset --task=cartpole --runs=64 \
       --checkpoints_per_run=11 --steps_per_run=200 --out=runs/gpt_cartpole_data
 
-(``python -m meta_train.gpt_dataset`` is the same.) Bad flag values stop at
-parsing with a one-line error.
+(``python -m meta_train.gpt_dataset`` is the same.) Bad flags stop at parsing.
 
 **Runs from the model's own samples** (``--start_from=<G.pt weights>``): each run
 starts from one G.pt update of its scaled init (prompted with ``--start_prompt``,
@@ -30,23 +29,13 @@ samples (see :mod:`meta_train.gpt._start`)::
 The model must be one of the same task (``--task``, ``--task_config``); without
 ``--start_from`` the dataset is what it always was.
 
-On-disk format (``format_version`` 1), a directory holding:
-
-* ``index.json``: ``format_version``, ``task`` and ``task_config`` (rebuild with
-  ``tasks.get(task, **task_config)``), ``param_spec`` (``[{"path", "shape"}]`` in
-  ``jax.tree`` leaf order, the layout of the flat vectors; see
-  ``lopt.gpt.param_spec``), ``num_params``, ``steps`` (the checkpoint steps),
-  ``metrics`` (metric names), ``seed``, ``init_scale_range``, and ``shards``: a list
-  of ``{"file", "optimizer", "runs": [{"run_id", "learning_rate", "init_scale"}]}``;
-  with ``--start_from`` also ``start_from``: ``{"weights"`` (as given), ``"digest"``
-  (sha256 of its ``state/``), ``"prompt"``, ``"temperature"``, ``"guidance"``,
-  ``"num_sampling_steps"``, ``"metric"}`` (absent: runs start from the raw inits).
-* ``shard_00000.npz``, ...: ``params`` float32 ``(runs, checkpoints,
-  num_params)``, one float32 ``(runs, checkpoints)`` array per metric
-  (``train_loss``, ``test_loss``, ``test_error`` for classifiers;
-  ``train_return``/``test_return`` for RL), ``run_ids`` int32 ``(runs,)``.
-  Load with ``np.load(f, allow_pickle=False)`` or
-  :func:`meta_train.gpt.load_dataset`.
+On-disk format (``format_version`` 1): ``index.json`` (task and config, ``param_spec``,
+checkpoint steps, metric names, seed, init scales, and per shard the optimizer and each
+run's id, learning rate and init scale; ``start_from`` when given) and ``shard_*.npz``
+(``params`` ``(runs, checkpoints, num_params)``, one ``(runs, checkpoints)`` array per
+metric, ``run_ids``), described field by field in docs/gpt.md, section 1. Load with
+:func:`meta_train.gpt.load_dataset`. ``--lr_ranges=adam:5e-4:5e-3`` replaces an
+optimizer's learning-rate range (``DEFAULT_LR_RANGES``) or adds one.
 
 Generation is deterministic given ``--seed`` (run ``i`` uses
 ``fold_in(key(seed), i)``) and resumable: shards are written atomically and
@@ -169,6 +158,26 @@ def _plan(num_runs: int, runs_per_shard: int, optimizers: Sequence[str], seed: i
   return shards
 
 
+def _parse_lr_ranges(items: Sequence[str]) -> dict[str, tuple[float, float]]:
+  """``["adam:5e-4:5e-3", ...]`` -> ``{"adam": (5e-4, 5e-3)}``; ``ValueError`` names a bad item."""
+  out: dict[str, tuple[float, float]] = {}
+  for item in items:
+    parts = str(item).split(":")
+    try:
+      if len(parts) != 3:
+        raise ValueError
+      lo, hi = float(parts[1]), float(parts[2])
+    except ValueError:
+      raise ValueError(f"learning-rate range {item!r} is not optimizer:min:max "
+                       f"(e.g. adam:5e-4:5e-3)") from None
+    if not 0 < lo <= hi < float("inf"):
+      raise ValueError(f"learning-rate range {item!r} must satisfy 0 < min <= max")
+    if parts[0] in out:
+      raise ValueError(f"learning-rate range of {parts[0]!r} given twice")
+    out[parts[0]] = (lo, hi)
+  return out
+
+
 def _check_settings(*, runs: int, runs_per_shard: int, checkpoints_per_run: int,
                     steps_per_run: int, optimizers: Sequence[str],
                     init_scale_range: tuple[float, float],
@@ -186,9 +195,14 @@ def _check_settings(*, runs: int, runs_per_shard: int, checkpoints_per_run: int,
     raise ValueError(f"init scale range must satisfy 0 < min <= max, got {lo}, {hi}")
   if not optimizers:
     raise ValueError("optimizers must name at least one optimizer")
+  unknown = sorted(set(lr_ranges) - set(lopt.available()))
+  if unknown:
+    raise ValueError(f"learning-rate range for unknown optimizer {unknown[0]!r}; known: "
+                     f"{', '.join(sorted(lopt.available()))}")
   for o in optimizers:
     if o not in lr_ranges:
-      raise ValueError(f"no learning-rate range for optimizer {o!r}; known: {sorted(lr_ranges)}")
+      raise ValueError(f"no learning-rate range for optimizer {o!r} (give one, e.g. "
+                       f"lr_ranges {o}:1e-3:1e-2); ranges exist for {sorted(lr_ranges)}")
 
 
 def generate(out: str | os.PathLike, *, task: str = "digits_mlp",
@@ -320,7 +334,8 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_integer("steps_per_run", 1000, "Training steps per run; a multiple of "
                        "--checkpoints_per_run - 1.", lower_bound=1, flag_values=fv)
   flags.DEFINE_list("optimizers", ["adam", "sgd", "momentum", "rmsprop"],
-                    f"Registry optimizers, cycled over shards; one of {sorted(DEFAULT_LR_RANGES)}.",
+                    f"Registry optimizers, cycled over shards; with a default range: "
+                    f"{sorted(DEFAULT_LR_RANGES)} (others need --lr_ranges).",
                     flag_values=fv)
   flags.DEFINE_float("init_scale_min", 0.5, "Smallest init scale factor (> 0).", flag_values=fv)
   flags.DEFINE_float("init_scale_max", 2.0, "Largest init scale factor.", flag_values=fv)
@@ -330,6 +345,9 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                       flag_values=fv)
   flags.DEFINE_float("start_prompt", None, "Prompt of the --start_from samples (default: the "
                      "model's recorded target, else its best_metric).", flag_values=fv)
+  dflt = ", ".join(f"{k}:{lo:g}:{hi:g}" for k, (lo, hi) in DEFAULT_LR_RANGES.items())
+  flags.DEFINE_list("lr_ranges", [], f"optimizer:min:max log-uniform learning-rate ranges "
+                    f"replacing the defaults ({dflt}) or adding one.", flag_values=fv)
 
   def check(d):
     try:
@@ -337,7 +355,7 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                       checkpoints_per_run=d["checkpoints_per_run"],
                       steps_per_run=d["steps_per_run"], optimizers=d["optimizers"],
                       init_scale_range=(d["init_scale_min"], d["init_scale_max"]),
-                      lr_ranges=DEFAULT_LR_RANGES)
+                      lr_ranges={**DEFAULT_LR_RANGES, **_parse_lr_ranges(d["lr_ranges"])})
       if d["task_config"] and not isinstance(json.loads(d["task_config"]), dict):
         raise ValueError("--task_config must be a JSON object")
       if d["start_prompt"] is not None and not d["start_from"]:
@@ -353,7 +371,7 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   flags.register_multi_flags_validator(
       ["runs", "runs_per_shard", "checkpoints_per_run", "steps_per_run", "optimizers",
        "init_scale_min", "init_scale_max", "task", "task_config", "start_from",
-       "start_prompt"], check, flag_values=fv)
+       "start_prompt", "lr_ranges"], check, flag_values=fv)
 
 
 def main(argv):
@@ -366,7 +384,8 @@ def main(argv):
              runs=f.runs, runs_per_shard=f.runs_per_shard,
              checkpoints_per_run=f.checkpoints_per_run, steps_per_run=f.steps_per_run,
              optimizers=f.optimizers, init_scale_range=(f.init_scale_min, f.init_scale_max),
-             seed=f.seed, start_from=f.start_from or None, start_prompt=f.start_prompt)
+             seed=f.seed, lr_ranges=_parse_lr_ranges(f.lr_ranges),
+             start_from=f.start_from or None, start_prompt=f.start_prompt)
   except (ValueError, TypeError) as e:  # e.g. an index of other settings, a bad task_config
     sys.exit(f"gpt.dataset: {e}")
 

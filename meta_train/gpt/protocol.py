@@ -44,7 +44,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
-import pathlib
 import sys
 import time
 from typing import Any, Callable, Sequence
@@ -61,6 +60,8 @@ from meta_train.gpt._protocol import (
   check_matches,
   check_new,
   read_settings,
+  split_out,
+  split_title,
   weights_digest,
   write_settings,
 )
@@ -165,12 +166,7 @@ def evaluate_protocol(settings_path: str, out: str, *, split: str = "test",
     ValueError: settings that differ from the file's, other weights, overlapping ids,
       an unknown split, or ``out`` holding a report of the other split.
   """
-  if split not in SPLITS:
-    raise ValueError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
-  outp = pathlib.Path(out)
-  if _report_split(outp / "report.json") not in (None, split):
-    raise ValueError(f"{outp / 'report.json'} is a report of another split; write the {split} "
-                     f"report elsewhere")
+  outp = split_out(out, split)
   settings, doc = read_settings(settings_path)
   check_matches(settings, **given)
   digest = weights_digest(settings.weights)
@@ -205,20 +201,10 @@ def _context(ctx: ProtocolContext | None, weights: str, dataset: str | None,
   return ctx
 
 
-def _report_split(path: pathlib.Path) -> str | None:
-  """The split of the report at ``path`` (older reports: test); None if there is none."""
-  try:
-    return json.loads(path.read_text()).get("split", "test")
-  except (OSError, ValueError, AttributeError):
-    return None
-
-
 def _markdown(rep: dict[str, Any]) -> str:
   s, split = rep["settings"], rep.get("split", "test")
   n = s["num_inits"] if split == "test" else s["num_validation_inits"]
-  title = "" if split == "test" else (f" on {split.upper()} inits (for model selection; not "
-                                      f"a test figure)")
-  lines = [f"# G.pt protocol report: {s['weights']}{title}", "",
+  lines = [f"# G.pt protocol report: {s['weights']}{split_title(split)}", "",
            f"Settings file `{rep['settings_file']}`, written {rep['settings_created_utc']} "
            f"(UTC); {split} figures computed from {rep['test_started_utc']}. {rep['rule']}", "",
            f"Prompt {s['target']:.4g}, temperature {s['temperature']:g}, guidance "

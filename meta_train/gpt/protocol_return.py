@@ -12,8 +12,10 @@ Two steps, each one command::
       --out=docs/results/gpt/cartpole_protocol
 
 The rule, the settings file checks (date, weights SHA-256, flags equal to the file's,
-written once) and the disjoint init ids are those of :mod:`meta_train.gpt.protocol`;
-the measurements are in :mod:`meta_train.gpt._protocol_return`.
+written once), the disjoint init ids and ``--split=validation`` (every figure on the
+validation ids, to choose between model versions) are those of
+:mod:`meta_train.gpt.protocol`; the measurements are in
+:mod:`meta_train.gpt._protocol_return`.
 
 **Validation step** (validation ids): the temperature and target whose one update
 reaches the highest median return over ``--temperatures`` x the targets ``best + f (ref
@@ -46,9 +48,16 @@ import numpy as np
 from absl import app, flags
 
 from meta_train.gpt._context import ProtocolContext
-from meta_train.gpt._inits import check_disjoint
+from meta_train.gpt._inits import SPLITS, check_disjoint
 from meta_train.gpt._measures import adam_step_flops, compute_ratio, gpt_update_flops
-from meta_train.gpt._protocol import check_matches, check_new, read_settings, weights_digest
+from meta_train.gpt._protocol import (
+  check_matches,
+  check_new,
+  read_settings,
+  split_out,
+  split_title,
+  weights_digest,
+)
 from meta_train.gpt._protocol import write_settings as _write
 from meta_train.gpt._protocol_return import (
   ReturnProtocolSettings,
@@ -64,8 +73,7 @@ __all__ = ["choose_return_settings", "define_flags", "evaluate_return_protocol",
            "record_in_manifest", "run"]
 
 _COMMAND = "meta_train.gpt.protocol_return"
-#: Base seed of Adam's batch keys (``fold_in(key(ADAM_KEY_SEED), init id)``).
-ADAM_KEY_SEED = 17
+ADAM_KEY_SEED = 17  #: Base seed of Adam's batch keys: ``fold_in(key(17), init id)``.
 
 
 def _context(weights: str, dataset: str | None, s: ReturnProtocolSettings) -> ProtocolContext:
@@ -80,9 +88,7 @@ def _context(weights: str, dataset: str | None, s: ReturnProtocolSettings) -> Pr
 def record_in_manifest(settings_path: str, log: Callable[[str], None] = print) -> None:
   """Makes a settings file's temperature, guidance and target the optimizer's defaults.
 
-  Writes them to ``extra`` of the weights' ``manifest.json`` (``sampling_temperature``,
-  ``guidance``, ``target``, ``settings_file``), as ``gpt_eval --save_settings`` does; the
-  weights' digest covers ``state/`` only, so the settings file still matches.
+  Writes them to ``extra`` of the weights' ``manifest.json``; the digest covers ``state/``.
   """
   s, doc = read_settings(settings_path, ReturnProtocolSettings, _COMMAND)
   mpath = pathlib.Path(s.weights) / "manifest.json"
@@ -110,10 +116,8 @@ def choose_return_settings(weights: str, settings_path: str, dataset: str | None
   Args:
     weights, settings_path, dataset: the model, the file to write (once), its data.
     temperatures, target_fractions, guidances: the validation grids (module docstring).
-    save_settings: also make the chosen settings the optimizer's defaults
-      (:func:`record_in_manifest`).
-    settings: other :class:`~meta_train.gpt._protocol_return.ReturnProtocolSettings`
-      fields.
+    save_settings: also make them the optimizer's defaults (:func:`record_in_manifest`).
+    settings: other ``ReturnProtocolSettings`` fields.
 
   Raises:
     FileExistsError: the settings file exists.
@@ -172,9 +176,12 @@ def choose_return_settings(weights: str, settings_path: str, dataset: str | None
   return doc
 
 
-def evaluate_return_protocol(settings_path: str, out: str, *,
+def evaluate_return_protocol(settings_path: str, out: str, *, split: str = "test",
                              log: Callable[[str], None] = print, **given: Any) -> dict[str, Any]:
   """The test step: every test figure, with the settings of ``settings_path``.
+
+  ``split="validation"`` computes the same figures on the validation ids instead (for
+  choosing between model versions; no test id is drawn, and the report says so).
 
   Example::
 
@@ -184,8 +191,10 @@ def evaluate_return_protocol(settings_path: str, out: str, *,
 
   Raises:
     FileNotFoundError: no settings file.
-    ValueError: settings that differ from the file's, other weights, overlapping ids.
+    ValueError: settings that differ from the file's, other weights, overlapping ids,
+      an unknown split, or ``out`` holding a report of the other split.
   """
+  outp = split_out(out, split)
   s, doc = read_settings(settings_path, ReturnProtocolSettings, _COMMAND)
   check_matches(s, **given)
   if weights_digest(s.weights) != s.weights_sha256:
@@ -196,8 +205,8 @@ def evaluate_return_protocol(settings_path: str, out: str, *,
     raise ValueError(f"{settings_path} is dated after now ({doc['created_utc']})")
   t0 = time.time()
   ctx = _context(s.weights, s.dataset, s)
-  ids = s.ids("test")
-  check_disjoint(ctx.index, s.ids("validation"), ids)
+  ids = s.ids(split)
+  check_disjoint(ctx.index, s.ids("validation"), s.ids("test"))
   key = jax.random.key(s.seed)
   starts = ctx.inits("train", ids)
   nets, mets = ctx.repeated(key, starts, s.repeats, s.target, s.temperature, s.guidance)
@@ -223,11 +232,12 @@ def evaluate_return_protocol(settings_path: str, out: str, *,
   log(f"protocol_return: spread {spread}, Adam seeds {spread_adam} [{time.time() - t0:.0f}s]")
   gf, af = (gpt_update_flops(ctx.loaded, num_sampling_steps=s.num_sampling_steps,
                              guidance=s.guidance), adam_step_flops(ctx.task))
-  clock = wall_clock(ctx, s)
+  clock = wall_clock(ctx, s, ids)
   targets = {f"one update: median return >= {s.success_return:g}":
              gpt["median"][1] >= s.success_return,
              "R^2 pooled >= 0.9": r2["pooled"] >= 0.9}
-  rep = {"settings_file": str(settings_path), "settings_created_utc": doc["created_utc"],
+  rep = {"split": split, "ids": [int(ids[0]), int(ids[-1]) + 1],
+         "settings_file": str(settings_path), "settings_created_utc": doc["created_utc"],
          "test_started_utc": started.isoformat(timespec="seconds"), "rule": doc["rule"],
          "settings": s.to_json(), **ctx.describe(), "gpt": gpt, "adam": adam,
          "moved_median": {"gpt": float(np.median(np.linalg.norm(nets[1] - starts, axis=1))),
@@ -238,7 +248,6 @@ def evaluate_return_protocol(settings_path: str, out: str, *,
          "compute": {"gpt": gf, "adam": af, "adam_steps_per_update": compute_ratio(gf, af),
                      "wall_clock": clock},
          "targets": targets, "seconds": time.time() - t0}
-  outp = pathlib.Path(out)
   outp.mkdir(parents=True, exist_ok=True)
   (outp / "report.json").write_text(json.dumps(rep, indent=1))
   (outp / "report.md").write_text(_markdown(rep))
@@ -248,12 +257,13 @@ def evaluate_return_protocol(settings_path: str, out: str, *,
 
 def _markdown(rep: dict[str, Any]) -> str:
   s, g, a, r2 = rep["settings"], rep["gpt"], rep["adam"], rep["prompt_alignment"]["r2"]
-  fl = rep["compute"]
-  lines = [f"# G.pt return-protocol report: {s['weights']}", "",
+  fl, split = rep["compute"], rep.get("split", "test")
+  n = s["num_inits"] if split == "test" else s["num_validation_inits"]
+  lines = [f"# G.pt return-protocol report: {s['weights']}{split_title(split)}", "",
            f"Settings file `{rep['settings_file']}`, written {rep['settings_created_utc']} "
-           f"(UTC); test figures computed from {rep['test_started_utc']}. {rep['rule']}", "",
+           f"(UTC); {split} figures computed from {rep['test_started_utc']}. {rep['rule']}", "",
            f"Prompt {s['target']:.4g}, temperature {s['temperature']:g}, guidance "
-           f"{s['guidance']:g}, {s['num_sampling_steps']} sampling steps; {s['num_inits']} test "
+           f"{s['guidance']:g}, {s['num_sampling_steps']} sampling steps; {n} {split} "
            f"inits (fresh random policies), returns on {s['eval_episodes']} episodes.", "",
            "| measurement | value |", "| --- | --- |",
            f"| median return of the inits | {g['median'][0]:.1f} |",
@@ -318,6 +328,8 @@ def main(argv, fv: flags.FlagValues = flags.FLAGS) -> None:
   floats = lambda xs: [float(x) for x in xs]  # noqa: E731
   try:
     if fv.validation_only:
+      if fv["split"].present:
+        raise ValueError("--split is a test-step flag (--validation_only uses validation ids)")
       kw = {n: _flag_value(fv, n) for n in _SETTING_FLAGS
             if n not in ("weights", "dataset") and n in present}
       choose_return_settings(fv.weights, fv.settings, fv.dataset,
@@ -329,8 +341,8 @@ def main(argv, fv: flags.FlagValues = flags.FLAGS) -> None:
       extra = sorted(present & set(_VALIDATION_FLAGS))
       if extra:
         raise ValueError(f"--{extra[0]} is a validation setting: pass it with --validation_only")
-      evaluate_return_protocol(fv.settings, fv.out, **{n: _flag_value(fv, n)
-                                                       for n in _SETTING_FLAGS if n in present})
+      evaluate_return_protocol(fv.settings, fv.out, split=fv.split,
+                               **{n: _flag_value(fv, n) for n in _SETTING_FLAGS if n in present})
   except (ValueError, FileNotFoundError, FileExistsError) as e:
     sys.exit(f"gpt.protocol_return: {e}")
 
@@ -347,6 +359,9 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                     flag_values=fv)
   flags.DEFINE_string("out", "runs/gpt_cartpole_protocol", "Test step: output directory.",
                       flag_values=fv)
+  flags.DEFINE_enum("split", "test", list(SPLITS), "Test step: the init ids of every figure; "
+                    "'validation' (the ids the settings were chosen on) compares model "
+                    "versions without test inits.", flag_values=fv)
   flags.DEFINE_string("weights", "lopt/weights/gpt_cartpole", "G.pt weights directory.",
                       flag_values=fv)
   flags.DEFINE_string("dataset", None, "The model's training data; default: its manifest's "

@@ -12,6 +12,7 @@ from absl import flags
 import lopt
 import tasks
 from lopt.gpt import GPT, dense_stack, param_spec
+from meta_train.gpt import dataset as dataset_cli
 from meta_train.gpt._data import load_dataset
 from meta_train.gpt._pairs import permutation_index, sample_pairs
 from meta_train.gpt._protocol import weights_digest
@@ -266,5 +267,25 @@ def test_start_from_flags(tiny_gpt, tmp_path):
       ([f"--start_from={tmp_path / 'nope'}"], f"start_from '{tmp_path / 'nope'}' is not a G.pt"),
       ([f"--start_from={tiny_gpt}"], r"hidden: \[4\] vs \[32\]"),
       ([*task, "--start_prompt=0.2"], "--start_prompt needs --start_from")):
+    with pytest.raises(flags.IllegalFlagValueError, match=expected):
+      _parse(args)
+
+
+def test_lr_ranges_flag_sets_the_plans_learning_rates(tmp_path, monkeypatch):
+  fv = _parse(["--optimizers=adam,lion", "--lr_ranges=adam:1e-4:2e-4,lion:1e-3:1e-3"])
+  calls = []
+  monkeypatch.setattr(dataset_cli, "generate", lambda out, **kw: calls.append(kw))
+  monkeypatch.setattr(dataset_cli.flags, "FLAGS", fv)
+  dataset_cli.main(["prog"])
+  assert calls[0]["lr_ranges"] == {"adam": (1e-4, 2e-4), "lion": (1e-3, 1e-3)}
+  shards = dataset_cli._plan(4, 1, ["adam", "lion"], 0, (1.0, 1.0), calls[0]["lr_ranges"])
+  lrs = [(s["optimizer"], s["runs"][0]["learning_rate"]) for s in shards]
+  assert all(1e-4 <= lr <= 2e-4 for o, lr in lrs if o == "adam")
+  assert [lr for o, lr in lrs if o == "lion"] == pytest.approx([1e-3, 1e-3])
+  for args, expected in (
+      (["--lr_ranges=adam:1e-3"], "'adam:1e-3' is not optimizer:min:max"),
+      (["--lr_ranges=adam:1e-2:1e-3"], "must satisfy 0 < min <= max"),
+      (["--lr_ranges=adamm:1e-3:1e-2"], "unknown optimizer 'adamm'; known: adafac_mlp_lopt"),
+      (["--optimizers=lion"], "no learning-rate range for optimizer 'lion'")):
     with pytest.raises(flags.IllegalFlagValueError, match=expected):
       _parse(args)

@@ -6,13 +6,16 @@ import warnings
 import jax
 import numpy as np
 import pytest
+from absl import flags
 
 import lopt
 import tasks
 from lopt.gpt import GPT, best_value, higher_is_better, param_spec, use_log_metric
+from meta_train.gpt import protocol_return
 from meta_train.gpt._context import ProtocolContext
+from meta_train.gpt._inits import init_ids
 from meta_train.gpt.protocol import choose_settings
-from meta_train.gpt.protocol_return import evaluate_return_protocol
+from meta_train.gpt.protocol_return import choose_return_settings, evaluate_return_protocol
 from meta_train.gpt.train import train_gpt
 
 CFG = {"steps": 2, "batch_size": 4, "holdout_runs": 2, "d_model": 16, "num_layers": 1,
@@ -110,3 +113,64 @@ def test_train_records_the_max_return_and_embeds_returns_linearly(tmp_path):
   assert m["best_metric"] == pytest.approx(train.max()) and m["best_metric"] > 400
   assert m["metric_range"] == pytest.approx([train.min(), train.max()])
   assert m["config"]["log_metric"] is False and m["config"]["metric"] == "test_return"
+
+
+TINY_RETURN = dict(num_inits=2, num_validation_inits=2, eval_episodes=2, repeats=1,
+                   adam_lrs=(0.01,), adam_at=2, curve_episodes=2, num_align_nets=1,
+                   num_prompts=2, spread_temperatures=(1.0,), num_spread_starts=1,
+                   spread_samples=2, num_sampling_steps=2)
+
+
+def test_return_protocol_refuses_an_unknown_split_and_another_splits_report(tmp_path):
+  with pytest.raises(ValueError, match="unknown split 'train'; valid: validation, test"):
+    evaluate_return_protocol(str(tmp_path / "s.json"), str(tmp_path / "out"), split="train")
+  (tmp_path / "test_out").mkdir()  # a test report is not overwritten by a validation one
+  (tmp_path / "test_out" / "report.json").write_text(json.dumps({"gpt": {}}))
+  with pytest.raises(ValueError, match="report of another split"):
+    evaluate_return_protocol(str(tmp_path / "s.json"), str(tmp_path / "test_out"),
+                             split="validation")
+
+
+@pytest.mark.slow  # the whole return protocol at toy size (15-30 s)
+def test_return_protocol_split_validation_draws_validation_ids_only(
+    untrained_return_model, tmp_path, monkeypatch):
+  root, _ = untrained_return_model
+  path = tmp_path / "s.json"
+  doc = choose_return_settings(str(root / "weights"), str(path), temperatures=(0.0,),
+                               target_fractions=(0.0,), guidances=(0.0,), log=lambda m: None,
+                               **TINY_RETURN)
+  drawn, inits = [], ProtocolContext.inits
+  monkeypatch.setattr(ProtocolContext, "inits", lambda self, scheme, ids: drawn.append(
+      np.asarray(ids)) or inits(self, scheme, ids))
+  rep = evaluate_return_protocol(str(path), str(tmp_path / "val"), split="validation",
+                                 log=lambda m: None)
+  val = init_ids("validation", 2)
+  # No test id is drawn (the wall-clock timing once drew one).
+  assert drawn and all(np.isin(ids, val).all() for ids in drawn)
+  assert rep["split"] == "validation" and rep["ids"] == doc["ids"]["validation"]
+  md = (tmp_path / "val" / "report.md").read_text()
+  assert md.splitlines()[0].endswith("on VALIDATION inits (for model selection; not a test "
+                                     "figure)") and "2 validation inits" in md
+  assert len(rep["gpt"]["median"]) == 2 and set(rep["targets"]) == {
+      "one update: median return >= 400", "R^2 pooled >= 0.9"}
+
+
+def test_return_protocol_split_flag(tmp_path, monkeypatch):
+  calls = []
+  monkeypatch.setattr(protocol_return, "evaluate_return_protocol",
+                      lambda *a, **kw: calls.append(kw))
+  for args in ([], ["--split=validation"]):
+    fv = flags.FlagValues()
+    protocol_return.define_flags(fv)
+    fv(["prog", f"--settings={tmp_path / 's.json'}", *args])
+    protocol_return.main(["prog"], fv)
+  assert [kw["split"] for kw in calls] == ["test", "validation"]
+  fv = flags.FlagValues()
+  protocol_return.define_flags(fv)
+  fv(["prog", f"--settings={tmp_path / 's.json'}", "--validation_only", "--split=validation"])
+  with pytest.raises(SystemExit, match="--split is a test-step flag"):
+    protocol_return.main(["prog"], fv)
+  with pytest.raises(flags.IllegalFlagValueError, match="split=train"):
+    fv2 = flags.FlagValues()
+    protocol_return.define_flags(fv2)
+    fv2(["prog", "--settings=s.json", "--split=train"])
