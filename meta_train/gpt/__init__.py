@@ -28,6 +28,8 @@ medians against medians, many init schemes, permutation-aligned novelty;
 Reference: Peebles et al. 2022, arXiv 2209.12892.
 """
 
+import importlib as _importlib
+
 from meta_train.gpt._align import aligned_distance as aligned_distance
 from meta_train.gpt._data import CheckpointDataset as CheckpointDataset
 from meta_train.gpt._data import load_dataset as load_dataset
@@ -35,19 +37,32 @@ from meta_train.gpt._inits import INIT_SCHEMES as INIT_SCHEMES
 from meta_train.gpt._inits import scheme_inits as scheme_inits
 from meta_train.gpt._protocol import ProtocolSettings as ProtocolSettings
 from meta_train.gpt._protocol_return import ReturnProtocolSettings as ReturnProtocolSettings
-from meta_train.gpt.dataset import DEFAULT_LR_RANGES as DEFAULT_LR_RANGES
-from meta_train.gpt.dataset import DEFAULT_TASK_CONFIGS as DEFAULT_TASK_CONFIGS
-from meta_train.gpt.dataset import generate as generate
-from meta_train.gpt.evaluate import ADAM_LRS as ADAM_LRS
-from meta_train.gpt.evaluate import evaluate_gpt as evaluate_gpt
-from meta_train.gpt.protocol import choose_settings as choose_settings
-from meta_train.gpt.protocol import evaluate_protocol as evaluate_protocol
-from meta_train.gpt.protocol_return import choose_return_settings as choose_return_settings
-from meta_train.gpt.protocol_return import evaluate_return_protocol as evaluate_return_protocol
-from meta_train.gpt.train import DEFAULT_TRAIN_CONFIG as DEFAULT_TRAIN_CONFIG
-from meta_train.gpt.train import split_runs as split_runs
-from meta_train.gpt.train import task_grad_fn as task_grad_fn
-from meta_train.gpt.train import train_gpt as train_gpt
+
+# Names of the command-line modules are imported on first use, so that
+# ``python -m meta_train.gpt.<module>`` does not find its module already imported
+# by this package (runpy warns about that).
+_LAZY = {
+    "DEFAULT_LR_RANGES": "dataset", "DEFAULT_TASK_CONFIGS": "dataset", "generate": "dataset",
+    "ADAM_LRS": "evaluate", "evaluate_gpt": "evaluate",
+    "choose_settings": "protocol", "evaluate_protocol": "protocol",
+    "choose_return_settings": "protocol_return",
+    "evaluate_return_protocol": "protocol_return",
+    "DEFAULT_TRAIN_CONFIG": "train", "split_runs": "train", "task_grad_fn": "train",
+    "train_gpt": "train",
+}
+
+
+def __getattr__(name: str):
+  if name in _LAZY:
+    value = getattr(_importlib.import_module(f"meta_train.gpt.{_LAZY[name]}"), name)
+    globals()[name] = value
+    return value
+  raise AttributeError(f"module 'meta_train.gpt' has no attribute {name!r}")
+
+
+def __dir__():
+  return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "ADAM_LRS", "DEFAULT_LR_RANGES", "DEFAULT_TASK_CONFIGS", "DEFAULT_TRAIN_CONFIG",

@@ -21,7 +21,7 @@ from meta_train.gpt._align import UnitLayout
 from meta_train.gpt._baselines import MetricFn
 from meta_train.gpt._data import load_dataset
 from meta_train.gpt._inits import scheme_inits
-from meta_train.gpt.train import task_grad_fn
+from meta_train.gpt._pairs import task_grad_fn
 
 __all__ = ["ProtocolContext", "dataset_init_scale_range"]
 

@@ -11,14 +11,17 @@ Reference: Peebles et al. 2022, arXiv 2209.12892, Sec. 3.3 (permutation augmenta
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
+import jax
 import numpy as np
+
+import tasks
 
 # The tokenizer's definition of a dense stack (one definition for both).
 from lopt.gpt import dense_stack
 
-__all__ = ["permutation_index", "sample_pairs"]
+__all__ = ["permutation_index", "sample_pairs", "task_grad_fn"]
 
 
 def permutation_index(spec: Sequence[dict[str, Any]], rng: np.random.Generator) -> np.ndarray:
@@ -57,3 +60,21 @@ def sample_pairs(rng: np.random.Generator, num_runs: int, num_ckpts: int, batch:
   init = rng.random(batch) < p_from_init
   i = np.where(init, 0, i)
   return r, i, j
+
+
+def task_grad_fn(task: tasks.Task, tokenizer) -> Callable[[jax.Array, jax.Array], jax.Array]:
+  """``fn(flats, key) -> grads``: minibatch training gradients at flat parameter vectors.
+
+  Each row gets its own batch (``task.batch(key_i, "train")``, the task's batch
+  size), as an optax training loop would hand it to the optimizer. Used to train
+  and evaluate ``condition_grad`` G.pt models.
+  """
+  like = task.init(jax.random.key(0))
+
+  def one(flat, key):
+    params = tokenizer.unflatten(flat, like=like)
+    return tokenizer.flatten(jax.grad(task.loss)(params, key, task.batch(key, "train")))
+
+  def fn(flats, key):
+    return jax.vmap(one)(flats, jax.random.split(key, flats.shape[0]))
+  return fn

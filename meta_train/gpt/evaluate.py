@@ -85,8 +85,8 @@ from meta_train.gpt._eval_settings import (
   check_settings,
   finish_report,
 )
+from meta_train.gpt._pairs import task_grad_fn
 from meta_train.gpt._plots import eval_plots
-from meta_train.gpt.train import task_grad_fn
 
 __all__ = ["ADAM_LRS", "check_settings", "define_flags", "evaluate_gpt", "run"]
 

@@ -48,7 +48,7 @@ import tasks
 from lopt.gpt import GPT, best_value, save_gpt, use_log_metric
 from meta_train._run import Eta, RunDir, RunError, atomic_write_text, replace_dir, restore_newest
 from meta_train.gpt._data import load_dataset
-from meta_train.gpt._pairs import permutation_index, sample_pairs
+from meta_train.gpt._pairs import permutation_index, sample_pairs, task_grad_fn
 
 __all__ = ["DEFAULT_TRAIN_CONFIG", "RESUMABLE_KEYS", "check_train_config", "define_flags", "run",
            "split_runs", "task_grad_fn", "train_gpt"]
@@ -97,24 +97,6 @@ class _Batcher:
         start[b], target[b] = start[b, idx], target[b, idx]
     return (jnp.asarray(start), jnp.asarray(target), jnp.asarray(self.metric[r, i]),
             jnp.asarray(self.metric[r, j]))
-
-
-def task_grad_fn(task: tasks.Task, tokenizer) -> Callable[[jax.Array, jax.Array], jax.Array]:
-  """``fn(flats, key) -> grads``: minibatch training gradients at flat parameter vectors.
-
-  Each row gets its own batch (``task.batch(key_i, "train")``, the task's batch
-  size), as an optax training loop would hand it to the optimizer. Used to train
-  and evaluate ``condition_grad`` G.pt models.
-  """
-  like = task.init(jax.random.key(0))
-
-  def one(flat, key):
-    params = tokenizer.unflatten(flat, like=like)
-    return tokenizer.flatten(jax.grad(task.loss)(params, key, task.batch(key, "train")))
-
-  def fn(flats, key):
-    return jax.vmap(one)(flats, jax.random.split(key, flats.shape[0]))
-  return fn
 
 
 def _make_step(model: GPT, tx: optax.GradientTransformation, ema_decay: float,

@@ -94,3 +94,18 @@ def test_old_command_names_run_the_new_modules(tmp_path):
   assert "flag --batch_size=0: batch_size must be >= 1" in out.stderr
   from meta_train import gpt_eval
   assert gpt_eval.evaluate_gpt is gpt_evaluate.evaluate_gpt
+
+
+def test_gpt_command_lines_run_without_runpy_warning(tmp_path):
+  """``import meta_train.gpt`` leaves its command-line modules unimported (their names
+  load on first use), so ``python -m meta_train.gpt.<module>`` prints no runpy warning."""
+  env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+  out = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-m",
+                        "meta_train.gpt.protocol", f"--settings={tmp_path / 'none.json'}"],
+                       capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+  assert "RuntimeWarning" not in out.stderr and "no protocol settings file" in out.stderr, (
+      out.stderr[-2000:])
+  from meta_train import gpt
+  assert gpt.train_gpt.__module__ == "meta_train.gpt.train" and "train_gpt" in dir(gpt)
+  with pytest.raises(AttributeError, match="no attribute 'nope'"):
+    gpt.nope  # noqa: B018
