@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Reproduces the shipped G.pt model lopt/weights/gpt_cartpole and its protocol evaluation
+# Reproduces CartPole G.pt v1 (shipped as lopt/weights/gpt_cartpole until 2026-12-01, when
+# gpt_cartpole_v2.sh replaced it; this script now overwrites the shipped weights with v1)
+# and its protocol evaluation
 # in one command:
 #
 #   bash meta_train/configs/gpt_cartpole.sh

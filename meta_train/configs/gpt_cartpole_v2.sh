@@ -7,7 +7,7 @@
 # 1. The shipped model's dataset (as gpt_cartpole.sh) and runs/gpt_cartpole_data2: 768 more
 #    runs (seed 1) at learning rates whose runs cross the 50 .. 480 return band.
 # 2. Training (gpt_cartpole_v2.flags; stops after 45 min, rerun resumes), exported to
-#    runs/gpt_cartpole_v2/export (not to the package).
+#    runs/gpt_cartpole_v2/export.
 # 3. v2's own settings on validation inits (written once, dated), then the validation-split
 #    reports of v1 (its shipped settings file) and v2: the rule in docs/gpt.md
 #    ("CartPole v2") reads these two reports; no test id is drawn here.
@@ -41,3 +41,13 @@ fi
   --out="$V2/validation_v1"
 [ -e "$V2/validation_v2/report.json" ] || $PY_PREFIX "$PYTHON" -m meta_train.gpt.protocol_return \
   --settings="$V2/settings.json" --split=validation --out="$V2/validation_v2"
+# 4. The rule chose v2 (validation reports, 2026-12-01: both meet the return target; pooled
+#    R^2 0.889 against v1's 0.623). Its settings file moves to docs/results/gpt/, becomes
+#    the optimizer's defaults, the test step runs (once), and the weights ship.
+S=docs/results/gpt/cartpole_v2_protocol_settings.json
+[ -e "$S" ] || cp "$V2/settings.json" "$S"
+"$PYTHON" -c "from meta_train.gpt.protocol_return import record_in_manifest as r; r('$S')"
+[ -e docs/results/gpt/cartpole_v2_protocol/report.json ] || $PY_PREFIX "$PYTHON" \
+  -m meta_train.gpt.protocol_return --settings="$S" --out=docs/results/gpt/cartpole_v2_protocol
+rm -rf lopt/weights/gpt_cartpole.tmp && cp -r "$V2/export" lopt/weights/gpt_cartpole.tmp
+rm -rf lopt/weights/gpt_cartpole && mv lopt/weights/gpt_cartpole.tmp lopt/weights/gpt_cartpole

@@ -27,7 +27,7 @@ def test_pretrained_with_a_task_is_the_model_trained_for_it(cartpole):
   assert m["best_metric"] == pytest.approx(500.0) and m["metric_range"][1] == 500.0
   # The defaults the return protocol chose on validation inits (its settings file).
   assert {k: m["extra"][k] for k in ("target", "sampling_temperature", "guidance")} == {
-      "target": 500.0, "sampling_temperature": 0.3, "guidance": 0.5}
+      "target": 500.0, "sampling_temperature": 0.0, "guidance": 0.5}
 
 
 def test_one_update_from_a_random_policy_raises_its_return(cartpole):
@@ -53,3 +53,18 @@ def test_refuses_other_tasks(cartpole):
   # The digits model stays what "pretrained" means for the digits task.
   with pytest.raises(lopt.gpt.TaskMismatchError, match="digits_mlp"):
     lopt.get("gpt", weights=lopt.gpt.pretrained_gpt_path(), task=cartpole)
+
+
+def test_shipped_weights_are_those_the_protocol_evaluated():
+  """The shipped model is the one whose settings file and test report are in docs/."""
+  import json
+  import pathlib
+
+  from meta_train.gpt._protocol import weights_digest
+  docs = pathlib.Path(__file__).resolve().parents[2] / "docs" / "results" / "gpt"
+  doc = json.loads((docs / "cartpole_v2_protocol_settings.json").read_text())
+  path = lopt.gpt.pretrained_gpt_path(task={"name": "cartpole", "config": CONFIG})
+  assert weights_digest(path) == doc["settings"]["weights_sha256"]
+  extra = lopt.gpt.read_gpt_manifest(path)["extra"]
+  assert (extra["sampling_temperature"], extra["guidance"], extra["target"]) == (
+      doc["settings"]["temperature"], doc["settings"]["guidance"], doc["settings"]["target"])
