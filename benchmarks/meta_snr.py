@@ -5,6 +5,8 @@
   python -m benchmarks.meta_snr --config=meta_train/configs/combo_lopt_broad_long.flags \\
       --weights=lopt/weights/layerwise_combo_lopt --num_tasks=32
   python -m benchmarks.meta_snr --config=meta_train/configs/mlp_lopt_broad.flags --weights=init
+  python -m benchmarks.meta_snr --config=meta_train/configs/combo_lopt_broad_long.flags \\
+      --weights=lopt/weights/layerwise_combo_lopt --estimator=tbptt   # another estimator
 
 At fixed meta-params (``--weights``: saved weights, or ``init`` for the config's own
 initialization), for each of the first ``--groups`` task configurations of the
@@ -169,6 +171,10 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_integer("truncations", 4, "Truncations per group.", lower_bound=1,
                        flag_values=fv)
   flags.DEFINE_integer("seed", 0, "Seed of the instances.", flag_values=fv)
+  flags.DEFINE_enum("estimator", None, ["pes", "es", "tbptt"], "Measure this estimator "
+                    "instead of the config's (default: the config's).", flag_values=fv)
+  flags.DEFINE_float("sigma", None, "ES/PES perturbation scale instead of the config's.",
+                     lower_bound=1e-12, flag_values=fv)
   flags.DEFINE_string("out", None, "Also write the report as JSON here.", flag_values=fv)
 
   def check(d):
@@ -188,7 +194,9 @@ def main(argv, fv: flags.FlagValues = flags.FLAGS) -> None:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   try:
     own = _config(fv.config)
-    config = dataclasses.replace(own, num_tasks=fv.num_tasks)
+    est = dataclasses.replace(own.estimator, **{k: v for k, v in (
+        ("name", fv.estimator), ("sigma", fv.sigma)) if v is not None})
+    config = dataclasses.replace(own, num_tasks=fv.num_tasks, estimator=est)
     if fv.groups > config.num_configs:
       raise ValueError(f"--groups={fv.groups} is more than the config's num_configs="
                        f"{config.num_configs}")
