@@ -44,6 +44,8 @@ import numpy as np
 from absl import app, flags
 
 import lopt
+import meta_train
+import meta_train.main as meta_main
 import tasks
 
 __all__ = ["define_flags", "gradient_snr", "snr_stats"]
@@ -109,19 +111,18 @@ def gradient_snr(config, meta_params: Any, *, lo: lopt.LearnedOptimizer | None =
     raise ValueError(f"groups={groups} is more than the config's num_configs="
                      f"{config.num_configs}")
   lo = lo if lo is not None else lopt.learned(config.lopt, **dict(config.lopt_config))
-  family = family if family is not None else _family(config.task_family)
+  family = family if family is not None else meta_train.get_family(config.task_family)
   root = jax.random.key(config.seed)
   task_configs = family.group_configs(jax.random.fold_in(root, 0), config.num_configs)
   n = config.num_tasks
   records, t0 = [], time.time()
   for g in range(groups):
     est = config.estimator.build(family.task(task_configs[g]), lo, config.unroll)
-    keys = jax.random.key_data(jax.random.split(jax.random.key(seed * 1000 + g), n))
-    state = jax.jit(est.init)(meta_params, keys)
+    key = jax.random.key(seed * 1000 + g)
+    state = jax.jit(est.init)(meta_params, jax.random.key_data(jax.random.split(key, n)))
     step = jax.jit(est.per_instance)
     for t in range(truncations):
-      k = jax.random.key_data(jax.random.split(jax.random.fold_in(
-          jax.random.key(seed * 1000 + g), t + 1), n))
+      k = jax.random.key_data(jax.random.split(jax.random.fold_in(key, t + 1), n))
       grads, state, _ = step(meta_params, state, k)
       flat = np.concatenate([np.asarray(x, np.float64).reshape(n, -1)
                              for x in jax.tree.leaves(grads)], axis=1)
@@ -141,14 +142,8 @@ def gradient_snr(config, meta_params: Any, *, lo: lopt.LearnedOptimizer | None =
           "config": config.to_json()}
 
 
-def _family(name: str) -> tasks.TaskFamily:
-  from meta_train import get_family
-  return get_family(name)
-
-
 def _config(path: str):
   """The :class:`meta_train.TrainConfig` of a ``meta_train.main`` flagfile."""
-  import meta_train.main as meta_main
   fv = flags.FlagValues()
   meta_main.define_flags(fv)
   try:
@@ -171,7 +166,7 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_integer("truncations", 4, "Truncations per group.", lower_bound=1,
                        flag_values=fv)
   flags.DEFINE_integer("seed", 0, "Seed of the instances.", flag_values=fv)
-  flags.DEFINE_enum("estimator", None, ["pes", "es", "tbptt"], "Measure this estimator "
+  flags.DEFINE_enum("estimator", None, sorted(meta_train.ESTIMATORS), "Measure this estimator "
                     "instead of the config's (default: the config's).", flag_values=fv)
   flags.DEFINE_float("sigma", None, "ES/PES perturbation scale instead of the config's.",
                      lower_bound=1e-12, flag_values=fv)
@@ -197,9 +192,6 @@ def main(argv, fv: flags.FlagValues = flags.FLAGS) -> None:
     est = dataclasses.replace(own.estimator, **{k: v for k, v in (
         ("name", fv.estimator), ("sigma", fv.sigma)) if v is not None})
     config = dataclasses.replace(own, num_tasks=fv.num_tasks, estimator=est)
-    if fv.groups > config.num_configs:
-      raise ValueError(f"--groups={fv.groups} is more than the config's num_configs="
-                       f"{config.num_configs}")
     lo = lopt.learned(config.lopt, **dict(config.lopt_config))
     theta = (lo.init(jax.random.fold_in(jax.random.key(config.seed), 2))
              if fv.weights == "init" else lopt.load_meta_params(lo, fv.weights))

@@ -48,7 +48,7 @@ def test_gradient_snr_measures_every_group_and_truncation():
      "neither 'init' nor a weights directory"),
     (["--config=meta_train/configs/mlp_lopt_broad.flags", "--num_tasks=2"], "num_tasks=2"),
     (["--config=meta_train/configs/mlp_lopt_broad.flags", "--estimator=sgd"],
-     "should be one of <pes|es|tbptt>"),
+     "should be one of <es|pes|tbptt>"),
 ])
 def test_bad_flags_stop_at_parsing(args, expected, monkeypatch):
   monkeypatch.chdir(meta_snr.pathlib.Path(meta_snr.__file__).resolve().parents[1])
