@@ -23,12 +23,14 @@ import pathlib
 from typing import Any, ClassVar
 
 import numpy as np
+from absl import flags
 
 from meta_train._run import atomic_write_text
 from meta_train.gpt._inits import INIT_SCHEMES, SPLITS, check_scheme, init_ids
 
 __all__ = ["ADAM_GRID", "FORMAT", "ProtocolSettings", "check_matches", "check_new", "read_settings",
-           "report_split", "split_out", "split_title", "weights_digest", "write_settings"]
+           "define_split_flag", "refuse_split_flag", "report_split", "split_out", "split_record",
+           "split_title", "weights_digest", "write_settings"]
 
 FORMAT = "lopt-gpt-protocol/1"
 #: Adam's learning rates: 17, log-spaced from 1e-3 to 0.3 (about 6.5 per decade).
@@ -242,3 +244,22 @@ def split_title(split: str) -> str:
   """What a report's title adds for ``split``: nothing for test figures."""
   return "" if split == "test" else (f" on {split.upper()} inits (for model selection; not a "
                                      f"test figure)")
+
+
+def split_record(settings: SettingsJSON, split: str) -> dict[str, Any]:
+  """What a report records of its split: the name and the id range ``[first, stop)``."""
+  ids = settings.ids(split)
+  return {"split": split, "ids": [int(ids[0]), int(ids[-1]) + 1]}
+
+
+def define_split_flag(fv: flags.FlagValues) -> None:
+  """The test step's ``--split`` flag (both protocols' command lines)."""
+  flags.DEFINE_enum("split", "test", list(SPLITS), "Test step: the init ids of every figure; "
+                    "'validation' (the ids the settings were chosen on) compares model "
+                    "versions without test inits.", flag_values=fv)
+
+
+def refuse_split_flag(fv: flags.FlagValues) -> None:
+  """``ValueError`` when ``--split`` is given to the validation step."""
+  if fv["split"].present:
+    raise ValueError("--split is a test-step flag (--validation_only uses validation ids)")

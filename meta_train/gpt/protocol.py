@@ -53,14 +53,17 @@ import numpy as np
 from absl import app, flags
 
 from meta_train.gpt._context import ProtocolContext
-from meta_train.gpt._inits import SPLITS, check_disjoint, check_scheme
+from meta_train.gpt._inits import check_disjoint, check_scheme
 from meta_train.gpt._measures import alignment_r2
 from meta_train.gpt._protocol import (
   ProtocolSettings,
   check_matches,
   check_new,
+  define_split_flag,
   read_settings,
+  refuse_split_flag,
   split_out,
+  split_record,
   split_title,
   weights_digest,
   write_settings,
@@ -178,8 +181,7 @@ def evaluate_protocol(settings_path: str, out: str, *, split: str = "test",
     raise ValueError(f"{settings_path} is dated after now ({doc['created_utc']})")
   ctx = _context(context, settings.weights, settings.dataset, settings)
   check_disjoint(ctx.index, settings.ids("validation"), settings.ids("test"))
-  ids = settings.ids(split)
-  rep = {"split": split, "ids": [int(ids[0]), int(ids[-1]) + 1],
+  rep = {**split_record(settings, split),
          "settings_file": str(settings_path), "settings_created_utc": doc["created_utc"],
          "test_started_utc": started.isoformat(timespec="seconds"), "rule": doc["rule"],
          "settings": settings.to_json(), **ctx.describe()}
@@ -274,8 +276,7 @@ def main(argv, fv: flags.FlagValues = flags.FLAGS) -> None:
   present = {n for n in _SETTING_FLAGS + _VALIDATION_FLAGS if fv[n].present}
   try:
     if fv.validation_only:
-      if fv["split"].present:
-        raise ValueError("--split is a test-step flag (--validation_only uses validation ids)")
+      refuse_split_flag(fv)
       kw = {n: _flag_value(fv, n) for n in _SETTING_FLAGS if n not in ("weights", "dataset")
             and n in present}
       floats = lambda xs: [float(x) for x in xs]  # noqa: E731
@@ -302,9 +303,7 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_bool("validation_only", False, "Choose the settings on validation inits and "
                     "write the settings file; compute no test figure.", flag_values=fv)
   flags.DEFINE_string("out", "runs/gpt_protocol", "Test step: output directory.", flag_values=fv)
-  flags.DEFINE_enum("split", "test", list(SPLITS), "Test step: the init ids of every figure; "
-                    "'validation' (the ids the settings were chosen on) compares model "
-                    "versions without test inits.", flag_values=fv)
+  define_split_flag(fv)
   flags.DEFINE_string("weights", "lopt/weights/gpt_digits_mlp", "G.pt weights directory.",
                       flag_values=fv)
   flags.DEFINE_string("dataset", None, "The model's training data (comma-separated); default: "

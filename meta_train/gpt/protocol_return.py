@@ -48,13 +48,16 @@ import numpy as np
 from absl import app, flags
 
 from meta_train.gpt._context import ProtocolContext
-from meta_train.gpt._inits import SPLITS, check_disjoint
+from meta_train.gpt._inits import check_disjoint
 from meta_train.gpt._measures import adam_step_flops, compute_ratio, gpt_update_flops
 from meta_train.gpt._protocol import (
   check_matches,
   check_new,
+  define_split_flag,
   read_settings,
+  refuse_split_flag,
   split_out,
+  split_record,
   split_title,
   weights_digest,
 )
@@ -236,7 +239,7 @@ def evaluate_return_protocol(settings_path: str, out: str, *, split: str = "test
   targets = {f"one update: median return >= {s.success_return:g}":
              gpt["median"][1] >= s.success_return,
              "R^2 pooled >= 0.9": r2["pooled"] >= 0.9}
-  rep = {"split": split, "ids": [int(ids[0]), int(ids[-1]) + 1],
+  rep = {**split_record(s, split),
          "settings_file": str(settings_path), "settings_created_utc": doc["created_utc"],
          "test_started_utc": started.isoformat(timespec="seconds"), "rule": doc["rule"],
          "settings": s.to_json(), **ctx.describe(), "gpt": gpt, "adam": adam,
@@ -328,8 +331,7 @@ def main(argv, fv: flags.FlagValues = flags.FLAGS) -> None:
   floats = lambda xs: [float(x) for x in xs]  # noqa: E731
   try:
     if fv.validation_only:
-      if fv["split"].present:
-        raise ValueError("--split is a test-step flag (--validation_only uses validation ids)")
+      refuse_split_flag(fv)
       kw = {n: _flag_value(fv, n) for n in _SETTING_FLAGS
             if n not in ("weights", "dataset") and n in present}
       choose_return_settings(fv.weights, fv.settings, fv.dataset,
@@ -359,9 +361,7 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                     flag_values=fv)
   flags.DEFINE_string("out", "runs/gpt_cartpole_protocol", "Test step: output directory.",
                       flag_values=fv)
-  flags.DEFINE_enum("split", "test", list(SPLITS), "Test step: the init ids of every figure; "
-                    "'validation' (the ids the settings were chosen on) compares model "
-                    "versions without test inits.", flag_values=fv)
+  define_split_flag(fv)
   flags.DEFINE_string("weights", "lopt/weights/gpt_cartpole", "G.pt weights directory.",
                       flag_values=fv)
   flags.DEFINE_string("dataset", None, "The model's training data; default: its manifest's "

@@ -11,7 +11,7 @@ from absl import flags
 
 import lopt
 from lopt.gpt import GPT
-from meta_train.gpt import protocol
+from meta_train.gpt import protocol, protocol_return
 from meta_train.gpt._align import UnitLayout, aligned_distance, nearest_aligned, pairwise_aligned
 from meta_train.gpt._context import ProtocolContext
 from meta_train.gpt._inits import (
@@ -276,20 +276,26 @@ def test_split_validation_draws_validation_ids_only(tiny, chosen, tmp_path, monk
   assert set(rep["prompt_alignment"]["r2"]) >= {"pooled", "low", "log"}
 
 
-def test_split_flag_reaches_the_test_step(tmp_path, monkeypatch):
+@pytest.mark.parametrize("module, step", [(protocol, "evaluate_protocol"),
+                                          (protocol_return, "evaluate_return_protocol")])
+def test_split_flag_reaches_the_test_step(module, step, tmp_path, monkeypatch):
   calls = []
-  monkeypatch.setattr(protocol, "evaluate_protocol", lambda *a, **kw: calls.append(kw))
+  monkeypatch.setattr(module, step, lambda *a, **kw: calls.append(kw))
   for args in ([], ["--split=validation"]):
     fv = flags.FlagValues()
-    protocol.define_flags(fv)
+    module.define_flags(fv)
     fv(["prog", f"--settings={tmp_path / 's.json'}", *args])
-    protocol.main(["prog"], fv)
+    module.main(["prog"], fv)
   assert [kw["split"] for kw in calls] == ["test", "validation"]
   fv = flags.FlagValues()
-  protocol.define_flags(fv)
+  module.define_flags(fv)
   fv(["prog", f"--settings={tmp_path / 's.json'}", "--validation_only", "--split=validation"])
   with pytest.raises(SystemExit, match="--split is a test-step flag"):
-    protocol.main(["prog"], fv)
+    module.main(["prog"], fv)
+  with pytest.raises(flags.IllegalFlagValueError, match="split=train"):
+    fv2 = flags.FlagValues()
+    module.define_flags(fv2)
+    fv2(["prog", "--settings=s.json", "--split=train"])
 
 
 @pytest.mark.parametrize("args, expected", [

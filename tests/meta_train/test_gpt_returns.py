@@ -6,12 +6,10 @@ import warnings
 import jax
 import numpy as np
 import pytest
-from absl import flags
 
 import lopt
 import tasks
 from lopt.gpt import GPT, best_value, higher_is_better, param_spec, use_log_metric
-from meta_train.gpt import protocol_return
 from meta_train.gpt._context import ProtocolContext
 from meta_train.gpt._inits import init_ids
 from meta_train.gpt.protocol import choose_settings
@@ -153,24 +151,3 @@ def test_return_protocol_split_validation_draws_validation_ids_only(
                                      "figure)") and "2 validation inits" in md
   assert len(rep["gpt"]["median"]) == 2 and set(rep["targets"]) == {
       "one update: median return >= 400", "R^2 pooled >= 0.9"}
-
-
-def test_return_protocol_split_flag(tmp_path, monkeypatch):
-  calls = []
-  monkeypatch.setattr(protocol_return, "evaluate_return_protocol",
-                      lambda *a, **kw: calls.append(kw))
-  for args in ([], ["--split=validation"]):
-    fv = flags.FlagValues()
-    protocol_return.define_flags(fv)
-    fv(["prog", f"--settings={tmp_path / 's.json'}", *args])
-    protocol_return.main(["prog"], fv)
-  assert [kw["split"] for kw in calls] == ["test", "validation"]
-  fv = flags.FlagValues()
-  protocol_return.define_flags(fv)
-  fv(["prog", f"--settings={tmp_path / 's.json'}", "--validation_only", "--split=validation"])
-  with pytest.raises(SystemExit, match="--split is a test-step flag"):
-    protocol_return.main(["prog"], fv)
-  with pytest.raises(flags.IllegalFlagValueError, match="split=train"):
-    fv2 = flags.FlagValues()
-    protocol_return.define_flags(fv2)
-    fv2(["prog", "--settings=s.json", "--split=train"])
