@@ -18,8 +18,7 @@
 # Every step resumes or is skipped when done. PYTHON overrides the interpreter.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-PYTHON="${PYTHON:-.venv/bin/python}"
-export XLA_FLAGS="${XLA_FLAGS:---xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1}"
+source meta_train/configs/gpt_env.sh
 SETTINGS=docs/results/gpt/cartpole_protocol_settings.json
 
 "$PYTHON" -m meta_train.gpt.dataset --task=cartpole \

@@ -14,10 +14,7 @@
 # PYTHON overrides the interpreter; NICE=1 runs at the lowest CPU priority.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-PYTHON="${PYTHON:-.venv/bin/python}"
-PY_PREFIX=""
-[ -n "${NICE:-}" ] && PY_PREFIX="nice -n 19"
-export XLA_FLAGS="${XLA_FLAGS:---xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1}"
+source meta_train/configs/gpt_env.sh
 TASK='{"hidden": [8], "horizon": 500, "batch_size": 8, "eval_batch_size": 32}'
 V2=runs/gpt_cartpole_v2
 

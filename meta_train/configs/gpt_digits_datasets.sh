@@ -1,5 +1,5 @@
-# Sourced (from the repository root) by gpt_digits_mlp.sh and gpt_digits_mlp_v6.sh, with
-# PYTHON set and, optionally, PY_PREFIX (e.g. "nice -n 19"). `dataset` builds or finishes
+# Sourced (from the repository root, after gpt_env.sh) by gpt_digits_mlp.sh and
+# gpt_digits_mlp_v6.sh, which set PYTHON and PY_PREFIX there. `dataset` builds or finishes
 # one digits_mlp checkpoint dataset under runs/ (finished shards are skipped);
 # `shipped_datasets` the six the shipped G.pt model was trained on.
 

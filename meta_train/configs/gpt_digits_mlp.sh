@@ -14,8 +14,7 @@
 # datasets and the training are deterministic given their seeds on one machine.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-PYTHON="${PYTHON:-.venv/bin/python}"
-export XLA_FLAGS="${XLA_FLAGS:---xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1}"
+source meta_train/configs/gpt_env.sh
 
 source meta_train/configs/gpt_digits_datasets.sh
 shipped_datasets

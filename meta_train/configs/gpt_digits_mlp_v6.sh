@@ -17,10 +17,7 @@
 # PYTHON overrides the interpreter; NICE=1 runs at the lowest CPU priority.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-PYTHON="${PYTHON:-.venv/bin/python}"
-PY_PREFIX=""
-[ -n "${NICE:-}" ] && PY_PREFIX="nice -n 19"
-export XLA_FLAGS="${XLA_FLAGS:---xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1}"
+source meta_train/configs/gpt_env.sh
 V5_COMMIT=4bfa380   # last commit of lopt/weights/gpt_digits_mlp before v6
 V5=runs/gpt_digits_mlp_v5_model
 
