@@ -79,6 +79,11 @@ class UnrollConfig:
     meta_loss_weighting: "uniform" (every inner step counts the same) or "late"
       (step ``t`` of a run of ``T`` steps weighs ``2 t / T``).
     meta_loss_log: take the log of the normalized loss (floored at 1e-4).
+    remat: recompute each inner step's activations when differentiating the
+      unroll (``jax.checkpoint`` on the step): truncated backprop then stores only
+      the carried state per step instead of every activation of the task and the
+      optimizer, for about one extra forward pass; the gradient is the same. No
+      effect on ES and PES, which do not differentiate the unroll.
   """
 
   trunc_length: int = 20
@@ -91,6 +96,7 @@ class UnrollConfig:
   horizon_aware: bool = True
   meta_loss_weighting: str = "uniform"
   meta_loss_log: bool = False
+  remat: bool = False
 
   def __post_init__(self):
     if self.trunc_length < 1:
@@ -324,7 +330,8 @@ def unroll(task: tasks.Task, lo: lopt.LearnedOptimizer, meta_params: Any, state:
     return (params, opt_state, step + 1), (loss, norm)
 
   (params, opt_state, step), (losses, norm) = jax.lax.scan(
-      body, (state.params, state.opt_state, state.step), None, length=cfg.trunc_length)
+      jax.checkpoint(body) if cfg.remat else body, (state.params, state.opt_state, state.step),
+      None, length=cfg.trunc_length)
   diverged = state.diverged | ~jnp.all(jnp.isfinite(losses))
   new = state._replace(params=params, opt_state=opt_state, step=step, diverged=diverged)
   return new, UnrollOutput(jnp.mean(norm), losses, was_reset)

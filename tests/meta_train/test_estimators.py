@@ -9,6 +9,8 @@ truncations misses the effect of the meta-parameters on each truncation's start
 state and is off by more than 40 %.
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -78,9 +80,11 @@ def run_over_truncations(name, setup):
   return total / NUM_TRUNCS
 
 
-def test_tbptt_equals_jax_grad_through_reference_loop(setup):
+@pytest.mark.parametrize("remat", [False, True])
+def test_tbptt_equals_jax_grad_through_reference_loop(setup, remat):
+  """Also with ``remat`` (activations recomputed in the backward pass): the same gradient."""
   task, lo, theta, cfg, keys = setup
-  est = make_estimator("tbptt", task, lo, cfg)
+  est = make_estimator("tbptt", task, lo, dataclasses.replace(cfg, remat=remat))
   state = est.init(theta, keys[:4])
   grads, _, metrics = jax.jit(est.per_instance)(theta, state, keys[:4])
 
