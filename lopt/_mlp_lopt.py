@@ -71,11 +71,23 @@ class MLPLOptState(NamedTuple):
   count: jax.Array
 
 
+def _sqrt(x: jax.Array) -> jax.Array:
+  """``sqrt(x)`` for ``x >= 0`` whose derivative at 0 is 0 instead of infinite.
+
+  A second moment is exactly 0 on padding rows and on parameters that never get a
+  gradient; there ``jnp.sqrt``'s infinite slope times a zero cotangent is NaN, which
+  turned every truncated-backprop meta-gradient through this optimizer into NaN.
+  The value is ``jnp.sqrt``'s, bit for bit.
+  """
+  pos = x > 0
+  return jnp.where(pos, jnp.sqrt(jnp.where(pos, x, 1.0)), 0.0)
+
+
 def _param_features(g, p, m, v, m_corr, v_corr) -> jax.Array:
   """Feature-major features ``(F, rows)`` from ``g, p, m: (K, rows), v: (J, rows)``."""
-  inv = 1.0 / (jnp.sqrt(v[-1:] * v_corr) + ADAM_EPS)
+  inv = 1.0 / (_sqrt(v[-1:] * v_corr) + ADAM_EPS)
   return jnp.concatenate(
-      [g[None], p[None], m, jnp.sqrt(v), m * (m_corr[:, None] * inv), g[None] * inv], axis=0)
+      [g[None], p[None], m, _sqrt(v), m * (m_corr[:, None] * inv), g[None] * inv], axis=0)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, repr=False)
