@@ -82,6 +82,8 @@ def _untrained_init(trained: str, names: Any) -> str | None:
 
   spec = parse_spec(trained)
   fresh = [n for n in names if n.startswith(f"{spec.name}:fresh")]
+  if spec.kwargs:   # weights run with settings (a snapshot): ':fresh' with the same settings
+    return next((n for n in fresh if parse_spec(n).kwargs == spec.kwargs), None)
   start = _start_config(spec.name, spec.weights) if fresh else None
   if start:   # the run started elsewhere than the default init: only that row will do
     return next((n for n in fresh if parse_spec(n).kwargs == start), None)
@@ -99,7 +101,8 @@ def meta_training_gain(results: dict[str, Any], *, num_bootstrap: int = 2000
   The untrained init of trained weights is the run they came from's starting
   point: the ``name:fresh(...)`` row whose arguments equal the ``lopt_config``
   their manifest records (e.g. ``mlp_lopt:fresh(init_kind='adam', ...)``), else
-  plain ``name:fresh``.
+  plain ``name:fresh``. Weights run with settings of their own (a snapshot,
+  ``name:<path>(k=v, ...)``) pair with ``name:fresh`` of the same settings.
 
   Returns:
     ``{"celo2_lopt:pretrained vs celo2_lopt:fresh": {"steps": {...}, "test": {...},
@@ -109,7 +112,7 @@ def meta_training_gain(results: dict[str, Any], *, num_bootstrap: int = 2000
   names = results["summary"]
   for trained in names:
     base, _, weights = trained.partition(":")
-    if not weights or "(" in trained or weights == "fresh":
+    if not weights or weights.startswith("fresh"):
       continue
     fresh = _untrained_init(trained, names)
     if fresh is None:

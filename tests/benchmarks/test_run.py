@@ -312,3 +312,12 @@ def test_trained_weights_are_paired_with_the_init_their_run_started_from(tmp_pat
   assert gain[f"{trained} vs {prior}"]["steps"]["iqm"] == pytest.approx(2.0)
   del results["summary"][prior]
   assert benchmarks.meta_training_gain(results, num_bootstrap=10) == {}
+  # A snapshot run with settings pairs with ':fresh' of exactly those settings.
+  snap = f"mlp_lopt:{tmp_path / 'w'}(init_kind='adam',init_lr=0.003,learned_schedule=True)"
+  other = "mlp_lopt:fresh(init_kind='adam',init_lr=0.01,learned_schedule=True)"
+  results = {"tasks": {t: {"optimizers": {snap: row(3.0), prior: row(1.5), other: row(0.1)}}
+                       for t in "ab"}}
+  results["summary"] = {n: {} for n in results["tasks"]["a"]["optimizers"]}
+  gain = benchmarks.meta_training_gain(results, num_bootstrap=10)
+  assert list(gain) == [f"{snap} vs {prior}"]
+  assert gain[f"{snap} vs {prior}"]["steps"]["iqm"] == pytest.approx(2.0)
