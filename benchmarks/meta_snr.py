@@ -91,7 +91,8 @@ def gradient_snr(config, meta_params: Any, *, lo: lopt.LearnedOptimizer | None =
 
   Args:
     config: the run's config; ``num_tasks`` instances per group are measured.
-    meta_params: the meta-parameters the estimates are taken at.
+    meta_params: the meta-parameters the estimates are taken at. Only those
+      ``config.trainable`` selects are measured (all when it is None).
     lo, family: objects to use instead of those ``config`` names.
     groups: task configurations measured (the first ``groups`` of the family's
       ``num_configs``, drawn as training draws them).
@@ -115,6 +116,7 @@ def gradient_snr(config, meta_params: Any, *, lo: lopt.LearnedOptimizer | None =
   root = jax.random.key(config.seed)
   task_configs = family.group_configs(jax.random.fold_in(root, 0), config.num_configs)
   n = config.num_tasks
+  keep = jax.tree.leaves(meta_train.trainable_mask(meta_params, config.trainable))
   records, t0 = [], time.time()
   for g in range(groups):
     est = config.estimator.build(family.task(task_configs[g]), lo, config.unroll)
@@ -125,7 +127,7 @@ def gradient_snr(config, meta_params: Any, *, lo: lopt.LearnedOptimizer | None =
       k = jax.random.key_data(jax.random.split(jax.random.fold_in(key, t + 1), n))
       grads, state, _ = step(meta_params, state, k)
       flat = np.concatenate([np.asarray(x, np.float64).reshape(n, -1)
-                             for x in jax.tree.leaves(grads)], axis=1)
+                             for x, k in zip(jax.tree.leaves(grads), keep) if k], axis=1)
       rec = {"group": g, "truncation": t, "task": str(task_configs[g]), **snr_stats(flat)}
       records.append(rec)
       log(f"meta_snr: group {g} truncation {t}: SNR per instance {rec['snr_per_task']:.4f} "
@@ -138,7 +140,8 @@ def gradient_snr(config, meta_params: Any, *, lo: lopt.LearnedOptimizer | None =
   summary["tasks_for_snr_1"] = (1.0 / summary["snr_per_task"] if summary["snr_per_task"] > 0
                                 else float("inf"))
   return {"records": records, "summary": summary,
-          "num_meta_params": int(sum(np.size(x) for x in jax.tree.leaves(meta_params))),
+          "num_meta_params": int(sum(np.size(x) for x, k in zip(jax.tree.leaves(meta_params), keep)
+                                     if k)),
           "config": config.to_json()}
 
 

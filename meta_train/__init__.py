@@ -16,6 +16,7 @@ Specializing an optimizer to one pretrained model (docs/specialize.md):
 G.pt checkpoint datasets, training and evaluation: :mod:`meta_train.gpt`.
 """
 
+from meta_train._config import trainable_mask as trainable_mask
 from meta_train._estimators import ES as ES
 from meta_train._estimators import ESTIMATORS as ESTIMATORS
 from meta_train._estimators import PES as PES
@@ -50,5 +51,5 @@ __all__ = [
     "TrainConfig", "TrainResult", "TruncatedBackprop", "UnrollConfig", "UnrollOutput",
     "available_families", "export_weights", "get_family", "init_inner_state",
     "load_gpt_dataset", "make_estimator", "make_outer_step", "reset_if_done", "specialize",
-    "train", "unroll",
+    "train", "trainable_mask", "unroll",
 ]

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from typing import Any, Mapping
+
+import jax
 
 from meta_train._estimators import EstimatorConfig
 from meta_train._unroll import UnrollConfig
 
-__all__ = ["TrainConfig"]
+__all__ = ["TrainConfig", "trainable_mask"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +48,11 @@ class TrainConfig:
       (small; kept for choosing a checkpoint on validation tasks afterwards);
       0: none.
     init_weights: saved weights to start from (path), or None for fresh ones.
+    trainable: a regular expression; only the meta-parameters whose path
+      (``jax.tree_util.keystr``, e.g. ``['bias']`` or ``['net'][0]['w']``) it
+      matches (``re.search``) are meta-trained, the rest keep their initial values
+      (:func:`trainable_mask`); None: all of them. Fewer meta-parameters give a
+      less noisy ES/PES estimate (docs/meta_training.md, "Signal or noise?").
     inject_nan_steps: outer steps whose meta-gradient is replaced by NaN
       (fault injection for tests of the skip logic).
   """
@@ -64,6 +72,7 @@ class TrainConfig:
   max_to_keep: int = 2
   snapshot_every: int = 0
   init_weights: str | None = None
+  trainable: str | None = None
   inject_nan_steps: tuple[int, ...] = ()
 
   def __post_init__(self):
@@ -81,6 +90,12 @@ class TrainConfig:
       raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
     if not self.clip_norm > 0:
       raise ValueError(f"clip_norm must be > 0, got {self.clip_norm}")
+    if self.trainable is not None:
+      try:
+        re.compile(self.trainable)
+      except re.error as e:
+        raise ValueError(f"trainable={self.trainable!r} is not a regular expression ({e})"
+                         ) from None
 
   def to_json(self) -> dict[str, Any]:
     """A JSON-ready dict (nested like the dataclasses); :meth:`from_json` inverts it."""
@@ -118,3 +133,25 @@ class TrainConfig:
       return cls(unroll=UnrollConfig(**unroll), estimator=EstimatorConfig(**est), **d)
     except TypeError as e:
       raise ValueError(str(e)) from None
+
+
+def trainable_mask(meta_params: Any, pattern: str | None) -> Any:
+  """Which meta-parameters ``TrainConfig(trainable=pattern)`` trains.
+
+  Args:
+    meta_params: a learned optimizer's meta-parameters (arrays or shapes).
+    pattern: a regular expression searched in each leaf's ``jax.tree_util.keystr``
+      path, or None for every leaf.
+
+  Returns:
+    A pytree of bools shaped like ``meta_params``' leaves.
+
+  Raises:
+    ValueError: ``pattern`` matches no leaf (the message lists the paths).
+  """
+  paths = [jax.tree_util.keystr(k) for k, _ in jax.tree_util.tree_leaves_with_path(meta_params)]
+  keep = [pattern is None or re.search(pattern, p) is not None for p in paths]
+  if not any(keep):
+    raise ValueError(f"trainable={pattern!r} matches no meta-parameter; their paths: "
+                     f"{', '.join(paths)}")
+  return jax.tree.unflatten(jax.tree.structure(meta_params), keep)

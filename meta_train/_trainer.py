@@ -46,7 +46,7 @@ from jax.sharding import PartitionSpec as P
 
 import lopt
 import tasks
-from meta_train._config import TrainConfig
+from meta_train._config import TrainConfig, trainable_mask
 from meta_train._families import get_family
 from meta_train._run import RunDir, atomic_write_text, replace_dir, restore_newest
 
@@ -156,6 +156,10 @@ class _Run:
                        for c in self.task_configs]
     self.opt = optax.chain(optax.clip_by_global_norm(config.clip_norm),
                            optax.adam(config.learning_rate))
+    if config.trainable is not None:   # frozen meta-params: zero gradient, hence no update
+      mask = trainable_mask(jax.eval_shape(self.lo.init, jax.random.key(0)), config.trainable)
+      self.opt = optax.chain(
+          optax.masked(optax.set_to_zero(), jax.tree.map(lambda k: not k, mask)), self.opt)
     self.steps = [make_outer_step(e, self.opt, self.mesh, config.num_tasks)
                   for e in self.estimators]
 

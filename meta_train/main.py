@@ -35,6 +35,7 @@ import sys
 import typing
 from typing import Any, Mapping
 
+import jax
 from absl import app, flags, logging
 
 import lopt
@@ -173,7 +174,8 @@ def _config(values: Mapping[str, Any]) -> meta_train.TrainConfig:
 
 
 def _check_learned(config: meta_train.TrainConfig) -> None:
-  """``--lopt_config`` keys are arguments of ``--lopt``; ``--init_weights`` exists."""
+  """``--lopt_config`` keys are arguments of ``--lopt``; ``--init_weights`` exists;
+  ``--trainable`` matches some meta-parameter."""
   cls = type(lopt.learned(config.lopt))
   valid = [p for p in inspect.signature(cls).parameters if p not in ("self", "args", "kwargs")]
   unknown = sorted(set(config.lopt_config) - set(valid))
@@ -181,9 +183,11 @@ def _check_learned(config: meta_train.TrainConfig) -> None:
     raise ValueError(f"unknown keys {unknown} for {config.lopt}; valid keys: "
                      f"{', '.join(valid)}")
   try:
-    lopt.learned(config.lopt, **dict(config.lopt_config))
+    lo = lopt.learned(config.lopt, **dict(config.lopt_config))
   except (TypeError, ValueError) as e:
     raise ValueError(f"{config.lopt}{dict(config.lopt_config)}: {e}") from None
+  if config.trainable is not None:
+    meta_train.trainable_mask(jax.eval_shape(lo.init, jax.random.key(0)), config.trainable)
   w = config.init_weights
   if w and w not in ("pretrained", "fresh") and not os.path.isdir(w):
     raise ValueError(f"no weights directory at {w!r}")

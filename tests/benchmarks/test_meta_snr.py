@@ -1,5 +1,7 @@
 """Meta-gradient signal-to-noise (benchmarks.meta_snr): the statistics, the wiring, flags."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -37,6 +39,12 @@ def test_gradient_snr_measures_every_group_and_truncation():
   s = rep["summary"]
   assert s["own_num_tasks"] == 4 and s["snr_at_num_tasks"] == pytest.approx(
       4 * s["snr_per_task"])
+  assert rep["num_meta_params"] == 2
+  # With trainable= only the trained meta-params are measured.
+  one = meta_snr.gradient_snr(dataclasses.replace(cfg, trainable="log_lr"),
+                              lo.init(jax.random.key(0)), lo=lo, family=quad_family(),
+                              groups=1, truncations=1, log=lambda m: None)
+  assert one["num_meta_params"] == 1
   with pytest.raises(ValueError, match="more than the config's num_configs=2"):
     meta_snr.gradient_snr(cfg, lo.init(jax.random.key(0)), lo=lo, family=quad_family(),
                           groups=3)

@@ -38,6 +38,8 @@ def _parse(module, args):
     (meta_main, ["--min_horizon=2000"], "flag --min_horizon=2000: need 1 <= min_horizon"),
     (meta_main, ["--sigma=0"], "flag --sigma=0.0: sigma must be > 0"),
     (meta_main, ["--init_weights=/no/such/dir"], "no weights directory at '/no/such/dir'"),
+    (meta_main, ["--trainable=("], "flag --trainable=\\(: .*not a regular expression"),
+    (meta_main, ["--trainable=nothing"], "matches no meta-parameter; their paths: .*mlp"),
     (gpt_dataset, ["--runs=0"], "flag --runs=0: 0 is not a positive integer"),
     (gpt_dataset, ["--steps_per_run=0"], "flag --steps_per_run=0: 0 is not a positive"),
     (gpt_dataset, ["--runs_per_shard=0"], "flag --runs_per_shard=0: 0 is not a positive"),

@@ -17,6 +17,7 @@ import pytest
 from jax.sharding import Mesh
 
 import lopt
+import meta_train
 import tasks
 from meta_train import (
   EstimatorConfig,
@@ -63,6 +64,20 @@ def test_four_devices_give_the_same_meta_gradient_as_one(tmp_path):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5), one.meta_params,
                four.meta_params)
   assert one.meta_params["log_lr"] != TinyLOpt().init(None)["log_lr"]  # it did learn
+
+
+def test_trainable_trains_only_the_matching_meta_params(tmp_path):
+  """``trainable="log_lr"``: logit_momentum keeps its init bit for bit, log_lr moves."""
+  init = TinyLOpt().init(None)
+  got = train(small_config(trainable="log_lr"), tmp_path, lo=TinyLOpt(), family=quad_family(),
+              devices=jax.devices()[:1]).meta_params
+  np.testing.assert_array_equal(got["logit_momentum"], init["logit_momentum"])
+  assert float(got["log_lr"]) != float(init["log_lr"])
+  with pytest.raises(ValueError, match=r"matches no meta-parameter; their paths: "
+                                       r"\['log_lr'\], \['logit_momentum'\]"):
+    meta_train.trainable_mask(init, "bias")
+  with pytest.raises(ValueError, match="not a regular expression"):
+    small_config(trainable="(")
 
 
 def test_injected_nan_meta_gradient_is_skipped_and_never_applied():
