@@ -39,8 +39,17 @@ SCORE_TIE = 0.05
 RULE = ("max IQM speedup_steps on the validation suite (3 seeds, num_steps given, tuned "
         f"Adam at 4x horizon); within {SCORE_TIE} of the best: max IQM speedup_test, then "
         "the earliest step. Fixed 2026-11-30 10:55 UTC, before any held-out figure.")
+#: The selection rules (``--rule``): "steps" is :data:`RULE`; "test" puts the test loss
+#: first for runs whose step speed is already enough (added 2026-12-01 06:35 UTC).
+RULES = {
+    "steps": RULE,
+    "test": ("among the snapshots with IQM speedup_steps >= {floor:g} on the validation suite "
+             "(3 seeds, num_steps given, tuned Adam at 4x horizon): max IQM speedup_test; "
+             f"within {SCORE_TIE} of the best: max IQM speedup_steps, then the earliest step; "
+             "no snapshot at the floor: the 'steps' rule."),
+}
 
-__all__ = ["RULE", "SCORE_TIE", "candidates", "choose", "select"]
+__all__ = ["RULE", "RULES", "SCORE_TIE", "candidates", "choose", "select"]
 
 _FLAGS = flags.FLAGS
 
@@ -63,13 +72,30 @@ def candidates(workdir: str | pathlib.Path, *, stride: int = 1) -> list[tuple[in
   return keep if keep[-1] == found[-1] else keep + [found[-1]]
 
 
-def choose(scores: dict[int, dict[str, float]]) -> int:
-  """The chosen step by the fixed rule, from ``{step: {"steps": iqm, "test": iqm}}``."""
+def choose(scores: dict[int, dict[str, float]], *, rule: str = "steps",
+           steps_floor: float = 2.0) -> int:
+  """The chosen step from ``{step: {"steps": iqm, "test": iqm}}`` by a rule of :data:`RULES`.
+
+  ``"steps"`` (default): the highest IQM ``speedup_steps``; within :data:`SCORE_TIE`,
+  the higher ``speedup_test``; then the earlier step. ``"test"``: among candidates
+  with ``speedup_steps >= steps_floor``, the same with the two scores swapped; when
+  none reaches the floor, the ``"steps"`` rule.
+  """
+  if rule not in RULES:
+    raise ValueError(f"unknown rule {rule!r}; rules: {', '.join(RULES)}")
   if not scores:
     raise ValueError("no candidates to choose from")
-  best = max(s["steps"] for s in scores.values())
-  tied = [t for t, s in scores.items() if s["steps"] >= best - SCORE_TIE]
-  return min(tied, key=lambda t: (-scores[t]["test"], t))
+  first, second = "steps", "test"
+  pool = scores
+  if rule == "test":
+    pool = {t: s for t, s in scores.items() if s["steps"] >= steps_floor}
+    if pool:
+      first, second = "test", "steps"
+    else:
+      pool = scores
+  best = max(s[first] for s in pool.values())
+  tied = [t for t, s in pool.items() if s[first] >= best - SCORE_TIE]
+  return min(tied, key=lambda t: (-pool[t][second], t))
 
 
 def _spec(name: str, path: pathlib.Path, lopt_config: dict[str, Any]) -> str:
@@ -78,8 +104,10 @@ def _spec(name: str, path: pathlib.Path, lopt_config: dict[str, Any]) -> str:
 
 
 def select(workdir: str | pathlib.Path, *, stride: int = 1, num_seeds: int = 3,
-           tasks: str = "validation", verbose: bool = True) -> dict[str, Any]:
-  """Scores the run's snapshots on the validation suite and applies :func:`choose`.
+           tasks: str = "validation", verbose: bool = True, rule: str = "steps",
+           steps_floor: float = 2.0) -> dict[str, Any]:
+  """Scores the run's snapshots on the validation suite and applies :func:`choose`
+  with ``rule`` and ``steps_floor`` (the rule a run's flagfile names).
 
   Returns:
     The selection record (also written to ``<workdir>/validation/selection.json``):
@@ -105,8 +133,9 @@ def select(workdir: str | pathlib.Path, *, stride: int = 1, num_seeds: int = 3,
   scores = {step: {"steps": float(summary[s]["steps"]["iqm"]),
                    "test": float(summary[s]["test"]["iqm"]), "spec": s}
             for step, s in specs.items() if s in summary}
-  chosen = choose(scores)
-  record = {"rule": RULE, "suite": tasks, "num_seeds": num_seeds, "run": str(workdir),
+  chosen = choose(scores, rule=rule, steps_floor=steps_floor)
+  record = {"rule": RULES[rule].format(floor=steps_floor), "suite": tasks,
+            "num_seeds": num_seeds, "run": str(workdir),
             "candidates": {str(k): v for k, v in sorted(scores.items())}, "chosen": chosen,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="minutes")}
   (out / "selection.json").write_text(json.dumps(record, indent=1) + "\n")
@@ -144,6 +173,10 @@ def _define_flags() -> None:
                        lower_bound=1)
   flags.DEFINE_integer("seeds", 3, "Seeds per task.", lower_bound=1)
   flags.DEFINE_string("export", None, "Write the chosen snapshot as weights here.")
+  flags.DEFINE_enum("rule", "steps", list(RULES), "The selection rule (meta_train.select."
+                    "RULES): steps first, or test loss first above --steps_floor.")
+  flags.DEFINE_float("steps_floor", 2.0, "With --rule=test: the IQM speedup_steps a "
+                     "snapshot needs to be a candidate.", lower_bound=0.0)
   flags.DEFINE_string("command", None, "The command that reproduces the run (for the "
                       "manifest); default: python -m meta_train.main --flagfile=<flagfile "
                       "named in the run's config>, else the workdir.")
@@ -158,7 +191,8 @@ def main(argv: Sequence[str]) -> None:
     print(f"error: {workdir} is not a meta-training run (no config.json)", file=sys.stderr)
     sys.exit(1)
   try:
-    record = select(workdir, stride=_FLAGS.stride, num_seeds=_FLAGS.seeds)
+    record = select(workdir, stride=_FLAGS.stride, num_seeds=_FLAGS.seeds, rule=_FLAGS.rule,
+                    steps_floor=_FLAGS.steps_floor)
     for step, s in record["candidates"].items():
       mark = "  <- chosen" if int(step) == record["chosen"] else ""
       print(f"step {int(step):6d}: IQM speedup steps {s['steps']:.3f}, test {s['test']:.3f}"

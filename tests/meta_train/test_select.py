@@ -20,6 +20,17 @@ def test_rule_prefers_steps_then_test_within_the_tie_then_the_earlier_step():
     choose({})
 
 
+def test_test_rule_prefers_test_above_the_steps_floor():
+  s = {0: {"steps": 2.8, "test": 1.6}, 100: {"steps": 2.6, "test": 2.1},
+       200: {"steps": 1.8, "test": 2.9}, 300: {"steps": 2.62, "test": 2.08}}
+  assert choose(s) == 0                                          # steps first
+  assert choose(s, rule="test", steps_floor=2.0) == 300          # 200 is under the floor
+  assert choose(s, rule="test", steps_floor=1.5) == 200
+  assert choose(s, rule="test", steps_floor=3.0) == 0            # none at the floor: "steps"
+  with pytest.raises(ValueError, match="unknown rule 'fast'; rules: steps, test"):
+    choose(s, rule="fast")
+
+
 def test_select_scores_snapshots_on_the_suite_and_exports_the_choice(tmp_path):
   cfg = TrainConfig(lopt="celo2_lopt", lopt_config={"hidden_size": 4}, task_family="quadratic",
                     unroll=UnrollConfig(trunc_length=4, min_horizon=8, max_horizon=8),
