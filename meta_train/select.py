@@ -85,14 +85,10 @@ def choose(scores: dict[int, dict[str, float]], *, rule: str = "steps",
     raise ValueError(f"unknown rule {rule!r}; rules: {', '.join(RULES)}")
   if not scores:
     raise ValueError("no candidates to choose from")
-  first, second = "steps", "test"
-  pool = scores
-  if rule == "test":
-    pool = {t: s for t, s in scores.items() if s["steps"] >= steps_floor}
-    if pool:
-      first, second = "test", "steps"
-    else:
-      pool = scores
+  above = ({t: s for t, s in scores.items() if s["steps"] >= steps_floor}
+           if rule == "test" else {})
+  first, second = ("test", "steps") if above else ("steps", "test")
+  pool = above or scores
   best = max(s[first] for s in pool.values())
   tied = [t for t, s in pool.items() if s[first] >= best - SCORE_TIE]
   return min(tied, key=lambda t: (-pool[t][second], t))
