@@ -135,6 +135,11 @@ _FINETUNE = {
                                         tasks.HELD_OUT_SEEDS, _FT_STEPS),
     "finetune_long": _finetune("ft300", tasks.SPECIALIZATION_TARGETS,
                                tasks.SPECIALIZATION_SEEDS, 3 * _FT_STEPS),
+    # 2x and 4x the horizon, the ends of the "2-4x" range (docs/specialize.md).
+    "finetune_long200": _finetune("ft200", tasks.SPECIALIZATION_TARGETS,
+                                  tasks.SPECIALIZATION_SEEDS, 2 * _FT_STEPS),
+    "finetune_long400": _finetune("ft400", tasks.SPECIALIZATION_TARGETS,
+                                  tasks.SPECIALIZATION_SEEDS, 4 * _FT_STEPS),
     # 3x the horizon of a specialization over runs of up to 300 steps
     # (meta_train/configs/specialize_digits_cnn_long.flags).
     "finetune_long900": _finetune("ft900", tasks.SPECIALIZATION_TARGETS,

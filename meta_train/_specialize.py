@@ -14,7 +14,7 @@ Each target is one task group (compiled once); outer step ``t`` fine-tunes
 ``num_tasks`` instances of target ``t % len(targets)`` from the pretrained
 parameters, twice (``theta +- eps``), for ``horizon`` steps. The meta-loss is
 the late-weighted log of the normalized *test*-batch loss after each step
-(:class:`meta_train.UnrollConfig`: ``meta_loss_split="test"``,
+(:class:`meta_train.UnrollConfig`: ``meta_loss_split="test"`` by default,
 ``meta_loss_log``, ``meta_loss_weighting="late"``), which tracks how fast a run
 reaches a low held-out loss.
 
@@ -202,7 +202,8 @@ def specialize_config(*, family_name: str, param_tree: tuple, num_targets: int, 
                       learning_rate: float, init_lr: float, hidden_size: int,
                       checkpoint_every: int, max_horizon: int | None = None,
                       estimator: str = "es", directions: Sequence[str] | None = None,
-                      schedule: str = "constant") -> TrainConfig:
+                      schedule: str = "constant", meta_loss_split: str = "test"
+                      ) -> TrainConfig:
   """The :class:`meta_train.TrainConfig` of a specialization run.
 
   Arguments as :func:`specialize`'s; ``family_name`` names the pretrained model and the
@@ -225,7 +226,7 @@ def specialize_config(*, family_name: str, param_tree: tuple, num_targets: int, 
       lopt_config=lopt_config,
       task_family=family_name,
       unroll=UnrollConfig(trunc_length=horizon, min_horizon=horizon, max_horizon=max_horizon,
-                          stagger=False, meta_loss_split="test", meta_loss_log=True,
+                          stagger=False, meta_loss_split=meta_loss_split, meta_loss_log=True,
                           meta_loss_weighting="late"),
       estimator=EstimatorConfig(estimator, sigma=sigma), num_tasks=num_tasks,
       num_configs=num_targets, outer_steps=outer_steps, learning_rate=learning_rate,
@@ -246,7 +247,7 @@ def specialize(*, pretrained: str | os.PathLike, workdir: str | os.PathLike,
                targets: Sequence[str] | Mapping[str, tasks.Task] | None = None,
                horizon: int = 100, max_horizon: int | None = None, estimator: str = "es",
                directions: Sequence[str] | None = None, schedule: str = "constant",
-               outer_steps: int = 320,
+               meta_loss_split: str = "test", outer_steps: int = 320,
                num_tasks: int = 8, seed: int = 0,
                sigma: float = 0.05, learning_rate: float = 0.01, init_lr: float = 1e-2,
                hidden_size: int = 16, checkpoint_every: int = 20, command: str | None = None,
@@ -281,6 +282,9 @@ def specialize(*, pretrained: str | os.PathLike, workdir: str | os.PathLike,
     schedule: the optimizer's fixed step-size factor (``lopt.COMBO_SCHEDULES``):
       ``"constant"`` or ``"cosine"`` (decay to zero over each run's length, so the
       schedule stretches to longer fine-tuning runs).
+    meta_loss_split: the batch the meta-loss is measured on: ``"test"`` (the
+      targets' held-out split: how fast a run reaches a low held-out loss) or
+      ``"train"`` (how low it drives the training loss).
     outer_steps: ES steps; each fine-tunes ``2 * num_tasks`` runs of one target.
     num_tasks: instances per outer step (divisible by the number of devices).
     seed: the root of all randomness.
@@ -320,7 +324,7 @@ def specialize(*, pretrained: str | os.PathLike, workdir: str | os.PathLike,
       outer_steps=outer_steps, num_tasks=num_tasks, seed=seed, sigma=sigma,
       learning_rate=learning_rate, init_lr=init_lr, hidden_size=hidden_size,
       checkpoint_every=checkpoint_every, max_horizon=max_horizon, estimator=estimator,
-      directions=directions, schedule=schedule)
+      directions=directions, schedule=schedule, meta_loss_split=meta_loss_split)
   lo = lopt.learned(config.lopt, **dict(config.lopt_config))
   result = train(config, workdir, family=family, callback=callback, devices=devices, log=log)
   if command is None:
@@ -328,6 +332,7 @@ def specialize(*, pretrained: str | os.PathLike, workdir: str | os.PathLike,
                f"workdir={os.fspath(workdir)!r}, horizon={horizon}, "
                f"max_horizon={config.unroll.max_horizon}, estimator={estimator!r}, "
                f"directions={list(lo.directions)!r}, schedule={lo.schedule!r}, "
+               f"meta_loss_split={meta_loss_split!r}, "
                f"outer_steps={outer_steps}, "
                f"num_tasks={num_tasks}, seed={seed}, sigma={sigma}, "
                f"learning_rate={learning_rate}, init_lr={init_lr})")

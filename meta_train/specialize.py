@@ -140,6 +140,9 @@ def define_flags(fv: flags.FlagValues = FLAGS) -> None:
   flags.DEFINE_enum("schedule", "constant", lopt.COMBO_SCHEDULES, "Fixed step-size factor: "
                     "constant, or cosine (decay to zero over each run, stretching to longer "
                     "runs).", flag_values=fv)
+  flags.DEFINE_enum("meta_loss_split", _DEFAULTS["meta_loss_split"], ("test", "train"),
+                    "The batch the meta-loss is measured on: test (the targets' held-out "
+                    "split) or train (the training loss).", flag_values=fv)
   flags.DEFINE_integer("seed", _DEFAULTS["seed"], "The root of all randomness.", lower_bound=0,
                        flag_values=fv)
   for name, help_ in _RATES.items():
@@ -165,7 +168,8 @@ def run_from_flags(fv: flags.FlagValues = FLAGS, *, command: str | None = None,
                    ) -> SpecializeResult:
   """Runs :func:`meta_train.specialize` with the parsed flags."""
   kwargs = {name: fv[name].value for name in (*_SIZES, *_RATES, "seed", "max_horizon",
-                                              "estimator", "directions", "schedule")}
+                                              "estimator", "directions", "schedule",
+                                              "meta_loss_split")}
   return specialize(pretrained=fv.pretrained, targets=list(fv.targets), workdir=fv.workdir,
                     command=command, callback=callback, **kwargs)
 
