@@ -136,6 +136,7 @@ def _parse(args):
     (["--estimator=sgd"], "value should be one of <es|pes>"),
     (["--directions=sgd,muon"], "directions must be distinct names of"),
     (["--schedule=linear"], "value should be one of <constant|cosine>"),
+    (["--meta_loss_split=valid"], "value should be one of <test|train>"),
 ])
 def test_bad_flags_are_one_line_errors(args, expected):
   with pytest.raises(flags.IllegalFlagValueError, match=expected) as e:
@@ -158,6 +159,10 @@ def test_flags_give_the_call_and_the_module_stays_callable(monkeypatch):
   assert (got["pretrained"], got["targets"], got["horizon"]) == ("digits_mlp", ["invert"], 7)
   assert (got["max_horizon"], got["estimator"]) == (None, "es")
   assert got["directions"] == list(lopt.BASE_DIRECTIONS) and got["schedule"] == "constant"
+  assert got["meta_loss_split"] == "test"
+  fv = _parse(["--pretrained=digits_mlp", "--workdir=w", "--meta_loss_split=train"])
+  cli.run_from_flags(fv)
+  assert got["meta_loss_split"] == "train"
   assert callable(meta_train.specialize)   # the package attribute, now this module
 
 
@@ -184,3 +189,9 @@ def test_mixed_horizons_unroll_truncations_of_one_horizon_with_pes():
   assert "schedule" not in orth.lopt_config   # likewise the schedule
   cos = meta_train._specialize.specialize_config(horizon=100, schedule="cosine", **kw)
   assert cos.lopt_config["schedule"] == "cosine"
+  # the meta-loss: the targets' test batch by default, or the training batch
+  assert (cos.unroll.meta_loss_split, whole.meta_loss_split) == ("test", "test")
+  train = meta_train._specialize.specialize_config(horizon=100, meta_loss_split="train", **kw)
+  assert train.unroll.meta_loss_split == "train"
+  with pytest.raises(ValueError, match="meta_loss_split must be 'train' or 'test'"):
+    meta_train._specialize.specialize_config(horizon=100, meta_loss_split="valid", **kw)
